@@ -1,0 +1,279 @@
+"""The adapter contract (DESIGN.md, "Adapter").
+
+An adapter is a config dataclass plus an :class:`Adapter` subclass that
+
+* ``attach(backbone)``: wraps anatomy sites and *declares* its trainable tensors by name
+  (trainability comes from the declaration only: every other parameter stays frozen);
+* is the identity at initialisation when ``identity_at_init`` is True;
+* ``merge()``: folds itself into the backbone weights where the maths allows
+  (``mergeable``), after which it costs no extra inference parameters;
+* saves and loads only its own tensors (``adaptbench.adapters.checkpoint``);
+* reports its parameters (:meth:`Adapter.parameter_report`).
+
+A site wrapper (:class:`SiteWrapper`) keeps the module it replaces as ``base_layer``
+(PEFT's convention) and knows how to fold itself into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import AdaptbenchError
+
+
+@dataclass
+class AdapterConfig:
+    """Base of every adapter config. Fields carry ``metadata={"help": ...}``; defaults are
+    the paper's; ``validate`` (run by ``__post_init__``) rejects impossible values."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`AdaptbenchError` naming the field and the expected value."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], adapter: str = "") -> AdapterConfig:
+        """Build from user values (CLI ``--adapter-arg k=v``, spec files, checkpoints)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise AdaptbenchError(
+                f"adapter {adapter or cls.__name__!r} has no option {unknown[0]!r}; "
+                f"expected one of {sorted(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        coerced = {k: _coerce(k, v, hints.get(k), adapter or cls.__name__) for k, v in values.items()}
+        return cls(**coerced)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _coerce(name: str, value: Any, hint: Any, adapter: str) -> Any:
+    """Values from the command line arrive as strings; turn them into the field's type."""
+    if not isinstance(value, str) or hint is None or hint is str:
+        return _listify(value, hint)
+    try:
+        if hint is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        if hint in (int, float):
+            return hint(value)
+        sequence = _sequence_hint(hint)
+        if sequence is not None:
+            if value.lower() == "none" and type(None) in typing.get_args(hint):
+                return None
+            item_type = _item_type(sequence)
+            return tuple(item_type(part.strip()) for part in value.split(",") if part.strip())
+        if _is_optional_int(hint):
+            return None if value.lower() in ("none", "") else int(value)
+    except ValueError:
+        raise AdaptbenchError(
+            f"adapter {adapter!r} option {name}={value!r}: expected a value of type {hint}"
+        ) from None
+    return value
+
+
+def _listify(value: Any, hint: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _sequence_hint(hint: Any) -> Any:
+    """The tuple/list type inside ``hint`` (``tuple[int, ...] | None`` -> ``tuple[int, ...]``)."""
+    candidates = [hint, *typing.get_args(hint)] if typing.get_origin(hint) is not None else [hint]
+    for candidate in candidates:
+        if typing.get_origin(candidate) in (tuple, list):
+            return candidate
+    return None
+
+
+def _item_type(sequence_hint: Any) -> type:
+    args = [a for a in typing.get_args(sequence_hint) if a is not Ellipsis]
+    return args[0] if args and args[0] in (int, float, str) else str
+
+
+def _is_optional_int(hint: Any) -> bool:
+    return set(typing.get_args(hint)) == {int, type(None)}
+
+
+def require(condition: bool, message: str) -> None:
+    """Config validation helper: raise the user-facing error when ``condition`` fails."""
+    if not condition:
+        raise AdaptbenchError(message)
+
+
+class SiteWrapper(nn.Module):
+    """A module placed at an anatomy site that keeps the original as ``base_layer``."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+
+    def merged_module(self) -> nn.Module:
+        """The base layer with this wrapper's effect folded into its weights."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be merged")
+
+
+@dataclass
+class ParameterReport:
+    """Parameter accounting of one adapted model (head = the task's head)."""
+
+    trainable: int  # declared trainable tensors, head excluded
+    head: int
+    extra_inference: int  # parameters the adapted model runs with beyond the backbone's
+    checkpoint_bytes: int  # adapter-only safetensors file, head excluded
+    backbone: int  # parameters of the frozen backbone, adapter excluded
+
+    @property
+    def trainable_with_head(self) -> int:
+        return self.trainable + self.head
+
+    def to_dict(self) -> dict[str, int]:
+        return {**dataclasses.asdict(self), "trainable_with_head": self.trainable_with_head}
+
+
+class Adapter:
+    """Base of every adapter. Subclasses implement :meth:`_attach` (and ``_merge`` when
+    the default, swapping every :class:`SiteWrapper` for its ``merged_module``, is not it)."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[AdapterConfig]] = AdapterConfig
+    identity_at_init: ClassVar[bool] = True  # additive methods start as the identity
+    mergeable: ClassVar[bool] = False
+    # True when the declared tensors are new parameters run at inference (LoRA, SSF, ...);
+    # False when they are existing backbone weights (BitFit, LN tuning, full).
+    adds_parameters: ClassVar[bool] = True
+
+    def __init__(self, config: AdapterConfig | None = None):
+        self.config = config if config is not None else self.config_class()
+        self.backbone = None
+        self.merged = False
+        self._declared: dict[str, nn.Parameter] = {}
+        self._wrapped: list[tuple[str, int | None, SiteWrapper]] = []
+        self._backbone_params = 0
+
+    # -- attaching ----------------------------------------------------------------------
+    def attach(self, backbone) -> Adapter:
+        if self.backbone is not None:
+            raise RuntimeError(f"adapter {self.name!r} is already attached")
+        self.backbone = backbone
+        self._backbone_params = sum(p.numel() for p in backbone.parameters())
+        self._attach(backbone)
+        for param in backbone.parameters():
+            param.requires_grad_(False)
+        for param in self._declared.values():
+            param.requires_grad_(True)
+        return self
+
+    def _attach(self, backbone) -> None:
+        raise NotImplementedError
+
+    def declare(self, name: str, param: nn.Parameter) -> None:
+        """Declare ``param`` trainable under ``name`` (the name used in checkpoints)."""
+        if name in self._declared:
+            raise RuntimeError(f"{self.name}: tensor {name!r} declared twice")
+        self._declared[name] = param
+
+    def wrap_site(self, site: str, block: int | None, make: typing.Callable[[nn.Module], SiteWrapper]) -> SiteWrapper:
+        """Replace ``site`` by ``make(current module)`` and remember it for ``merge``."""
+        wrapper = make(self.backbone.site(site, block))
+        self.backbone.replace_site(site, block, wrapper)
+        self._wrapped.append((site, block, wrapper))
+        return wrapper
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        return dict(self._declared)
+
+    # -- merging ------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the adapter into the backbone weights (no extra inference cost after)."""
+        if not self.mergeable:
+            raise AdaptbenchError(f"adapter {self.name!r} cannot be merged into the backbone")
+        if not self.merged:
+            self._merge()
+            self.merged = True
+
+    def _merge(self) -> None:
+        # Unwrap in reverse order, so that a site wrapped twice is restored innermost last.
+        for site, block, wrapper in reversed(self._wrapped):
+            self.backbone.replace_site(site, block, wrapper.merged_module())
+        self._wrapped.clear()
+
+    # -- state --------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint stores (by default the declared ones)."""
+        if self.merged:
+            raise AdaptbenchError(
+                f"adapter {self.name!r} is merged into the backbone; save it before merging"
+            )
+        return {name: p.detach() for name, p in self._declared.items()}
+
+    @torch.no_grad()
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], source: str = "") -> None:
+        expected = self.state_tensors()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise AdaptbenchError(
+                f"adapter checkpoint {source} does not match adapter {self.name!r}: "
+                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        for name, target in self._declared.items():
+            if tensors[name].shape != target.shape:
+                raise AdaptbenchError(
+                    f"adapter checkpoint {source}: tensor {name!r} has shape "
+                    f"{tuple(tensors[name].shape)}, expected {tuple(target.shape)}"
+                )
+            target.copy_(tensors[name])
+
+    # -- accounting ---------------------------------------------------------------------
+    def trainable_count(self) -> int:
+        unique = {id(p): p for p in self._declared.values()}
+        return sum(p.numel() for p in unique.values())
+
+    def extra_inference_params(self) -> int:
+        if self.merged or not self.adds_parameters:
+            return 0
+        return self.trainable_count()
+
+    def parameter_report(self, head: nn.Module | None = None) -> ParameterReport:
+        from .checkpoint import checkpoint_bytes
+
+        return ParameterReport(
+            trainable=self.trainable_count(),
+            head=sum(p.numel() for p in head.parameters()) if head is not None else 0,
+            extra_inference=self.extra_inference_params(),
+            checkpoint_bytes=0 if self.merged else checkpoint_bytes(self),
+            backbone=self._backbone_params,
+        )
+
+
+def blocks_of(config_blocks: tuple[int, ...] | None, backbone) -> list[int]:
+    """The block indices a config selects (None: every block); negative counts from the end."""
+    total = backbone.anatomy.num_blocks
+    if config_blocks is None:
+        return list(range(total))
+    chosen = []
+    for index in config_blocks:
+        index = int(index)
+        if not -total <= index < total:
+            raise AdaptbenchError(f"block {index} out of range: backbone {backbone.name!r} has {total} blocks")
+        chosen.append(index % total)
+    return sorted(set(chosen))

@@ -1,0 +1,44 @@
+"""BitFit: bias-terms fine-tuning.
+
+Ben Zaken, Ravfogel, Goldberg, "BitFit: Simple Parameter-efficient Fine-tuning for
+Transformer-based Masked Language-models", ACL 2022 (arXiv:2106.10199).
+
+Every weight W of the backbone is frozen and every bias b is trained:
+``y = W x + b`` with only ``b`` updated. "Bias" means the additive term of every Linear,
+convolution and LayerNorm that has one (the paper trains all bias terms of the model);
+they are found by module type, never by parameter-name matching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..registry import register_adapter
+from .base import Adapter, AdapterConfig
+
+BIASED_MODULES = (nn.Linear, nn.Conv2d, nn.LayerNorm)
+
+
+@dataclass
+class BitFitConfig(AdapterConfig):
+    """BitFit has no options: every bias of the backbone is trained."""
+
+
+class BitFit(Adapter):
+    """BitFit (Ben Zaken et al. 2022): train only the bias terms."""
+
+    mergeable = True  # biases are trained in place: merge is a no-op
+    adds_parameters = False
+
+    def _attach(self, backbone) -> None:
+        for module_name, module in backbone.named_modules():
+            if isinstance(module, BIASED_MODULES) and module.bias is not None:
+                self.declare(f"{module_name}.bias", module.bias)
+
+    def _merge(self) -> None:
+        """The trained biases already are the backbone's."""
+
+
+register_adapter("bitfit", BitFitConfig, BitFit)

@@ -1,0 +1,127 @@
+"""Adapter-only checkpoints: safetensors (never pickles) with metadata.
+
+Keys: ``adapter.<declared name>`` for the adapter's tensors and ``head.<name>`` for the
+task head when one is given. Metadata (all strings, as safetensors requires):
+
+=====================  ===========================================================
+format                 ``adaptbench.adapter``
+format_version         ``1``
+adaptbench_version     the package version that wrote the file
+adapter                registry name of the adapter
+adapter_config         the adapter config as JSON
+backbone               backbone name
+backbone_weights       the backbone's weights hash (``Backbone.weights_id``)
+head                   (with a head) JSON: task name, number of classes, pooling
+=====================  ===========================================================
+
+Loading onto a backbone whose name or weights hash differs is refused with a message
+naming both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save, save_file
+from torch import nn
+
+from .. import __version__
+from ..errors import AdaptbenchError
+from .base import Adapter
+
+FORMAT = "adaptbench.adapter"
+FORMAT_VERSION = "1"
+
+
+def _metadata(adapter: Adapter) -> dict[str, str]:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "adaptbench_version": __version__,
+        "adapter": adapter.name,
+        "adapter_config": adapter.config.to_json(),
+        "backbone": adapter.backbone.name,
+        "backbone_weights": adapter.backbone.weights_id,
+    }
+
+
+def _tensors(adapter: Adapter, head: nn.Module | None) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage: store independent copies.
+    tensors = {f"adapter.{k}": v.detach().cpu().contiguous().clone() for k, v in adapter.state_tensors().items()}
+    if head is not None:
+        tensors.update({f"head.{k}": v.detach().cpu().contiguous().clone() for k, v in head.state_dict().items()})
+    return tensors
+
+
+def checkpoint_bytes(adapter: Adapter) -> int:
+    """Size in bytes of the adapter-only checkpoint file (what a user would store)."""
+    return len(save(_tensors(adapter, None), metadata=_metadata(adapter)))
+
+
+def save_adapter(adapter: Adapter, path: str | os.PathLike, head: nn.Module | None = None,
+                 head_info: dict | None = None) -> Path:
+    """Write the adapter (and optionally the head, described by ``head_info``) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        metadata = _metadata(adapter)
+        if head_info is not None:
+            metadata["head"] = json.dumps(head_info, sort_keys=True)
+        save_file(_tensors(adapter, head), tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of an adapter checkpoint; bad files raise one clear line."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdaptbenchError(f"adapter checkpoint {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise AdaptbenchError(f"adapter checkpoint {path} is not a readable safetensors file: {err}") from None
+    if metadata.get("format") != FORMAT:
+        raise AdaptbenchError(
+            f"{path} is not an adaptbench adapter checkpoint (metadata 'format' is "
+            f"{metadata.get('format')!r}, expected {FORMAT!r})"
+        )
+    return metadata, tensors
+
+
+def check_backbone(metadata: dict[str, str], backbone, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint made on another backbone (name or weights)."""
+    made_for = (metadata.get("backbone"), metadata.get("backbone_weights"))
+    here = (backbone.name, backbone.weights_id)
+    if made_for != here:
+        raise AdaptbenchError(
+            f"adapter checkpoint {path} was made for backbone {made_for[0]!r} "
+            f"(weights {made_for[1]}), not for {here[0]!r} (weights {here[1]})"
+        )
+
+
+def load_adapter(backbone, path: str | os.PathLike) -> tuple[Adapter, dict[str, torch.Tensor]]:
+    """Rebuild the adapter a checkpoint describes on ``backbone``; returns it and the head state."""
+    from . import build_adapter
+
+    metadata, tensors = read_checkpoint(path)
+    check_backbone(metadata, backbone, path)
+    adapter = build_adapter(metadata["adapter"], backbone, json.loads(metadata["adapter_config"]))
+    own = {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
+    adapter.load_state_tensors(own, source=str(path))
+    head_state = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
+    return adapter, head_state

@@ -1,0 +1,40 @@
+"""LayerNorm tuning: train only the affine parameters of every LayerNorm.
+
+As in the "LN-TUNE" baseline (Basu et al., "Strong Baselines for Parameter Efficient
+Few-Shot Fine-tuning", AAAI 2024; also Zhao et al., "Tuning LayerNorm in Attention",
+ICLR 2024): ``y = gamma * (x - mu) / sigma + beta`` with only ``gamma`` and ``beta``
+trained, in every LayerNorm of the backbone (block pre-norms and the final norm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..registry import register_adapter
+from .base import Adapter, AdapterConfig
+
+
+@dataclass
+class LayerNormTuningConfig(AdapterConfig):
+    """LayerNorm tuning has no options: every LayerNorm's gamma and beta are trained."""
+
+
+class LayerNormTuning(Adapter):
+    """LayerNorm tuning: train only the LayerNorm scales and shifts."""
+
+    mergeable = True  # trained in place: merge is a no-op
+    adds_parameters = False
+
+    def _attach(self, backbone) -> None:
+        for module_name, module in backbone.named_modules():
+            if isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                for param_name, param in module.named_parameters(recurse=False):
+                    self.declare(f"{module_name}.{param_name}", param)
+
+    def _merge(self) -> None:
+        """The trained gamma and beta already are the backbone's."""
+
+
+register_adapter("ln", LayerNormTuningConfig, LayerNormTuning)

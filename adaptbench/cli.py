@@ -1,0 +1,233 @@
+"""The ``adaptbench`` command line.
+
+Starting it must stay cheap: ``--help`` and ``ls`` import no torch. Each subcommand
+imports what it needs inside its handler.
+
+Errors a user can fix (:class:`AdaptbenchError`) print one line on stderr and exit 2;
+any other failure prints one line and exits 1. ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import AdaptbenchError, one_line
+
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptbench",
+        description="Benchmark parameter-efficient adaptation of frozen vision foundation models.",
+    )
+    parser.add_argument("--version", action="version", version=f"adaptbench {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="import a local plugin file that registers adapters, backbones or tasks (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    _add_ls(commands)
+    _add_train(commands)
+    _add_eval(commands)
+    return parser
+
+
+def _add_ls(commands) -> None:
+    ls = commands.add_parser("ls", help="list registered adapters, backbones or tasks")
+    ls.add_argument("kind", choices=["adapters", "backbones", "tasks"])
+    ls.set_defaults(handler=cmd_ls)
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser(
+        "train", help="train and evaluate one backbone x adapter x task x seed; writes a run record",
+        description="Train one run and write its record (JSON) and adapter checkpoint (safetensors).",
+    )
+    train.add_argument("--task", required=True, help="task name, e.g. micro/digits or vtab1k/cifar")
+    train.add_argument("--backbone", required=True, help="backbone name, or a timm ViT name (timm:<name>)")
+    train.add_argument("--adapter", required=True, help="adapter name (`adaptbench ls adapters`)")
+    train.add_argument("--adapter-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="adapter option, e.g. r=4 or targets=q,v (repeatable)")
+    train.add_argument("--weights", default=None,
+                       help="'pretrained' (default for timm names), 'random[:seed]', or a local .safetensors/.pth file")
+    train.add_argument("--data-root", default=None, help="folder holding the VTAB-1k / FGVC data (or ADAPTBENCH_DATA_ROOT)")
+    train.add_argument("--stage", default="final", choices=["final", "tune"],
+                       help="final: train800val200 -> test; tune: train800 -> val200 (default: final)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=int, default=None, help="default: the task's (100; micro tasks 10)")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--warmup-epochs", type=int, default=None, help="default: 10%% of the epochs")
+    train.add_argument("--pool", choices=["cls", "mean"], default=None, help="default: the backbone's")
+    train.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    train.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    train.add_argument("--num-workers", type=int, default=None, help="data loader workers")
+    train.add_argument("--out", default="results", help="folder for run records (default: results/)")
+    train.add_argument("--no-save-adapter", action="store_true", help="do not write the adapter checkpoint")
+    train.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
+    train.set_defaults(handler=cmd_train)
+
+
+def _add_eval(commands) -> None:
+    evaluate = commands.add_parser("eval", help="evaluate a saved adapter checkpoint on a task split")
+    evaluate.add_argument("--checkpoint", required=True, help="an adapter .safetensors written by train")
+    evaluate.add_argument("--task", required=True)
+    evaluate.add_argument("--backbone", required=True)
+    evaluate.add_argument("--weights", default=None)
+    evaluate.add_argument("--split", default=None, help="default: the task's test split")
+    evaluate.add_argument("--data-root", default=None)
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--num-workers", type=int, default=0)
+    evaluate.add_argument("--accelerator", default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(handler=cmd_eval)
+
+
+def parse_adapter_args(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AdaptbenchError(f"--adapter-arg {pair!r}: expected KEY=VALUE, e.g. r=4")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .registry import REGISTRIES
+
+    table = Table(title=f"adaptbench {args.kind}", show_lines=False)
+    table.add_column("name", style="bold")
+    table.add_column("description")
+    table.add_column("source", style="dim")
+    for entry in REGISTRIES[args.kind].entries():
+        table.add_row(entry.name, entry.description, entry.source)
+    Console(width=160).print(table)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .runner.train import RunConfig, RunPlace, run
+
+    config = RunConfig(
+        task=args.task, backbone=args.backbone, adapter=args.adapter,
+        adapter_options=parse_adapter_args(args.adapter_arg), weights=args.weights,
+        seed=args.seed, stage=args.stage, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        pool=args.pool, precision=args.precision,
+    )
+    place = RunPlace(out_dir=Path(args.out), data_root=args.data_root, accelerator=args.accelerator,
+                     num_workers=args.num_workers, progress=args.progress,
+                     save_adapter=not args.no_save_adapter)
+    _quiet_lightning()
+    result = run(config, place)
+    print_run_summary(result)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .runner.evaluate import evaluate_checkpoint
+
+    _quiet_lightning()
+    metrics = evaluate_checkpoint(
+        args.checkpoint, args.task, args.backbone, weights=args.weights, split=args.split,
+        data_root=args.data_root, batch_size=args.batch_size, num_workers=args.num_workers,
+        accelerator=args.accelerator,
+    )
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    else:
+        for split, values in metrics.items():
+            print(split, " ".join(f"{k}={v:.4f}" for k, v in sorted(values.items())))
+    return 0
+
+
+def print_run_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    info = result.record["train_info"]
+    config = result.record["run_info"]["config"]
+    table = Table(title=f"{config['task']} | {config['backbone']} | {config['adapter']} | seed {config['seed']}")
+    table.add_column("split")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for split, metrics in info["metrics"].items():
+        for name, value in sorted(metrics.items()):
+            table.add_row(split, name, f"{value:.4f}")
+    params = info["params"]
+    console = Console(width=140)
+    console.print(table)
+    img_s = info["train_images_per_s"]
+    console.print(
+        f"trainable params: {params['trainable']:,} (+{params['head']:,} head) | "
+        f"extra inference params: {params['extra_inference']:,} | "
+        f"checkpoint: {params['checkpoint_bytes']:,} B | "
+        f"train img/s: {img_s:.1f} | wall: {info['wall_time_s']:.1f} s"
+        if img_s is not None else f"trainable params: {params['trainable']:,}"
+    )
+    console.print(f"record: {result.record_path}")
+    if result.checkpoint_path:
+        console.print(f"adapter: {result.checkpoint_path}")
+
+
+def _quiet_lightning() -> None:
+    """Lightning's banners (GPU available, tips, ...) are noise in a benchmark log."""
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401 - sets its loggers' levels on import: override after
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*does not have many workers.*", ".*no `val_dataloader`.*", ".*LeafSpec.*",
+                    ".*litlogger.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _load_plugins(args.plugin)
+        return args.handler(args)
+    except AdaptbenchError as err:
+        return _fail(err, args.debug, EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("adaptbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for the user, traceback with --debug
+        return _fail(err, args.debug, EXIT_FAILURE)
+
+
+def _load_plugins(paths: Sequence[str]) -> None:
+    from .registry import load_plugin_file
+
+    for path in paths:
+        load_plugin_file(path)
+
+
+def _fail(err: BaseException, debug: bool, code: int) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exception(err)
+    print(f"adaptbench: error: {one_line(err)}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

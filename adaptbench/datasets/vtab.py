@@ -1,0 +1,62 @@
+"""VTAB-1k in NOAH's on-disk layout (``data/vtab-source/get_vtab1k.py``), which the
+common dumps follow::
+
+    <root>/<task>/{train800,val200,train800val200,test}.txt
+    <root>/<task>/images/<split>/000123.jpg
+
+each split file holding lines ``images/<split>/000123.jpg <int label>``, paths relative to
+``<root>/<task>/``. Folder names and class counts: ``adaptbench.tasks.catalog.VTAB1K_TASKS``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import AdaptbenchError
+from ..tasks.catalog import SPLITS
+from .images import Sample, check_images_exist
+
+VTAB_SPLITS = SPLITS["vtab1k"]
+LAYOUT = ('<root>/<task>/{train800,val200,train800val200,test}.txt with lines '
+          '"images/<split>/<name>.jpg <label>"')
+
+
+def read_split_file(path: Path, num_classes: int | None = None) -> list[Sample]:
+    """Parse one split file; every bad line is reported with its file and line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdaptbenchError(f"split file {path} does not exist; expected the VTAB-1k layout {LAYOUT}")
+    samples = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            samples.append(_parse_line(path, number, line, num_classes))
+    return samples
+
+
+def _parse_line(path: Path, number: int, line: str, num_classes: int | None) -> Sample:
+    fields = line.split()
+    if len(fields) != 2:
+        raise AdaptbenchError(f"{path}:{number}: expected '<image path> <int label>', got {line.strip()!r}")
+    image, label_text = fields
+    try:
+        label = int(label_text)
+    except ValueError:
+        raise AdaptbenchError(f"{path}:{number}: label {label_text!r} is not an integer") from None
+    if num_classes is not None and not 0 <= label < num_classes:
+        raise AdaptbenchError(
+            f"{path}:{number}: label {label} out of range; expected 0..{num_classes - 1} ({num_classes} classes)"
+        )
+    return path.parent / image, label
+
+
+def vtab_samples(root: Path, task_dir: str, split: str, num_classes: int) -> list[Sample]:
+    """The validated samples of one split of one VTAB-1k task."""
+    if split not in VTAB_SPLITS:
+        raise AdaptbenchError(f"unknown VTAB-1k split {split!r}; expected one of {VTAB_SPLITS}")
+    folder = Path(root) / task_dir
+    if not folder.is_dir():
+        raise AdaptbenchError(f"VTAB-1k task folder {folder} does not exist; expected the layout {LAYOUT}")
+    split_file = folder / f"{split}.txt"
+    samples = read_split_file(split_file, num_classes)
+    check_images_exist(samples, str(split_file))
+    return samples

@@ -1,0 +1,252 @@
+"""One typed registry for backbones, adapters and tasks.
+
+Entries are registered three ways:
+
+* built-in entries are *lazy* ``"module:attr"`` strings with a one-line description
+  (``adaptbench/_catalogue.py``), so ``adaptbench ls`` and ``--help`` never import torch;
+* the module that defines an object registers it at its bottom
+  (``register_adapter("ssf", SSFConfig, SSF)``, in the manner of timm's ``@register_model``),
+  which fills in the lazy entry of the same name;
+* plugins: the entry-point groups ``adaptbench.adapters``, ``adaptbench.backbones`` and
+  ``adaptbench.tasks`` (read at first use, imported only when an entry is used), and
+  ``--plugin path/to/file.py`` (imported at once). ``ADAPTBENCH_NO_PLUGINS=1`` disables
+  the entry-point autoload.
+
+Names are lowercase; registering a name twice raises.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from .errors import AdaptbenchError, did_you_mean
+
+T = TypeVar("T")
+
+ENTRY_POINT_GROUPS = {
+    "adapter": "adaptbench.adapters",
+    "backbone": "adaptbench.backbones",
+    "task": "adaptbench.tasks",
+}
+NO_PLUGINS_ENV = "ADAPTBENCH_NO_PLUGINS"
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-./:")
+
+
+@dataclass
+class Entry:
+    """A registered name: the object itself, or a ``"module:attr"`` string to import on use."""
+
+    name: str
+    target: Any
+    description: str = ""
+    source: str = "builtin"  # "builtin", "entry point <dist>", "plugin <path>", "<module>"
+
+    @property
+    def is_lazy(self) -> bool:
+        return isinstance(self.target, str)
+
+
+@dataclass
+class Registry(Generic[T]):
+    """Names -> objects of one kind (``kind`` is "adapter", "backbone" or "task")."""
+
+    kind: str
+    _entries: dict[str, Entry] = field(default_factory=dict)
+    _builtins_loaded: bool = False
+    _entry_points_loaded: bool = False
+
+    # -- registration -------------------------------------------------------------------
+    def register(self, name: str, target: Any, description: str = "", source: str = "") -> None:
+        """Register ``target`` (an object or a lazy ``"module:attr"`` string) as ``name``."""
+        _check_name(self.kind, name)
+        if not description and not isinstance(target, str):
+            description = _first_doc_line(target)
+        existing = self._entries.get(name)
+        if existing is not None and not _same_target(existing, target):
+            raise AdaptbenchError(
+                f"{self.kind} name {name!r} is already registered (by {existing.source}); "
+                f"choose another name"
+            )
+        if existing is not None:  # the defining module filling in its own lazy entry
+            existing.target = target
+            existing.description = existing.description or description
+            return
+        self._entries[name] = Entry(name, target, description, source or _source_of(target))
+
+    # -- lookup -------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        self._load_known_entries()
+        return sorted(self._entries)
+
+    def entries(self) -> Iterator[Entry]:
+        self._load_known_entries()
+        for name in sorted(self._entries):
+            yield self._entries[name]
+
+    def __contains__(self, name: str) -> bool:
+        self._load_known_entries()
+        return name in self._entries
+
+    def get(self, name: str) -> T:
+        """The object registered as ``name``, importing its module on first use."""
+        self._load_known_entries()
+        entry = self._entries.get(name)
+        if entry is None:
+            raise AdaptbenchError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
+                f"`adaptbench ls {self.kind}s` lists them"
+            )
+        if entry.is_lazy:
+            entry.target = _import_target(entry)
+        return entry.target
+
+    # -- loading ------------------------------------------------------------------------
+    def _load_known_entries(self) -> None:
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            from . import _catalogue
+
+            for name, (target, description) in _catalogue.builtins(self.kind).items():
+                self.register(name, target, description, source="builtin")
+        if not self._entry_points_loaded:
+            self._entry_points_loaded = True
+            if not os.environ.get(NO_PLUGINS_ENV):
+                self._load_entry_points()
+
+    def _load_entry_points(self) -> None:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=ENTRY_POINT_GROUPS[self.kind]):
+            dist = getattr(ep, "dist", None)
+            source = f"entry point of {dist.name} {dist.version}" if dist else "entry point"
+            try:
+                self.register(ep.name, ep.value, f"plugin ({ep.value})", source=source)
+            except AdaptbenchError as err:  # a bad plugin must not break the rest
+                report_plugin_problem(f"{ep.value}", err)
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not name or name != name.lower() or not set(name) <= _NAME_CHARS:
+        raise AdaptbenchError(
+            f"invalid {kind} name {name!r}: expected lowercase letters, digits and '_-./:'"
+        )
+
+
+def _first_doc_line(obj: Any) -> str:
+    doc = getattr(obj, "__doc__", None) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _source_of(target: Any) -> str:
+    if isinstance(target, str):
+        return target.split(":")[0]
+    return getattr(target, "__module__", "") or "python"
+
+
+def _target_path(target: Any) -> str | None:
+    if isinstance(target, str):
+        return target
+    qualname = getattr(target, "__qualname__", None)  # classes and functions only
+    return f"{target.__module__}:{qualname}" if qualname else None
+
+
+def _same_target(entry: Entry, target: Any) -> bool:
+    """Re-registering the very object a lazy entry points at is not a duplicate."""
+    if entry.target is target:
+        return True
+    path = _target_path(target)
+    return path is not None and path == _target_path(entry.target)
+
+
+def _import_target(entry: Entry) -> Any:
+    module_name, _, attr = entry.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        obj = module
+        for part in attr.split(".") if attr else []:
+            obj = getattr(obj, part)
+    except Exception as err:  # noqa: BLE001 - any plugin failure becomes one line
+        raise AdaptbenchError(
+            f"{entry.name!r} ({entry.source}) failed to load from {entry.target!r}: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+    return obj
+
+
+def report_plugin_problem(plugin: str, err: BaseException) -> None:
+    """Say on stderr, in one line, that a plugin could not be loaded."""
+    message = err.message if isinstance(err, AdaptbenchError) else f"{type(err).__name__}: {err}"
+    print(f"adaptbench: warning: plugin {plugin} not loaded: {message}", file=sys.stderr)
+
+
+def load_plugin_file(path: str | os.PathLike) -> None:
+    """Import a user-named Python file so that its ``register_*`` calls take effect."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdaptbenchError(f"plugin file {path} does not exist; expected a .py file")
+    module_name = f"adaptbench_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise AdaptbenchError(f"plugin file {path} is not importable; expected a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except AdaptbenchError:
+        sys.modules.pop(module_name, None)
+        raise
+    except Exception as err:  # noqa: BLE001 - a user's file may raise anything
+        sys.modules.pop(module_name, None)
+        line = _line_in_file(err, path)
+        raise AdaptbenchError(
+            f"plugin file {path}{line} failed to import: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _line_in_file(err: BaseException, path: Path) -> str:
+    if isinstance(err, SyntaxError) and err.lineno:
+        return f":{err.lineno}"
+    tb = err.__traceback__
+    line = ""
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename).resolve() == path.resolve():
+            line = f":{tb.tb_lineno}"
+        tb = tb.tb_next
+    return line
+
+
+ADAPTERS: Registry = Registry("adapter")
+BACKBONES: Registry = Registry("backbone")
+TASKS: Registry = Registry("task")
+REGISTRIES = {"adapters": ADAPTERS, "backbones": BACKBONES, "tasks": TASKS}
+
+
+def register_adapter(name: str, config_class: type, adapter_class: type, description: str = "") -> None:
+    """Register an adapter: its config dataclass and the class that attaches it."""
+    existing = vars(adapter_class).get("config_class")  # its own, not inherited
+    if existing is not None and existing is not config_class:
+        raise AdaptbenchError(
+            f"adapter {name!r}: {adapter_class.__name__}.config_class is {existing.__name__}, "
+            f"but register_adapter was given {config_class.__name__}"
+        )
+    adapter_class.config_class = config_class
+    adapter_class.name = name
+    ADAPTERS.register(name, adapter_class, description or _first_doc_line(adapter_class))
+
+
+def register_backbone(name: str, factory: Callable[..., Any], description: str = "") -> None:
+    """Register a backbone factory: ``factory(weights=..., **kwargs) -> Backbone``."""
+    BACKBONES.register(name, factory, description)
+
+
+def register_task(name: str, spec: Any, description: str = "") -> None:
+    """Register a task specification (see ``adaptbench.tasks.catalog``)."""
+    TASKS.register(name, spec, description)

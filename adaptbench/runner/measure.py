@@ -1,0 +1,51 @@
+"""Throughput and memory of a run, measured the same way for every adapter."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import lightning as L
+import torch
+
+
+class ThroughputMeter(L.Callback):
+    """Training images per second over the optimisation steps (forward, backward, update).
+
+    Data loading is excluded, and the first step is skipped (allocations, lazy init), so
+    the figure compares adapters, not input pipelines.
+    """
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.seconds = 0.0
+        self._started: float | None = None
+        self._steps = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _synchronize(pl_module.device)
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _synchronize(pl_module.device)
+        self._steps += 1
+        if self._started is not None and self._steps > 1:
+            self.seconds += time.perf_counter() - self._started
+            self.images += len(batch[1])
+
+    def images_per_second(self) -> float | None:
+        return self.images / self.seconds if self.seconds > 0 else None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, kind): CUDA's peak allocation on GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "cpu_max_rss"

@@ -1,0 +1,113 @@
+"""Run records: one JSON per run, schema-versioned, written atomically.
+
+Layout (DESIGN.md, "Run record"; PEFT's ``method_comparison`` convention)::
+
+    {
+      "schema_version": 1,
+      "run_info":   {run_id, created_at, config (resolved), seed, versions, git},
+      "train_info": {status, error, stage, metrics {split: {name: value}}, primary_metric,
+                     higher_is_better, params, wall_time_s, train_images_per_s,
+                     peak_memory_bytes, peak_memory_kind, data, checkpoint},
+      "meta_info":  {host, platform, python, device, cpu_count}
+    }
+
+A record is written to a temporary file in the same folder and renamed into place, so a
+reader (or a killed run) never sees half a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("success", "failed")
+
+
+def run_id(config: dict[str, Any]) -> str:
+    """A deterministic id: the hash of the resolved configuration."""
+    canonical = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def write_record(record: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``record`` as JSON to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("adaptbench", "torch", "torchvision", "timm", "lightning", "torchmetrics", "safetensors"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def git_state() -> dict[str, Any]:
+    """The commit of the adaptbench checkout that ran (None when not a git checkout)."""
+    package_dir = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(package_dir), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(package_dir), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if commit.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def meta_info(device: str) -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "device": device,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def new_record(config: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_info": {
+            "run_id": run_id(config),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": config,
+            "seed": seed,
+            "versions": library_versions(),
+            "git": git_state(),
+        },
+        "train_info": {"status": None, "error": None},
+        "meta_info": {},
+    }

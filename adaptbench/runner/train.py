@@ -1,0 +1,217 @@
+"""One run: backbone x adapter x task x seed -> a trained model and a run record.
+
+Bad input (names, data, checkpoints) is checked before anything is trained and raises
+:class:`AdaptbenchError` with no record written. A run that starts and then fails (NaN
+loss, out of memory, an unreadable image met mid-epoch) is recorded with status
+``failed`` and its error, and the error is raised again for the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import AdaptbenchError, one_line
+from .protocol import STAGES, split_plan
+from .records import meta_info, new_record, write_record
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides a run's result (its hash is the run id)."""
+
+    task: str
+    backbone: str
+    adapter: str
+    adapter_options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # None: the backbone's default
+    seed: int = 0
+    stage: str = "final"
+    epochs: int | None = None  # None: the task's default
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int | None = None  # None: 10% of the epochs
+    label_smoothing: float = 0.0
+    pool: str | None = None  # None: the backbone's default (class token, else mean)
+    precision: str = "32-true"
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise AdaptbenchError(f"--stage {self.stage!r}: expected one of {STAGES}")
+        for name in ("batch_size", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise AdaptbenchError(f"--{name.replace('_', '-')} {value}: expected an integer >= 1")
+        if self.lr <= 0:
+            raise AdaptbenchError(f"--lr {self.lr}: expected a positive number")
+
+
+@dataclass
+class RunPlace:
+    """Where and how a run executes (not part of its identity)."""
+
+    out_dir: Path = Path("results")
+    data_root: str | None = None
+    accelerator: str = "auto"
+    num_workers: int | None = None
+    progress: bool = False
+    save_adapter: bool = True
+
+
+@dataclass
+class RunResult:
+    record: dict[str, Any]
+    record_path: Path
+    checkpoint_path: Path | None
+
+
+def resolved_config(config: RunConfig, spec) -> dict[str, Any]:
+    """The config with every default filled in, as recorded and hashed."""
+    resolved = dataclasses.asdict(config)
+    resolved["epochs"] = config.epochs or spec.default_epochs
+    if config.warmup_epochs is None:
+        resolved["warmup_epochs"] = max(0, round(0.1 * resolved["epochs"]))
+    return resolved
+
+
+def run(config: RunConfig, place: RunPlace) -> RunResult:
+    """Train and evaluate one configuration; write its record (see the module docstring)."""
+    from ..registry import TASKS
+
+    config.validate()
+    spec = TASKS.get(config.task)
+    resolved = resolved_config(config, spec)
+    prepared = _prepare(config, place, spec, resolved)  # all bad input surfaces here
+    record = new_record(resolved, config.seed)
+    record_path = place.out_dir / f"{record['run_info']['run_id']}.json"
+    started = time.perf_counter()
+    try:
+        outcome = _fit_and_evaluate(prepared, resolved, place)
+    except BaseException as err:  # noqa: BLE001 - recorded, then raised again
+        record["train_info"].update(status="failed", error=_error_line(err),
+                                    wall_time_s=time.perf_counter() - started)
+        record["meta_info"] = meta_info(prepared["device"])
+        write_record(record, record_path)
+        raise
+    checkpoint = _save_checkpoint(prepared, place, record_path) if place.save_adapter else None
+    record["train_info"].update(
+        status="success",
+        wall_time_s=time.perf_counter() - started,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        **outcome,
+    )
+    record["meta_info"] = meta_info(prepared["device"])
+    write_record(record, record_path)
+    return RunResult(record, record_path, checkpoint)
+
+
+def _prepare(config: RunConfig, place: RunPlace, spec, resolved: dict[str, Any]) -> dict[str, Any]:
+    """Build data loaders, backbone, adapter and module; every user error is raised here."""
+    import lightning as L
+
+    from ..adapters import build_adapter
+    from ..backbones import load_backbone
+    from ..tasks.classification import ClassificationModule
+    from ..tasks.data import make_loader, task_samples
+
+    plan = split_plan(spec, config.stage)
+    train_samples = task_samples(spec, plan.train_split, place.data_root)
+    eval_samples = task_samples(spec, plan.eval_split, place.data_root)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    backbone = load_backbone(config.backbone, weights=config.weights)
+    adapter = build_adapter(config.adapter, backbone, config.adapter_options)
+    module = ClassificationModule(
+        backbone, adapter, spec.num_classes, pool=config.pool, lr=config.lr,
+        weight_decay=config.weight_decay, warmup_epochs=resolved["warmup_epochs"],
+        label_smoothing=config.label_smoothing,
+    )
+    workers = place.num_workers if place.num_workers is not None else _default_workers(spec)
+    loaders = {
+        "train": make_loader(train_samples, backbone.data_config, config.batch_size, True,
+                             workers, config.seed, f"{spec.name}:{plan.train_split}"),
+        "eval": make_loader(eval_samples, backbone.data_config, config.batch_size, False,
+                            workers, config.seed, f"{spec.name}:{plan.eval_split}"),
+    }
+    return {"spec": spec, "plan": plan, "backbone": backbone, "adapter": adapter,
+            "module": module, "loaders": loaders, "device": _device_name(place.accelerator)}
+
+
+def _default_workers(spec) -> int:
+    # The embedded tasks decode tiny PNGs: worker processes cost more than they save.
+    return 0 if spec.embedded else min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+def _fit_and_evaluate(prepared: dict[str, Any], resolved: dict[str, Any], place: RunPlace) -> dict[str, Any]:
+    import lightning as L
+
+    from ..tasks.classification import HIGHER_IS_BETTER, PRIMARY_METRIC
+    from .measure import ThroughputMeter, peak_memory
+
+    plan, module, loaders = prepared["plan"], prepared["module"], prepared["loaders"]
+    meter = ThroughputMeter()
+    trainer = L.Trainer(
+        max_epochs=resolved["epochs"], accelerator=place.accelerator, devices=1,
+        precision=resolved["precision"], logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=place.progress, callbacks=[meter],
+        # The final stage never looks at its evaluation split during training.
+        limit_val_batches=0 if plan.eval_is_test else 1.0,
+        num_sanity_val_steps=0, deterministic="warn",
+    )
+    val_loader = None if plan.eval_is_test else loaders["eval"]
+    trainer.fit(module, loaders["train"], val_loader)
+    metrics = {plan.train_split: _split_metrics(trainer.logged_metrics, "train_")}
+    if plan.eval_is_test:
+        trainer.test(module, loaders["eval"], verbose=False)
+        metrics[plan.eval_split] = _split_metrics(trainer.logged_metrics, "test_")
+    else:
+        metrics[plan.eval_split] = _split_metrics(trainer.logged_metrics, "val_")
+    memory_bytes, memory_kind = peak_memory(module.device)
+    data_config = prepared["backbone"].data_config
+    return {
+        "stage": plan.stage,
+        "metrics": metrics,
+        "primary_metric": PRIMARY_METRIC,
+        "higher_is_better": HIGHER_IS_BETTER,
+        "params": prepared["adapter"].parameter_report(module.head).to_dict(),
+        "train_images_per_s": meter.images_per_second(),
+        "peak_memory_bytes": memory_bytes,
+        "peak_memory_kind": memory_kind,
+        "data": {
+            "train_split": plan.train_split, "eval_split": plan.eval_split,
+            "train_size": len(loaders["train"].dataset), "eval_size": len(loaders["eval"].dataset),
+            "input_size": list(data_config.input_size), "mean": list(data_config.mean),
+            "std": list(data_config.std), "resize": "no crop", "augmentation": "none",
+        },
+    }
+
+
+def _split_metrics(logged: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {key.removeprefix(prefix): float(value) for key, value in logged.items() if key.startswith(prefix)}
+
+
+def _save_checkpoint(prepared: dict[str, Any], place: RunPlace, record_path: Path) -> Path:
+    from ..adapters.checkpoint import save_adapter
+
+    path = record_path.with_suffix(".adapter.safetensors")
+    module, spec = prepared["module"], prepared["spec"]
+    head_info = {"task": spec.name, "num_classes": spec.num_classes,
+                 "pool": module.hparams.pool or prepared["backbone"].default_pool}
+    return save_adapter(prepared["adapter"], path, head=module.head, head_info=head_info)
+
+
+def _device_name(accelerator: str) -> str:
+    import torch
+
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def _error_line(err: BaseException) -> str:
+    return one_line(err)
+

@@ -1,0 +1,137 @@
+"""One conformance suite, parametrized over every registered adapter x every tiny backbone.
+
+Registering an adapter is enough to have it tested here (STYLE.md item 3).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaptbench.adapters import adapter_class, build_adapter
+from adaptbench.adapters.checkpoint import load_adapter, save_adapter
+from adaptbench.backbones import load_backbone
+from adaptbench.errors import AdaptbenchError
+from adaptbench.registry import ADAPTERS
+
+
+TINY_BACKBONES = ("vit_tiny_test", "vit_tiny_test_reg")
+ADAPTER_NAMES = ADAPTERS.names()
+CASES = [(a, b) for a in ADAPTER_NAMES for b in TINY_BACKBONES]
+STEPS = 3
+
+
+def images(seed: int = 0, batch: int = 4) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def adapted(adapter_name: str, backbone_name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    backbone = load_backbone(backbone_name)
+    return backbone, build_adapter(adapter_name, backbone)
+
+
+def train_steps(backbone, adapter, steps: int = STEPS) -> nn.Linear:
+    """A few Adam steps on random labels through a fresh head (as a task would)."""
+    head = nn.Linear(backbone.anatomy.embed_dim, 5)
+    params = list(adapter.trainable_parameters().values()) + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    labels = torch.tensor([0, 1, 2, 3])
+    backbone.train()
+    for step in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(head(backbone(images(step))), labels).backward()
+        optimizer.step()
+    backbone.eval()
+    return head
+
+
+@pytest.mark.parametrize("adapter_name,backbone_name", CASES)
+def test_outputs_are_finite(adapter_name, backbone_name):
+    backbone, _ = adapted(adapter_name, backbone_name)
+    out = backbone(images())
+    assert out.shape == (4, backbone.anatomy.embed_dim)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("adapter_name,backbone_name", CASES)
+def test_identity_at_init_when_declared(adapter_name, backbone_name):
+    if not adapter_class(adapter_name).identity_at_init:
+        pytest.skip(f"{adapter_name} declares it is not the identity at init (its paper's init)")
+    reference = load_backbone(backbone_name).eval()(images())
+    backbone, _ = adapted(adapter_name, backbone_name)
+    torch.testing.assert_close(backbone.eval()(images()), reference, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("adapter_name,backbone_name", CASES)
+def test_only_declared_parameters_train(adapter_name, backbone_name):
+    backbone, adapter = adapted(adapter_name, backbone_name)
+    declared = {id(p) for p in adapter.trainable_parameters().values()}
+    before = {name: p.detach().clone() for name, p in backbone.named_parameters()}
+    assert {id(p) for p in backbone.parameters() if p.requires_grad} == declared
+    train_steps(backbone, adapter)
+    for name, param in backbone.named_parameters():
+        changed = not torch.equal(param.detach(), before[name])
+        if id(param) in declared:
+            assert changed, f"declared tensor {name} did not change after {STEPS} steps (dead branch?)"
+            assert param.grad is not None and torch.isfinite(param.grad).all()
+        else:
+            assert not changed, f"undeclared tensor {name} changed"
+            assert param.grad is None, f"undeclared tensor {name} received a gradient"
+
+
+@pytest.mark.parametrize("adapter_name,backbone_name", CASES)
+def test_parameter_count_equals_declared_tensors(adapter_name, backbone_name):
+    backbone, adapter = adapted(adapter_name, backbone_name)
+    head = nn.Linear(backbone.anatomy.embed_dim, 5)
+    report = adapter.parameter_report(head)
+    requires_grad = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    assert report.trainable == requires_grad == sum(p.numel() for p in adapter.trainable_parameters().values())
+    assert report.head == 32 * 5 + 5
+    assert report.trainable_with_head == report.trainable + report.head
+    assert report.extra_inference == (report.trainable if adapter.adds_parameters else 0)
+    assert report.backbone == sum(p.numel() for p in load_backbone(backbone_name).parameters())
+    assert report.checkpoint_bytes > 4 * report.trainable  # fp32 tensors plus a header
+
+
+@pytest.mark.parametrize("adapter_name,backbone_name", CASES)
+def test_merged_equals_unmerged(adapter_name, backbone_name):
+    backbone, adapter = adapted(adapter_name, backbone_name)
+    if not adapter.mergeable:
+        with pytest.raises(AdaptbenchError):
+            adapter.merge()
+        return
+    train_steps(backbone, adapter)  # merge trained, non-trivial values
+    unmerged = backbone(images(7))
+    adapter.merge()
+    torch.testing.assert_close(backbone(images(7)), unmerged, atol=1e-5, rtol=1e-5)
+    assert adapter.extra_inference_params() == 0
+
+
+@pytest.mark.parametrize("adapter_name,backbone_name", CASES)
+def test_save_load_round_trip(adapter_name, backbone_name, tmp_path):
+    backbone, adapter = adapted(adapter_name, backbone_name)
+    head = train_steps(backbone, adapter)
+    path = save_adapter(adapter, tmp_path / "adapter.safetensors", head=head)
+    assert path.read_bytes()[:8]  # a safetensors header, not a pickle
+    fresh = load_backbone(backbone_name)
+    loaded, head_state = load_adapter(fresh, path)
+    new_head = nn.Linear(backbone.anatomy.embed_dim, 5)
+    new_head.load_state_dict(head_state)
+    torch.testing.assert_close(new_head(fresh.eval()(images(3))), head(backbone(images(3))), atol=0, rtol=0)
+    assert loaded.config == adapter.config
+
+
+@pytest.mark.parametrize("adapter_name,backbone_name", CASES)
+def test_loading_onto_another_backbone_is_refused(adapter_name, backbone_name, tmp_path):
+    backbone, adapter = adapted(adapter_name, backbone_name)
+    path = save_adapter(adapter, tmp_path / "adapter.safetensors")
+    other_weights = load_backbone(backbone_name, weights="random:1")
+    with pytest.raises(AdaptbenchError, match=r"made for backbone .* not for") as err:
+        load_adapter(other_weights, path)
+    assert backbone.weights_id in str(err.value) and other_weights.weights_id in str(err.value)
+    other_name = [b for b in TINY_BACKBONES if b != backbone_name][0]
+    with pytest.raises(AdaptbenchError, match=other_name):
+        load_adapter(load_backbone(other_name), path)

@@ -1,0 +1,130 @@
+"""Backbones: the canonical anatomy keeps timm's maths; weights load from files or fail fast."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from adaptbench.backbones import BLOCK_SITES, load_backbone
+from adaptbench.backbones import weights as weights_module
+from adaptbench.errors import AdaptbenchError
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+def plain_timm(seed: int = 0, **overrides):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **{**TINY, **overrides}).eval()
+
+
+def test_canonical_blocks_compute_what_timm_computes():
+    backbone = load_backbone("vit_tiny_test").eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(backbone.forward_features(x), plain_timm().forward_features(x), atol=0, rtol=0)
+    torch.testing.assert_close(backbone(x), plain_timm()(x), atol=0, rtol=0)
+
+
+def test_mean_pooling_backbone_matches_timm_head_input():
+    backbone = load_backbone("vit_tiny_test_reg").eval()
+    reference = plain_timm(reg_tokens=2, class_token=False, global_pool="avg", no_embed_class=True,
+                           init_values=1e-1, qkv_bias=False)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(backbone(x), reference(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_test", "vit_tiny_test_reg"])
+def test_every_site_resolves(name):
+    backbone = load_backbone(name)
+    anatomy = backbone.anatomy
+    assert anatomy.num_blocks == 2 and anatomy.embed_dim == 32 and anatomy.grid == (4, 4)
+    for site in BLOCK_SITES:
+        assert len(list(backbone.iter_sites(site))) == 2
+    assert backbone.site("qkv", 0).out_features == 96
+    assert backbone.site("mlp_in", 1).out_features == 64
+    for site in ("patch_embed", "tokens", "final_norm"):
+        backbone.site(site)
+    with pytest.raises(AdaptbenchError, match="unknown block site"):
+        backbone.site("qkvv", 0)
+    with pytest.raises(AdaptbenchError, match="out of range"):
+        backbone.site("qkv", 5)
+
+
+def test_prefix_tokens_are_counted():
+    assert load_backbone("vit_tiny_test").anatomy.num_prefix_tokens == 1
+    reg = load_backbone("vit_tiny_test_reg")
+    assert reg.anatomy.num_prefix_tokens == 2 and not reg.anatomy.has_class_token
+    with pytest.raises(AdaptbenchError, match="no class token"):
+        reg(torch.randn(1, 3, 32, 32), pool="cls")
+
+
+def test_backbone_is_frozen_and_random_weights_are_reproducible():
+    a, b, c = load_backbone("vit_tiny_test"), load_backbone("vit_tiny_test"), load_backbone("vit_tiny_test", weights="random:1")
+    assert not any(p.requires_grad for p in a.parameters())
+    assert a.weights_id == b.weights_id != c.weights_id
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_from_a_local_file(tmp_path, suffix):
+    source = plain_timm(seed=5)
+    path = tmp_path / f"weights{suffix}"
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+    backbone = load_backbone("timm:vit_tiny_patch16_224", weights=str(path), **TINY).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(backbone(x), source(x), atol=0, rtol=0)
+    assert backbone.weights_source == f"file:{path}"
+
+
+def test_missing_weight_file_is_named():
+    with pytest.raises(AdaptbenchError, match="does not exist"):
+        load_backbone("vit_tiny_test", weights="/nowhere/w.safetensors")
+    with pytest.raises(AdaptbenchError, match="expected 'pretrained', 'random'"):
+        load_backbone("vit_tiny_test", weights="/nowhere/w.txt")
+
+
+def test_offline_without_cached_weights_fails_fast_naming_the_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    started = time.monotonic()
+    with pytest.raises(AdaptbenchError) as err:
+        load_backbone("vit_base_patch16_224.augreg_in21k")
+    assert time.monotonic() - started < 30
+    message = str(err.value)
+    assert "\n" not in message
+    assert "timm/vit_base_patch16_224.augreg_in21k" in message and "--weights" in message
+
+
+def test_unreachable_hub_is_detected_in_seconds(monkeypatch):
+    """With offline mode not declared, a closed endpoint is seen as unreachable at once."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("ADAPTBENCH_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://127.0.0.1:9")
+    monkeypatch.setattr(weights_module, "HUB_PROBE_TIMEOUT_S", 1.0)
+    started = time.monotonic()
+    assert weights_module._hub_reachable() is False
+    assert time.monotonic() - started < 5
+
+
+def test_cached_hub_weights_are_used_offline(tmp_path, monkeypatch):
+    """A file in the HF cache layout is found without any network."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--timm--vit_tiny_patch16_224.augreg_in21k" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (cache / "models--timm--vit_tiny_patch16_224.augreg_in21k" / "refs").mkdir()
+    (cache / "models--timm--vit_tiny_patch16_224.augreg_in21k" / "refs" / "main").write_text("abc")
+    source = plain_timm(seed=3, img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, snapshot / "model.safetensors")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    plan = weights_module.resolve_timm_weights("vit_tiny_patch16_224.augreg_in21k", None)
+    assert plan.source.startswith("cache:") and plan.source.endswith("model.safetensors")
+
+
+def test_unknown_backbone_suggests_close_names():
+    with pytest.raises(AdaptbenchError, match="did you mean 'vit_micro'"):
+        load_backbone("vit_mikro")
