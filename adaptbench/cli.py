@@ -109,7 +109,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     table.add_column("name", style="bold")
     table.add_column("description")
     table.add_column("source", style="dim")
-    for entry in REGISTRIES[args.kind].entries():
+    registry = REGISTRIES[args.kind]
+    registry.load_plugins()  # built-ins stay lazy; plugins are imported to describe them
+    for entry in registry.entries():
         table.add_row(entry.name, entry.description, entry.source)
     Console(width=160).print(table)
     return 0

@@ -106,7 +106,19 @@ class Registry(Generic[T]):
             )
         if entry.is_lazy:
             entry.target = _import_target(entry)
+            if entry.source != "builtin":  # a plugin's own docstring beats "plugin (module:attr)"
+                entry.description = _first_doc_line(entry.target) or entry.description
         return entry.target
+
+    def load_plugins(self) -> None:
+        """Import every plugin entry (for listing), reporting each failure on stderr."""
+        for entry in self.entries():
+            if entry.is_lazy and entry.source != "builtin":
+                try:
+                    self.get(entry.name)
+                except AdaptbenchError as err:
+                    report_plugin_problem(err.message)
+                    entry.description = "failed to load (see the warning above)"
 
     # -- loading ------------------------------------------------------------------------
     def _load_known_entries(self) -> None:
@@ -130,7 +142,7 @@ class Registry(Generic[T]):
             try:
                 self.register(ep.name, ep.value, f"plugin ({ep.value})", source=source)
             except AdaptbenchError as err:  # a bad plugin must not break the rest
-                report_plugin_problem(f"{ep.value}", err)
+                report_plugin_problem(f"plugin {ep.value!r} ({source}) not registered: {err.message}")
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -181,10 +193,9 @@ def _import_target(entry: Entry) -> Any:
     return obj
 
 
-def report_plugin_problem(plugin: str, err: BaseException) -> None:
-    """Say on stderr, in one line, that a plugin could not be loaded."""
-    message = err.message if isinstance(err, AdaptbenchError) else f"{type(err).__name__}: {err}"
-    print(f"adaptbench: warning: plugin {plugin} not loaded: {message}", file=sys.stderr)
+def report_plugin_problem(message: str) -> None:
+    """Say on stderr, in one line, that a plugin could not be loaded (the rest goes on)."""
+    print(f"adaptbench: warning: {message}", file=sys.stderr)
 
 
 def load_plugin_file(path: str | os.PathLike) -> None:
