@@ -76,7 +76,8 @@ class Registry(Generic[T]):
                 f"choose another name"
             )
         if existing is not None:  # the defining module filling in its own lazy entry
-            existing.target = target
+            if existing.is_lazy and not isinstance(target, str):
+                existing.target = target
             existing.description = existing.description or description
             return
         self._entries[name] = Entry(name, target, description, source or _source_of(target))

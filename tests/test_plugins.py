@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,11 @@ TRAIN = ["--task", "micro/faces", "--backbone", "vit_tiny_test", "--epochs", "1"
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("plugin-site")
+    source = tmp_path_factory.mktemp("plugin-src") / "plugin_pkg"
+    shutil.copytree(TESTS / "plugin_pkg", source)  # pip builds in the source folder: not ours
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(site), str(TESTS / "plugin_pkg")],
+         "--no-index", "--target", str(site), str(source)],
         check=True, capture_output=True, text=True, timeout=300,
     )
     assert (site / "adaptbench_plugin_example-0.1.0.dist-info" / "entry_points.txt").is_file()

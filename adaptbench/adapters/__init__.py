@@ -9,9 +9,9 @@ from typing import Any
 
 from ..errors import AdaptbenchError
 from ..registry import ADAPTERS
-from .base import Adapter, AdapterConfig, ParameterReport, SiteWrapper
+from .base import Adapter, AdapterConfig, InPlaceAdapter, ParameterReport, SiteWrapper
 
-__all__ = ["Adapter", "AdapterConfig", "ParameterReport", "SiteWrapper", "adapter_class", "build_adapter"]
+__all__ = ["Adapter", "AdapterConfig", "InPlaceAdapter", "ParameterReport", "SiteWrapper", "adapter_class", "build_adapter"]
 
 
 def adapter_class(name: str) -> type[Adapter]:

@@ -265,6 +265,17 @@ class Adapter:
         )
 
 
+class InPlaceAdapter(Adapter):
+    """An adapter that trains existing backbone tensors in place (BitFit, LN tuning, full,
+    linear probe): nothing to merge, and no parameters added at inference."""
+
+    mergeable = True
+    adds_parameters = False
+
+    def _merge(self) -> None:
+        """The trained tensors already are the backbone's."""
+
+
 def blocks_of(config_blocks: tuple[int, ...] | None, backbone) -> list[int]:
     """The block indices a config selects (None: every block); negative counts from the end."""
     total = backbone.anatomy.num_blocks

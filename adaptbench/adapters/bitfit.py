@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..registry import register_adapter
-from .base import Adapter, AdapterConfig
+from .base import AdapterConfig, InPlaceAdapter
 
 BIASED_MODULES = (nn.Linear, nn.Conv2d, nn.LayerNorm)
 
@@ -26,19 +26,13 @@ class BitFitConfig(AdapterConfig):
     """BitFit has no options: every bias of the backbone is trained."""
 
 
-class BitFit(Adapter):
+class BitFit(InPlaceAdapter):
     """BitFit (Ben Zaken et al. 2022): train only the bias terms."""
-
-    mergeable = True  # biases are trained in place: merge is a no-op
-    adds_parameters = False
 
     def _attach(self, backbone) -> None:
         for module_name, module in backbone.named_modules():
             if isinstance(module, BIASED_MODULES) and module.bias is not None:
                 self.declare(f"{module_name}.bias", module.bias)
-
-    def _merge(self) -> None:
-        """The trained biases already are the backbone's."""
 
 
 register_adapter("bitfit", BitFitConfig, BitFit)

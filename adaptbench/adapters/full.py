@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..registry import register_adapter
-from .base import Adapter, AdapterConfig
+from .base import AdapterConfig, InPlaceAdapter
 
 
 @dataclass
@@ -16,18 +16,12 @@ class FullFineTuneConfig(AdapterConfig):
     """Full fine-tuning has no options."""
 
 
-class FullFineTune(Adapter):
+class FullFineTune(InPlaceAdapter):
     """Full fine-tuning: every backbone parameter is trained."""
-
-    mergeable = True  # the weights are trained in place: merge is a no-op
-    adds_parameters = False
 
     def _attach(self, backbone) -> None:
         for name, param in backbone.named_parameters():
             self.declare(name, param)
-
-    def _merge(self) -> None:
-        """The trained weights already are the backbone's."""
 
 
 register_adapter("full", FullFineTuneConfig, FullFineTune)

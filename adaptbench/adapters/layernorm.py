@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..registry import register_adapter
-from .base import Adapter, AdapterConfig
+from .base import AdapterConfig, InPlaceAdapter
 
 
 @dataclass
@@ -21,20 +21,14 @@ class LayerNormTuningConfig(AdapterConfig):
     """LayerNorm tuning has no options: every LayerNorm's gamma and beta are trained."""
 
 
-class LayerNormTuning(Adapter):
+class LayerNormTuning(InPlaceAdapter):
     """LayerNorm tuning: train only the LayerNorm scales and shifts."""
-
-    mergeable = True  # trained in place: merge is a no-op
-    adds_parameters = False
 
     def _attach(self, backbone) -> None:
         for module_name, module in backbone.named_modules():
             if isinstance(module, nn.LayerNorm) and module.elementwise_affine:
                 for param_name, param in module.named_parameters(recurse=False):
                     self.declare(f"{module_name}.{param_name}", param)
-
-    def _merge(self) -> None:
-        """The trained gamma and beta already are the backbone's."""
 
 
 register_adapter("ln", LayerNormTuningConfig, LayerNormTuning)

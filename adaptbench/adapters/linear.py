@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..registry import register_adapter
-from .base import Adapter, AdapterConfig
+from .base import AdapterConfig, InPlaceAdapter
 
 
 @dataclass
@@ -16,17 +16,11 @@ class LinearProbeConfig(AdapterConfig):
     """The linear probe has no options: the head belongs to the task."""
 
 
-class LinearProbe(Adapter):
+class LinearProbe(InPlaceAdapter):
     """Linear probe: frozen backbone, train the task head only."""
-
-    mergeable = True  # nothing to fold: merge is a no-op
-    adds_parameters = False
 
     def _attach(self, backbone) -> None:
         """Declares nothing: no backbone tensor is trained."""
-
-    def _merge(self) -> None:
-        """Nothing to fold."""
 
 
 register_adapter("linear", LinearProbeConfig, LinearProbe)

@@ -13,6 +13,8 @@ __all__ = ["Anatomy", "Backbone", "DataConfig", "load_backbone", "BLOCK_SITES",
 
 def load_backbone(name: str, weights: str | None = None, **kwargs) -> Backbone:
     """A registered backbone (``vit_micro``), ``timm:<model>``, or a bare timm ViT name."""
+    if name == "timm":
+        raise AdaptbenchError("backbone 'timm' needs a model name: timm:<name>, e.g. timm:vit_base_patch16_224")
     if name.startswith("timm:"):
         return BACKBONES.get("timm")(name.partition(":")[2], weights=weights, **kwargs)
     if name in BACKBONES:

@@ -92,7 +92,7 @@ def run(config: RunConfig, place: RunPlace) -> RunResult:
     started = time.perf_counter()
     try:
         outcome = _fit_and_evaluate(prepared, resolved, place)
-    except BaseException as err:  # noqa: BLE001 - recorded, then raised again
+    except Exception as err:  # recorded, then raised again (Ctrl-C leaves no record: re-run it)
         record["train_info"].update(status="failed", error=_error_line(err),
                                     wall_time_s=time.perf_counter() - started)
         record["meta_info"] = meta_info(prepared["device"])

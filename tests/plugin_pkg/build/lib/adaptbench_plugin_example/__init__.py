@@ -1,1 +1,0 @@
-"""An example adaptbench plugin (used by the test suite as a real installed package)."""
