@@ -7,6 +7,7 @@ protocol as NOAH and VPT run it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -46,8 +47,6 @@ def task_samples(spec: TaskSpec, split: str, data_root: str | Path | None):
 
 
 def _data_root(spec: TaskSpec, data_root: str | Path | None) -> Path:
-    import os
-
     root = data_root or os.environ.get(DATA_ROOT_ENV)
     if not root:
         layout = (f"<root>/{spec.dataset}/{{train800,val200,train800val200,test}}.txt"
