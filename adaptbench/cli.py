@@ -120,8 +120,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .registry import ADAPTERS, TASKS
     from .runner.train import RunConfig, RunPlace, run
 
+    # Names first: a typo must not wait for torch and Lightning to import.
+    ADAPTERS.require(args.adapter)
+    TASKS.require(args.task)
     config = RunConfig(
         task=args.task, backbone=args.backbone, adapter=args.adapter,
         adapter_options=parse_adapter_args(args.adapter_arg), weights=args.weights,

@@ -36,6 +36,7 @@ ENTRY_POINT_GROUPS = {
     "task": "adaptbench.tasks",
 }
 NO_PLUGINS_ENV = "ADAPTBENCH_NO_PLUGINS"
+_loading_plugin_file: str | None = None  # set while a --plugin file runs: the source of its entries
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-./:")
 
@@ -67,6 +68,7 @@ class Registry(Generic[T]):
     def register(self, name: str, target: Any, description: str = "", source: str = "") -> None:
         """Register ``target`` (an object or a lazy ``"module:attr"`` string) as ``name``."""
         _check_name(self.kind, name)
+        self._load_builtins()  # so that a plugin taking a built-in name is refused at once
         if not description and not isinstance(target, str):
             description = _first_doc_line(target)
         existing = self._entries.get(name)
@@ -80,7 +82,8 @@ class Registry(Generic[T]):
                 existing.target = target
             existing.description = existing.description or description
             return
-        self._entries[name] = Entry(name, target, description, source or _source_of(target))
+        source = source or (f"plugin {_loading_plugin_file}" if _loading_plugin_file else _source_of(target))
+        self._entries[name] = Entry(name, target, description, source)
 
     # -- lookup -------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -96,8 +99,8 @@ class Registry(Generic[T]):
         self._load_known_entries()
         return name in self._entries
 
-    def get(self, name: str) -> T:
-        """The object registered as ``name``, importing its module on first use."""
+    def require(self, name: str) -> Entry:
+        """The entry of ``name`` (nothing imported), or the "unknown name" error."""
         self._load_known_entries()
         entry = self._entries.get(name)
         if entry is None:
@@ -105,6 +108,11 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
                 f"`adaptbench ls {self.kind}s` lists them"
             )
+        return entry
+
+    def get(self, name: str) -> T:
+        """The object registered as ``name``, importing its module on first use."""
+        entry = self.require(name)
         if entry.is_lazy:
             entry.target = _import_target(entry)
             if entry.source != "builtin":  # a plugin's own docstring beats "plugin (module:attr)"
@@ -122,13 +130,16 @@ class Registry(Generic[T]):
                     entry.description = "failed to load (see the warning above)"
 
     # -- loading ------------------------------------------------------------------------
-    def _load_known_entries(self) -> None:
+    def _load_builtins(self) -> None:
         if not self._builtins_loaded:
             self._builtins_loaded = True
             from . import _catalogue
 
             for name, (target, description) in _catalogue.builtins(self.kind).items():
                 self.register(name, target, description, source="builtin")
+
+    def _load_known_entries(self) -> None:
+        self._load_builtins()
         if not self._entry_points_loaded:
             self._entry_points_loaded = True
             if not os.environ.get(NO_PLUGINS_ENV):
@@ -210,17 +221,16 @@ def load_plugin_file(path: str | os.PathLike) -> None:
         raise AdaptbenchError(f"plugin file {path} is not importable; expected a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    global _loading_plugin_file
+    _loading_plugin_file = str(path)
     try:
         spec.loader.exec_module(module)
-    except AdaptbenchError:
-        sys.modules.pop(module_name, None)
-        raise
     except Exception as err:  # noqa: BLE001 - a user's file may raise anything
         sys.modules.pop(module_name, None)
-        line = _line_in_file(err, path)
-        raise AdaptbenchError(
-            f"plugin file {path}{line} failed to import: {type(err).__name__}: {err}"
-        ) from err
+        reason = err.message if isinstance(err, AdaptbenchError) else f"{type(err).__name__}: {err}"
+        raise AdaptbenchError(f"plugin file {path}{_line_in_file(err, path)} failed to load: {reason}") from err
+    finally:
+        _loading_plugin_file = None
 
 
 def _line_in_file(err: BaseException, path: Path) -> str:

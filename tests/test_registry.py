@@ -1,7 +1,12 @@
-"""The registry: names, duplicates, lazy entries, entry points and their failures."""
+"""The registry: names, duplicates, lazy entries, entry points and their failures.
+
+Fresh ``Registry("adapter")`` instances throughout (the global ones are for the package);
+``importlib.metadata.entry_points`` is replaced by a fake, so no installed package matters.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from importlib.metadata import EntryPoint
@@ -11,6 +16,8 @@ import pytest
 from adaptbench import registry as registry_module
 from adaptbench.errors import AdaptbenchError
 from adaptbench.registry import Registry
+
+GROUP = "adaptbench.adapters"
 
 
 class Thing:
@@ -30,18 +37,72 @@ def fresh():
     return reg
 
 
-def test_names_must_be_lowercase(fresh):
-    with pytest.raises(AdaptbenchError, match="invalid adapter name 'LoRA'"):
-        fresh.register("LoRA", Thing)
-    fresh.register("micro/digits-2.x_y", Thing)
+@pytest.fixture
+def plugins_enabled(monkeypatch):
+    monkeypatch.delenv("ADAPTBENCH_NO_PLUGINS", raising=False)
 
 
-def test_duplicates_raise_but_the_same_object_may_fill_its_lazy_entry(fresh):
-    fresh.register("thing", f"{__name__}:Thing", "lazy description")
-    fresh.register("thing", Thing)  # the defining module registering itself: fine
+def with_entry_points(monkeypatch, *points) -> list[str]:
+    """Make ``importlib.metadata.entry_points(group=...)`` return ``points``; returns the
+    list of groups it is asked for (to see when, and how often, the registry reads them)."""
+    asked = []
+
+    def entry_points(group=None):
+        asked.append(group)
+        return [p for p in points if p.group == group]
+
+    monkeypatch.setattr("importlib.metadata.entry_points", entry_points)
+    return asked
+
+
+def without_builtins() -> Registry:
+    reg = Registry("adapter")
+    reg._builtins_loaded = True
+    return reg
+
+
+# -- names and duplicates ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["LoRA", "Lora", "", "lo ra", "lora!"])
+def test_names_must_be_lowercase_identifiers(fresh, bad):
+    with pytest.raises(AdaptbenchError, match=f"invalid adapter name {bad!r}: expected lowercase"):
+        fresh.register(bad, Thing)
+    assert fresh.names() == []
+
+
+def test_names_may_hold_digits_and_separators(fresh):
+    fresh.register("micro/digits-2.x_y:z", Thing)
+    assert fresh.get("micro/digits-2.x_y:z") is Thing
+
+
+def test_a_different_object_under_a_taken_name_raises(fresh):
+    fresh.register("thing", Thing)
+    taken = rf"adapter name 'thing' is already registered \(by {re.escape(__name__)}\); choose another name"
+    with pytest.raises(AdaptbenchError, match=taken):
+        fresh.register("thing", Other)
+    with pytest.raises(AdaptbenchError, match="already registered"):
+        fresh.register("thing", f"{__name__}:Other")  # a lazy entry pointing elsewhere too
     assert fresh.get("thing") is Thing
+
+
+def test_registering_the_object_a_lazy_entry_points_at_fills_it_in(fresh):
+    fresh.register("thing", f"{__name__}:Thing", "lazy description", source="builtin")
+    fresh.register("thing", Thing)  # what the defining module does at its bottom
+    fresh.register("thing", Thing)  # and again (a module imported twice): still fine
+    [entry] = fresh.entries()
+    assert entry.target is Thing and not entry.is_lazy
+    assert entry.description == "lazy description" and entry.source == "builtin"
     with pytest.raises(AdaptbenchError, match="already registered"):
         fresh.register("thing", Other)
+
+
+def test_description_defaults_to_the_first_docstring_line(fresh):
+    fresh.register("thing", Thing)
+    assert [e.description for e in fresh.entries()] == ["A registered thing."]
+
+
+# -- lazy entries ------------------------------------------------------------------------
 
 
 def test_lazy_entries_import_on_get_only(fresh, monkeypatch):
@@ -50,59 +111,133 @@ def test_lazy_entries_import_on_get_only(fresh, monkeypatch):
     imported = []
     real_import = registry_module.importlib.import_module
 
-    def spy(name):
+    def spy(name, *args):
         imported.append(name)
-        return module if name == "lazy_target_module" else real_import(name)
+        return module if name == "lazy_target_module" else real_import(name, *args)
 
     monkeypatch.setattr(registry_module.importlib, "import_module", spy)
     fresh.register("target", "lazy_target_module:Target", "described without importing")
+    assert fresh.names() == ["target"] and "target" in fresh
     assert [e.description for e in fresh.entries()] == ["described without importing"]
-    assert imported == []
-    assert fresh.get("target") is Thing and imported == ["lazy_target_module"]
+    assert imported == []  # listing, membership and descriptions import nothing
+    assert fresh.get("target") is Thing
+    assert fresh.get("target") is Thing
+    assert imported == ["lazy_target_module"]  # once, on first use
+
+
+def test_lazy_entry_may_name_a_nested_attribute(fresh, monkeypatch):
+    nested = types.SimpleNamespace(Outer=types.SimpleNamespace(Inner=Thing))
+    monkeypatch.setitem(sys.modules, "lazy_nested_module", nested)
+    fresh.register("nested", "lazy_nested_module:Outer.Inner")
+    assert fresh.get("nested") is Thing
+
+
+def test_a_lazy_entry_that_cannot_import_is_one_clear_error(fresh):
+    fresh.register("ghost", "no_such_module_for_adaptbench:Ghost", source="entry point of ghost-dist 1.0")
+    with pytest.raises(AdaptbenchError) as err:
+        fresh.get("ghost")
+    message = err.value.message
+    assert "'ghost'" in message and "ghost-dist" in message and "no_such_module_for_adaptbench:Ghost" in message
+    assert "ModuleNotFoundError" in message and "\n" not in message
 
 
 def test_unknown_name_suggests_close_ones(fresh):
     fresh.register("lora", Thing)
-    with pytest.raises(AdaptbenchError, match=r"unknown adapter 'lorra' \(did you mean 'lora'\?\)"):
+    fresh.register("ssf", Other)
+    hint = r"unknown adapter 'lorra' \(did you mean 'lora'\?\); `adaptbench ls adapters` lists them"
+    with pytest.raises(AdaptbenchError, match=hint):
         fresh.get("lorra")
+    with pytest.raises(AdaptbenchError) as err:
+        fresh.get("prompt")
+    assert "did you mean" not in err.value.message  # nothing close: no misleading hint
 
 
-def fake_entry_points(*points: EntryPoint):
-    return lambda group=None: [p for p in points if p.group == group]
+# -- entry points --------------------------------------------------------------------------
 
 
-def test_entry_points_register_lazily_and_a_failing_one_is_isolated(monkeypatch):
-    monkeypatch.delenv("ADAPTBENCH_NO_PLUGINS", raising=False)
-    sys.modules["good_plugin_mod"] = types.SimpleNamespace(Good=Thing)
-    monkeypatch.setattr("importlib.metadata.entry_points", fake_entry_points(
-        EntryPoint("good", "good_plugin_mod:Good", "adaptbench.adapters"),
-        EntryPoint("bad", "no_such_plugin_module:Bad", "adaptbench.adapters"),
-        EntryPoint("Bad-Name", "x:y", "adaptbench.adapters"),
+def test_entry_points_are_read_once_at_first_use(monkeypatch, plugins_enabled):
+    asked = with_entry_points(monkeypatch, EntryPoint("good", f"{__name__}:Thing", GROUP))
+    reg = without_builtins()
+    assert asked == []  # constructing a registry reads nothing
+    assert reg.names() == ["good"]
+    assert "good" in reg and reg.get("good") is Thing
+    assert asked == [GROUP]
+
+
+def test_entry_points_register_lazily_and_a_failing_one_is_isolated(monkeypatch, plugins_enabled, capsys):
+    monkeypatch.setitem(sys.modules, "good_plugin_mod", types.SimpleNamespace(Good=Thing))
+    with_entry_points(monkeypatch,
+        EntryPoint("good", "good_plugin_mod:Good", GROUP),
+        EntryPoint("bad", "no_such_plugin_module:Bad", GROUP),
+        EntryPoint("Bad-Name", "x:y", GROUP),
         EntryPoint("elsewhere", "x:y", "adaptbench.tasks"),
-    ))
-    reg = Registry("adapter")
-    reg._builtins_loaded = True
+    )
+    reg = without_builtins()
     assert reg.names() == ["bad", "good"]  # the invalid name is reported, not registered
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("adaptbench: warning:") and "'Bad-Name'" in warning
     assert reg.get("good") is Thing
     with pytest.raises(AdaptbenchError, match="'bad' .*failed to load from 'no_such_plugin_module:Bad'"):
         reg.get("bad")
-    del sys.modules["good_plugin_mod"]
+    assert reg.get("good") is Thing  # still fine after the failure
+
+
+def test_load_plugins_reports_each_failure_in_one_line_and_keeps_the_rest(monkeypatch, plugins_enabled, capsys):
+    monkeypatch.setitem(sys.modules, "good_plugin_mod", types.SimpleNamespace(Good=Thing))
+    with_entry_points(monkeypatch,
+        EntryPoint("bad", "no_such_plugin_module:Bad", GROUP),
+        EntryPoint("good", "good_plugin_mod:Good", GROUP),
+    )
+    reg = without_builtins()
+    reg.load_plugins()
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    assert "'bad'" in warning and "ModuleNotFoundError" in warning
+    described = {e.name: e.description for e in reg.entries()}
+    assert described == {"bad": "failed to load (see the warning above)", "good": "A registered thing."}
+
+
+def test_entry_point_source_names_its_distribution(monkeypatch, plugins_enabled):
+    dist = types.SimpleNamespace(name="adaptbench-plugin-fake", version="9.9")
+    point = types.SimpleNamespace(name="faked", value=f"{__name__}:Other", group=GROUP, dist=dist)
+    with_entry_points(monkeypatch, point)
+    [entry] = without_builtins().entries()
+    assert entry.source == "entry point of adaptbench-plugin-fake 9.9" and entry.is_lazy
+
+
+def test_an_entry_point_cannot_take_a_builtin_name(monkeypatch, plugins_enabled, capsys):
+    with_entry_points(monkeypatch, EntryPoint("lora", f"{__name__}:Other", GROUP))
+    reg = Registry("adapter")  # with the real built-in catalogue
+    assert "lora" in reg
+    [entry] = [e for e in reg.entries() if e.name == "lora"]
+    assert entry.source == "builtin" and entry.target == "adaptbench.adapters.lora:LoRA"
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    assert f"'{__name__}:Other'" in warning and "'lora' is already registered (by builtin)" in warning
 
 
 def test_no_plugins_env_disables_entry_points(monkeypatch):
     monkeypatch.setenv("ADAPTBENCH_NO_PLUGINS", "1")
-    monkeypatch.setattr("importlib.metadata.entry_points", fake_entry_points(
-        EntryPoint("good", "good_plugin_mod:Good", "adaptbench.adapters")))
+    asked = with_entry_points(monkeypatch, EntryPoint("good", f"{__name__}:Thing", GROUP))
+    reg = without_builtins()
+    assert reg.names() == [] and "good" not in reg
+    with pytest.raises(AdaptbenchError, match="unknown adapter 'good'"):
+        reg.get("good")
+    assert asked == []  # not even read
+
+
+def test_a_name_taken_by_a_builtin_is_refused_when_registered():
     reg = Registry("adapter")
-    reg._builtins_loaded = True
-    assert reg.names() == []
+    reg._entry_points_loaded = True
+    with pytest.raises(AdaptbenchError, match=r"'lora' is already registered \(by builtin\)"):
+        reg.register("lora", Other)
+
+
+# -- the built-in catalogue -----------------------------------------------------------------
 
 
 def test_builtin_catalogue_points_at_real_objects():
+    from adaptbench._catalogue import ADAPTERS as CATALOGUE
     from adaptbench.adapters import Adapter
     from adaptbench.registry import ADAPTERS, BACKBONES
-
-    from adaptbench._catalogue import ADAPTERS as CATALOGUE
 
     for name, (_, description) in CATALOGUE.items():
         cls = ADAPTERS.get(name)

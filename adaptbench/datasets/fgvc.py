@@ -4,8 +4,13 @@
     <root>/<folder>/<image sub-folder>/<image path>
 
 Class ids may start at 1 and have gaps: they are remapped to 0..C-1 in sorted order of the
-ids found in ``train.json`` (the training split holds every class). ``trainval`` is
-train.json + val.json. Folders and class counts: ``adaptbench.tasks.catalog.FGVC_DATASETS``.
+ids found in ``train.json`` (the training split holds every class, so val and test get the
+same mapping; an id that only val or test knows is an error). ``trainval`` is train.json
+followed by val.json.
+
+The folder names, image sub-folders and class counts (``FGVC_DATASETS``) live in
+``adaptbench.tasks.catalog``, which must stay importable without torch; they are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -17,22 +22,31 @@ from ..errors import AdaptbenchError, did_you_mean
 from ..tasks.catalog import FGVC_DATASETS, SPLITS
 from .images import Sample, check_images_exist
 
-FGVC_SPLITS = SPLITS["fgvc"]
+__all__ = ["FGVC_DATASETS", "FGVC_SPLITS", "fgvc_samples", "read_annotations"]
+
+FGVC_SPLITS: tuple[str, ...] = SPLITS["fgvc"]  # ("train", "val", "trainval", "test")
 LAYOUT = '<root>/<dataset folder>/{train,val,test}.json, each {"<image path>": <class id>}'
 
 
 def read_annotations(path: Path) -> dict[str, int]:
+    """One annotation file as {image path: class id}, with errors that name the file."""
+    path = Path(path)
     if not path.is_file():
         raise AdaptbenchError(f"annotation file {path} does not exist; expected the FGVC layout {LAYOUT}")
     try:
-        annotations = json.loads(path.read_text())
+        annotations = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise AdaptbenchError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        raise AdaptbenchError(
+            f"{path}:{err.lineno}: invalid JSON ({err.msg}, column {err.colno}); "
+            f'expected a JSON object {{"<image path>": <class id>}}'
+        ) from None
     if not isinstance(annotations, dict):
-        raise AdaptbenchError(f"{path}: expected a JSON object {{image path: class id}}")
-    for key, value in annotations.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise AdaptbenchError(f"{path}: class id of {key!r} is {value!r}; expected an integer")
+        raise AdaptbenchError(
+            f"{path}: holds a JSON {type(annotations).__name__}; expected an object {{\"<image path>\": <class id>}}"
+        )
+    for image, class_id in annotations.items():
+        if not isinstance(class_id, int) or isinstance(class_id, bool):  # bool is an int subclass
+            raise AdaptbenchError(f"{path}: class id of {image!r} is {class_id!r}; expected an integer")
     return annotations
 
 
@@ -41,18 +55,36 @@ def fgvc_samples(root: Path, dataset: str, split: str) -> list[Sample]:
     if dataset not in FGVC_DATASETS:
         raise AdaptbenchError(f"unknown FGVC dataset {dataset!r}{did_you_mean(dataset, FGVC_DATASETS)}")
     if split not in FGVC_SPLITS:
-        raise AdaptbenchError(f"unknown FGVC split {split!r}; expected one of {FGVC_SPLITS}")
-    folder_name, image_folder, _ = FGVC_DATASETS[dataset]
+        raise AdaptbenchError(f"unknown FGVC split {split!r}; expected one of {', '.join(FGVC_SPLITS)}")
+    folder_name, image_folder, num_classes = FGVC_DATASETS[dataset]
     folder = Path(root) / folder_name
-    train_file = folder / "train.json"
-    contiguous = {cid: i for i, cid in enumerate(sorted(set(read_annotations(train_file).values())))}
+    contiguous = _contiguous_ids(folder / "train.json", num_classes)
     files = ["train.json", "val.json"] if split == "trainval" else [f"{split}.json"]
     samples = []
     for name in files:
-        path = folder / name
-        for image, class_id in read_annotations(path).items():
-            if class_id not in contiguous:
-                raise AdaptbenchError(f"{path}: class id {class_id} of {image!r} does not occur in {train_file}")
-            samples.append((folder / image_folder / image, contiguous[class_id]))
-    check_images_exist(samples, " + ".join(str(folder / n) for n in files))
+        samples += _labelled(folder / name, folder / image_folder, contiguous)
+    check_images_exist(samples, " + ".join(str(folder / name) for name in files))
+    return samples
+
+
+def _contiguous_ids(train_file: Path, num_classes: int) -> dict[int, int]:
+    """Class id -> 0..C-1, in sorted order of the ids that train.json uses."""
+    class_ids = sorted(set(read_annotations(train_file).values()))
+    # More ids than the head has outputs would fail later, deep inside the loss.
+    if len(class_ids) > num_classes:
+        raise AdaptbenchError(
+            f"{train_file}: {len(class_ids)} distinct class ids; expected at most {num_classes}"
+        )
+    return {class_id: index for index, class_id in enumerate(class_ids)}
+
+
+def _labelled(path: Path, image_root: Path, contiguous: dict[int, int]) -> list[Sample]:
+    samples = []
+    for image, class_id in read_annotations(path).items():
+        if class_id not in contiguous:
+            raise AdaptbenchError(
+                f"{path}: class id {class_id} of {image!r} does not occur in "
+                f"{path.parent / 'train.json'}; expected one of the ids train.json uses"
+            )
+        samples.append((image_root / image, contiguous[class_id]))
     return samples

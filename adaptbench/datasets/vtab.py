@@ -5,7 +5,11 @@ common dumps follow::
     <root>/<task>/images/<split>/000123.jpg
 
 each split file holding lines ``images/<split>/000123.jpg <int label>``, paths relative to
-``<root>/<task>/``. Folder names and class counts: ``adaptbench.tasks.catalog.VTAB1K_TASKS``.
+``<root>/<task>/``. Every split has its own image folder (train800val200's images are a
+second copy). The embedded micro tasks are written in this layout too (``micro.py``).
+
+The folder names and class counts (``VTAB1K_TASKS``) live in ``adaptbench.tasks.catalog``,
+which must stay importable without torch; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,21 +17,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AdaptbenchError
-from ..tasks.catalog import SPLITS
+from ..tasks.catalog import SPLITS, VTAB1K_TASKS
 from .images import Sample, check_images_exist
 
-VTAB_SPLITS = SPLITS["vtab1k"]
+__all__ = ["VTAB_SPLITS", "VTAB1K_TASKS", "read_split_file", "vtab_samples"]
+
+VTAB_SPLITS: tuple[str, ...] = SPLITS["vtab1k"]  # ("train800", "val200", "train800val200", "test")
 LAYOUT = ('<root>/<task>/{train800,val200,train800val200,test}.txt with lines '
           '"images/<split>/<name>.jpg <label>"')
+LINE_FORMAT = "'<image path> <int label>'"
 
 
 def read_split_file(path: Path, num_classes: int | None = None) -> list[Sample]:
-    """Parse one split file; every bad line is reported with its file and line number."""
+    """Parse one split file; every bad line is reported with its file and line number.
+
+    Image paths are resolved against the split file's folder; blank lines are skipped.
+    """
     path = Path(path)
     if not path.is_file():
         raise AdaptbenchError(f"split file {path} does not exist; expected the VTAB-1k layout {LAYOUT}")
     samples = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
             samples.append(_parse_line(path, number, line, num_classes))
     return samples
@@ -36,12 +46,14 @@ def read_split_file(path: Path, num_classes: int | None = None) -> list[Sample]:
 def _parse_line(path: Path, number: int, line: str, num_classes: int | None) -> Sample:
     fields = line.split()
     if len(fields) != 2:
-        raise AdaptbenchError(f"{path}:{number}: expected '<image path> <int label>', got {line.strip()!r}")
+        raise AdaptbenchError(f"{path}:{number}: got {line.strip()!r}; expected {LINE_FORMAT}")
     image, label_text = fields
     try:
         label = int(label_text)
     except ValueError:
-        raise AdaptbenchError(f"{path}:{number}: label {label_text!r} is not an integer") from None
+        raise AdaptbenchError(
+            f"{path}:{number}: label {label_text!r} is not an integer; expected {LINE_FORMAT}"
+        ) from None
     if num_classes is not None and not 0 <= label < num_classes:
         raise AdaptbenchError(
             f"{path}:{number}: label {label} out of range; expected 0..{num_classes - 1} ({num_classes} classes)"
@@ -50,9 +62,9 @@ def _parse_line(path: Path, number: int, line: str, num_classes: int | None) -> 
 
 
 def vtab_samples(root: Path, task_dir: str, split: str, num_classes: int) -> list[Sample]:
-    """The validated samples of one split of one VTAB-1k task."""
+    """The validated samples of one split of one VTAB-1k task (``<root>/<task_dir>``)."""
     if split not in VTAB_SPLITS:
-        raise AdaptbenchError(f"unknown VTAB-1k split {split!r}; expected one of {VTAB_SPLITS}")
+        raise AdaptbenchError(f"unknown VTAB-1k split {split!r}; expected one of {', '.join(VTAB_SPLITS)}")
     folder = Path(root) / task_dir
     if not folder.is_dir():
         raise AdaptbenchError(f"VTAB-1k task folder {folder} does not exist; expected the layout {LAYOUT}")

@@ -1,8 +1,13 @@
 """A local plugin file (``adaptbench --plugin tests/plugins/local_plugin.py``).
 
-Registers ``local_bias``: a learnable bias added to the output of every block's second MLP
-linear, ``y = fc2(h) + b_l`` with ``b_l = 0`` at init (the identity), merged exactly into
-``fc2.bias``.
+Registers ``local_bias``: a learnable bias on the output of every block's second MLP linear
+(the ``mlp_out`` site), before LayerScale and the residual add:
+
+    y_l = W2_l h + c_l + b_l,      b_l in R^C,   b_l = 0 at initialisation,
+
+so the adapted model equals the frozen one at init, and ``merge()`` folds it exactly into
+the linear's bias (``c_l' = c_l + b_l``; a linear without a bias gets ``b_l`` as its bias).
+C parameters per block.
 """
 
 from __future__ import annotations
@@ -18,19 +23,25 @@ from adaptbench.registry import register_adapter
 
 @dataclass
 class LocalBiasConfig(AdapterConfig):
-    """No options."""
+    """local_bias has no options."""
 
 
 class AddedBias(SiteWrapper):
+    """``linear(x) + b`` around a frozen linear."""
+
     def __init__(self, base_layer: nn.Linear):
         super().__init__(base_layer)
-        self.bias = nn.Parameter(torch.zeros(base_layer.out_features))
+        weight = base_layer.weight
+        self.bias = nn.Parameter(torch.zeros(base_layer.out_features, device=weight.device, dtype=weight.dtype))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x) + self.bias
 
-    def merged_module(self):
-        self.base_layer.bias.data.add_(self.bias.data)
+    @torch.no_grad()
+    def merged_module(self) -> nn.Linear:
+        if self.base_layer.bias is None:
+            self.base_layer.bias = nn.Parameter(torch.zeros_like(self.bias), requires_grad=False)
+        self.base_layer.bias.add_(self.bias)
         return self.base_layer
 
 

@@ -1,1 +1,5 @@
-"""An example adaptbench plugin (used by the test suite as a real installed package)."""
+"""An example adaptbench plugin distribution (the test suite installs it with pip).
+
+It registers its adapter through the ``adaptbench.adapters`` entry-point group only (see
+``pyproject.toml``): nothing in adaptbench names it.
+"""
