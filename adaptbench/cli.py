@@ -101,9 +101,13 @@ def parse_adapter_args(pairs: Sequence[str]) -> dict[str, str]:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .registry import REGISTRIES
+
+    def add_row(*cells: str) -> None:  # descriptions may hold brackets, e.g. "adaptbench[peft]"
+        table.add_row(*(escape(cell) for cell in cells))
 
     table = Table(title=f"adaptbench {args.kind}", show_lines=False)
     table.add_column("name", style="bold")
@@ -112,7 +116,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     registry = REGISTRIES[args.kind]
     registry.load_plugins()  # built-ins stay lazy; plugins are imported to describe them
     for entry in registry.entries():
-        table.add_row(entry.name, entry.description, entry.source)
+        add_row(entry.name, entry.description, entry.source)
+    for family in registry.families():  # e.g. peft:<method>, listed without importing PEFT
+        try:
+            members = registry.members(family)
+        except AdaptbenchError as err:  # the family's library is missing: say how to get it
+            add_row(f"{family.prefix}<method>", err.message, family.source)
+            continue
+        for entry in members:
+            add_row(entry.name, entry.description, entry.source)
     Console(width=160).print(table)
     return 0
 
@@ -180,7 +192,8 @@ def print_run_summary(result) -> None:
     img_s = info["train_images_per_s"]
     console.print(
         f"trainable params: {params['trainable']:,} (+{params['head']:,} head) | "
-        f"extra inference params: {params['extra_inference']:,} | "
+        f"extra inference params: {params['extra_inference']:,} "
+        f"({params['extra_inference_merged']:,} after merge) | "
         f"checkpoint: {params['checkpoint_bytes']:,} B | "
         f"train img/s: {img_s:.1f} | wall: {info['wall_time_s']:.1f} s"
         if img_s is not None else f"trainable params: {params['trainable']:,}"

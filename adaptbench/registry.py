@@ -12,6 +12,12 @@ Entries are registered three ways:
   ``--plugin path/to/file.py`` (imported at once). ``ADAPTBENCH_NO_PLUGINS=1`` disables
   the entry-point autoload.
 
+A *family* is a name prefix (``peft:``) whose members are made on demand: a cheap lister
+(``"module:function"``, which must import nothing heavy) says which members exist, and a
+resolver (``"module:function"``, called with the member name on first use) makes the object.
+``require("peft:loha")`` consults only the lister; ``get`` calls the resolver. Family
+members are not in ``names()`` (the registered names): ``members(family)`` lists them.
+
 Names are lowercase; registering a name twice raises.
 """
 
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from .errors import AdaptbenchError, did_you_mean
+from .errors import AdaptbenchError, closest_names, did_you_mean
 
 T = TypeVar("T")
 
@@ -50,9 +56,31 @@ class Entry:
     description: str = ""
     source: str = "builtin"  # "builtin", "entry point <dist>", "plugin <path>", "<module>"
 
+    member: str | None = None  # of a family: the lazy target is a resolver called with it
+
     @property
     def is_lazy(self) -> bool:
         return isinstance(self.target, str)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Names ``<prefix><member>`` made on demand (see the module docstring).
+
+    ``lister() -> (offered, refused)``: ``{member: description}`` of the members that work,
+    and ``{member: reason}`` of those that exist upstream but cannot work here. It raises
+    :class:`AdaptbenchError` when the family is unavailable (e.g. its library is missing).
+    """
+
+    prefix: str  # ends with ":"
+    resolver: str  # "module:function", function(member) -> object
+    lister: str  # "module:function", importing nothing heavy
+    description: str
+    source: str = "builtin"
+
+    def listing(self) -> tuple[dict[str, str], dict[str, str]]:
+        module_name, _, attr = self.lister.partition(":")
+        return getattr(importlib.import_module(module_name), attr)()
 
 
 @dataclass
@@ -61,6 +89,8 @@ class Registry(Generic[T]):
 
     kind: str
     _entries: dict[str, Entry] = field(default_factory=dict)
+    _families: dict[str, Family] = field(default_factory=dict)
+    _family_entries: dict[str, Entry] = field(default_factory=dict)
     _builtins_loaded: bool = False
     _entry_points_loaded: bool = False
 
@@ -69,6 +99,12 @@ class Registry(Generic[T]):
         """Register ``target`` (an object or a lazy ``"module:attr"`` string) as ``name``."""
         _check_name(self.kind, name)
         self._load_builtins()  # so that a plugin taking a built-in name is refused at once
+        family = self._family_of(name)
+        if family is not None:
+            raise AdaptbenchError(
+                f"{self.kind} name {name!r} is in the {family.prefix!r} family ({family.description}); "
+                f"choose a name without that prefix"
+            )
         if not description and not isinstance(target, str):
             description = _first_doc_line(target)
         existing = self._entries.get(name)
@@ -97,12 +133,30 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         self._load_known_entries()
-        return name in self._entries
+        if name in self._entries:
+            return True
+        try:
+            return self._family_of(name) is not None and bool(self._family_entry(name))
+        except AdaptbenchError:
+            return False
+
+    def families(self) -> list[Family]:
+        self._load_builtins()
+        return list(self._families.values())
+
+    def members(self, family: Family) -> list[Entry]:
+        """The entries of a family's offered members (its lister only; nothing imported).
+        Raises :class:`AdaptbenchError` when the family is unavailable."""
+        offered, _ = family.listing()
+        return [self._member_entry(family, member, description)
+                for member, description in sorted(offered.items())]
 
     def require(self, name: str) -> Entry:
         """The entry of ``name`` (nothing imported), or the "unknown name" error."""
         self._load_known_entries()
         entry = self._entries.get(name)
+        if entry is None and self._family_of(name) is not None:
+            return self._family_entry(name)
         if entry is None:
             raise AdaptbenchError(
                 f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
@@ -129,12 +183,54 @@ class Registry(Generic[T]):
                     report_plugin_problem(err.message)
                     entry.description = "failed to load (see the warning above)"
 
+    # -- families -----------------------------------------------------------------------
+    def add_family(self, family: Family) -> None:
+        if not family.prefix.endswith(":"):
+            raise AdaptbenchError(f"{self.kind} family prefix {family.prefix!r}: expected it to end with ':'")
+        clash = [name for name in self._entries if name.startswith(family.prefix)]
+        if family.prefix in self._families or clash:
+            raise AdaptbenchError(f"{self.kind} family prefix {family.prefix!r} is already taken")
+        self._families[family.prefix] = family
+
+    def _family_of(self, name: str) -> Family | None:
+        prefix, sep, _ = name.partition(":")
+        return self._families.get(prefix + sep) if sep else None
+
+    def _family_entry(self, name: str) -> Entry:
+        """The entry of family member ``name``: offered, refused with its reason, or unknown."""
+        if name in self._family_entries:
+            return self._family_entries[name]
+        family = self._family_of(name)
+        member = name[len(family.prefix):]
+        try:
+            offered, refused = family.listing()
+        except AdaptbenchError as err:
+            raise AdaptbenchError(f"{self.kind} {name!r} is unavailable: {err.message}") from None
+        if member in refused:
+            raise AdaptbenchError(f"{self.kind} {name!r} cannot be used here: {refused[member]}")
+        if member not in offered:
+            # compare members without the shared prefix, which would make every name look close
+            close = [family.prefix + m for m in closest_names(member, offered)]
+            raise AdaptbenchError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name, close)}; "
+                f"`adaptbench ls {self.kind}s` lists the {family.prefix}* names on offer"
+            )
+        return self._member_entry(family, member, offered[member])
+
+    def _member_entry(self, family: Family, member: str, description: str) -> Entry:
+        name = family.prefix + member
+        if name not in self._family_entries:
+            self._family_entries[name] = Entry(name, family.resolver, description, family.source, member)
+        return self._family_entries[name]
+
     # -- loading ------------------------------------------------------------------------
     def _load_builtins(self) -> None:
         if not self._builtins_loaded:
             self._builtins_loaded = True
             from . import _catalogue
 
+            for family in _catalogue.families(self.kind):
+                self.add_family(family)
             for name, (target, description) in _catalogue.builtins(self.kind).items():
                 self.register(name, target, description, source="builtin")
 
@@ -197,6 +293,10 @@ def _import_target(entry: Entry) -> Any:
         obj = module
         for part in attr.split(".") if attr else []:
             obj = getattr(obj, part)
+        if entry.member is not None:  # a family's resolver makes the member
+            obj = obj(entry.member)
+    except AdaptbenchError:
+        raise  # already one line the user can act on (e.g. "install PEFT")
     except Exception as err:  # noqa: BLE001 - any plugin failure becomes one line
         raise AdaptbenchError(
             f"{entry.name!r} ({entry.source}) failed to load from {entry.target!r}: "

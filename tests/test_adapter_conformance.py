@@ -5,12 +5,14 @@ Registering an adapter is enough to have it tested here (STYLE.md item 3).
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaptbench.adapters import adapter_class, build_adapter
+from adaptbench.adapters import SiteWrapper, adapter_class, build_adapter
 from adaptbench.adapters.checkpoint import load_adapter, save_adapter
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
@@ -18,7 +20,14 @@ from adaptbench.registry import ADAPTERS
 
 
 TINY_BACKBONES = ("vit_tiny_test", "vit_tiny_test_reg")
-ADAPTER_NAMES = ADAPTERS.names()
+# HF PEFT methods through the `peft:` bridge, when PEFT is installed. Left out here (see
+# tests/test_peft_bridge.py): c3a, miss, road, shira, vblora, whose PEFT default sizes do not
+# fit the d=32 tiny ViTs, and glora, whose D scales the base bias (zero in the tiny ViTs: dead).
+PEFT_METHODS = ("lora", "loha", "lokr", "oft", "boft", "vera", "fourierft", "hra", "ia3",
+                "adamss", "beft", "deft", "delora", "frod", "gralora", "hira", "lily", "osf",
+                "peanut", "psoft", "pvera", "randlora", "supertuning", "tinylora", "unilora", "waveft")
+PEFT_NAMES = [f"peft:{m}" for m in PEFT_METHODS] if importlib.util.find_spec("peft") else []
+ADAPTER_NAMES = ADAPTERS.names() + PEFT_NAMES
 CASES = [(a, b) for a in ADAPTER_NAMES for b in TINY_BACKBONES]
 STEPS = 3
 
@@ -71,7 +80,9 @@ def test_only_declared_parameters_train(adapter_name, backbone_name):
     declared = {id(p) for p in adapter.trainable_parameters().values()}
     before = {name: p.detach().clone() for name, p in backbone.named_parameters()}
     assert {id(p) for p in backbone.parameters() if p.requires_grad} == declared
-    train_steps(backbone, adapter)
+    # a randomly drawn sub-network (MoSA, 4 modules) reaches a tensor once some module is
+    # drawn twice: certain within 5 draws, so a stochastic adapter trains a little longer
+    train_steps(backbone, adapter, steps=8 if adapter.stochastic_training else STEPS)
     for name, param in backbone.named_parameters():
         changed = not torch.equal(param.detach(), before[name])
         if id(param) in declared:
@@ -83,6 +94,23 @@ def test_only_declared_parameters_train(adapter_name, backbone_name):
 
 
 @pytest.mark.parametrize("adapter_name,backbone_name", CASES)
+def test_no_declared_tensor_is_dead_after_one_step(adapter_name, backbone_name):
+    """V-PETL's LoRA bug (A = B = 0 can never learn) would fail here: after one optimizer
+    step, every declared tensor receives a non-zero gradient somewhere."""
+    backbone, adapter = adapted(adapter_name, backbone_name)
+    params = adapter.trainable_parameters()
+    head = train_steps(backbone, adapter, steps=1)
+    # "dead" is a property of the deterministic graph: an adapter that draws a random
+    # sub-network in training is checked on its whole (evaluation) network
+    backbone.train(not adapter.stochastic_training)
+    for param in params.values():
+        param.grad = None
+    F.cross_entropy(head(backbone(images(11))), torch.tensor([0, 1, 2, 3])).backward()
+    dead = [name for name, p in params.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"declared tensors with an all-zero gradient after one step: {dead[:5]}"
+
+
+@pytest.mark.parametrize("adapter_name,backbone_name", CASES)
 def test_parameter_count_equals_declared_tensors(adapter_name, backbone_name):
     backbone, adapter = adapted(adapter_name, backbone_name)
     head = nn.Linear(backbone.anatomy.embed_dim, 5)
@@ -91,9 +119,11 @@ def test_parameter_count_equals_declared_tensors(adapter_name, backbone_name):
     assert report.trainable == requires_grad == sum(p.numel() for p in adapter.trainable_parameters().values())
     assert report.head == 32 * 5 + 5
     assert report.trainable_with_head == report.trainable + report.head
-    assert report.extra_inference == (report.trainable if adapter.adds_parameters else 0)
+    assert report.extra_inference == (adapter.inference_params() if adapter.adds_parameters else 0)
+    assert 0 <= adapter.inference_params() <= report.trainable
     assert report.backbone == sum(p.numel() for p in load_backbone(backbone_name).parameters())
-    assert report.checkpoint_bytes > 4 * report.trainable  # fp32 tensors plus a header
+    stored = sum(t.numel() * t.element_size() for t in adapter.state_tensors().values())
+    assert report.checkpoint_bytes > stored  # the stored tensors plus a header
 
 
 @pytest.mark.parametrize("adapter_name,backbone_name", CASES)
@@ -105,9 +135,13 @@ def test_merged_equals_unmerged(adapter_name, backbone_name):
         return
     train_steps(backbone, adapter)  # merge trained, non-trivial values
     unmerged = backbone(images(7))
+    promised = adapter.parameter_report().extra_inference_merged
     adapter.merge()
     torch.testing.assert_close(backbone(images(7)), unmerged, atol=1e-5, rtol=1e-5)
-    assert adapter.extra_inference_params() == 0
+    assert adapter.extra_inference_params() == 0 == promised
+    # merging leaves no wrapper behind (the count may still grow: a shift merged into a
+    # bias-free linear gives it a bias)
+    assert not [m for m in backbone.modules() if isinstance(m, SiteWrapper)]
 
 
 @pytest.mark.parametrize("adapter_name,backbone_name", CASES)

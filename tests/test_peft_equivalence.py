@@ -58,13 +58,17 @@ def timm_name(ours: str) -> str:
 
 
 def randomise(adapter, seed: int) -> dict[str, torch.Tensor]:
-    """Seeded, non-zero A and B for every declared tensor; returns them by name."""
+    """Seeded, non-zero A and B for every declared tensor (and, for DoRA, magnitudes moved
+    up to ~10% away from their initial norms); returns them by name."""
     generator = torch.Generator().manual_seed(seed)
     params = adapter.trainable_parameters()
     with torch.no_grad():
         for name, param in sorted(params.items()):
-            std = 0.1 if ".lora_B." in name else 0.2
-            param.copy_(torch.randn(param.shape, generator=generator) * std)
+            noise = torch.randn(param.shape, generator=generator)
+            if ".lora_magnitude." in name:
+                param.mul_(1 + 0.1 * noise)
+            else:
+                param.copy_(noise * (0.1 if ".lora_B." in name else 0.2))
     assert all(p.abs().min() > 0 for n, p in params.items() if ".lora_B." in n)
     return params
 
@@ -75,12 +79,13 @@ def ours_fused(seed: int = 1):
     return backbone, adapter, randomise(adapter, seed)
 
 
-def peft_model(lora_weights) -> nn.Module:
-    """PEFT LoRA on plain timm, with ``lora_weights(block, site) -> (A, B)`` copied in."""
+def peft_model(lora_weights, use_dora: bool = False, dropout: float = 0.0) -> nn.Module:
+    """PEFT LoRA (or DoRA) on plain timm, with ``lora_weights(block, site) -> (A, B)``
+    (DoRA: ``(A, B, magnitude)``) copied in."""
     config = peft.LoraConfig(
-        r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=["qkv", "proj", "fc1", "fc2"],
+        r=R, lora_alpha=ALPHA, lora_dropout=dropout, target_modules=["qkv", "proj", "fc1", "fc2"],
         # "proj" also matches the patch-embedding Conv2d, which PEFT would wrap too
-        exclude_modules=["patch_embed.proj"],
+        exclude_modules=["patch_embed.proj"], use_dora=use_dora,
     )
     model = peft.get_peft_model(plain_timm(), config).eval()
     timm_model = model.base_model.model
@@ -91,9 +96,11 @@ def peft_model(lora_weights) -> nn.Module:
             for site, path in SITE_TO_TIMM.items():
                 layer = timm_model.blocks[block].get_submodule(path)
                 assert layer.scaling["default"] == SCALING
-                a, b = lora_weights(block, site)
+                a, b, *magnitude = lora_weights(block, site)
                 layer.lora_A["default"].weight.copy_(a)
                 layer.lora_B["default"].weight.copy_(b)
+                if use_dora:
+                    layer.lora_magnitude_vector["default"].weight.copy_(*magnitude)
     return model
 
 

@@ -87,7 +87,8 @@ def single_error_line(result) -> str:
 
 def listed_row(stdout: str, name: str) -> str:
     """The table row of ``name`` in `adaptbench ls` output."""
-    rows = [line for line in stdout.splitlines() if re.search(rf"\b{re.escape(name)}\b", line)]
+    # the name is the row's first cell exactly ("lora" must not match "peft:lora")
+    rows = [line for line in stdout.splitlines() if line.count("│") > 2 and line.split("│")[1].strip() == name]
     assert len(rows) == 1, f"{name!r} is not listed once:\n{stdout}"
     return rows[0]
 

@@ -246,3 +246,74 @@ def test_builtin_catalogue_points_at_real_objects():
         assert cls.__doc__.strip().splitlines()[0].rstrip(".") == description
     for name in BACKBONES.names():
         assert callable(BACKBONES.get(name))
+
+
+# -- name families (``peft:<method>``) ----------------------------------------------------------
+
+FAMILY_CALLS: list[str] = []
+
+
+def fake_lister():
+    FAMILY_CALLS.append("list")
+    return {"loha": "LoHa via Fake", "lora": "LoRA via Fake"}, {"prefix_tuning": "prompt learning"}
+
+
+def fake_resolver(member):
+    FAMILY_CALLS.append(f"resolve {member}")
+    return type(f"Fake{member}", (), {"__doc__": f"{member} made on demand"})
+
+
+def missing_lister():
+    raise AdaptbenchError('Fake is not installed; install it with: pip install "adaptbench[fake]"')
+
+
+def with_family(reg: Registry, lister: str = "fake_lister") -> registry_module.Family:
+    family = registry_module.Family("fake:", f"{__name__}:fake_resolver", f"{__name__}:{lister}", "fake methods")
+    reg.add_family(family)
+    FAMILY_CALLS.clear()
+    return family
+
+
+def test_family_members_resolve_on_use_only(fresh):
+    with_family(fresh)
+    entry = fresh.require("fake:loha")
+    assert entry.description == "LoHa via Fake" and entry.is_lazy
+    assert FAMILY_CALLS == ["list"]  # knowing the name asks the lister, never the resolver
+    made = fresh.get("fake:loha")
+    assert made.__name__ == "Fakeloha" and fresh.get("fake:loha") is made
+    assert FAMILY_CALLS == ["list", "resolve loha"]  # resolved once
+    assert "fake:lora" in fresh and "fake:nope" not in fresh
+    assert fresh.names() == []  # members are listed by members(), not among the registered names
+
+
+def test_family_listing_and_its_errors(fresh):
+    family = with_family(fresh)
+    assert [e.name for e in fresh.members(family)] == ["fake:loha", "fake:lora"]
+    with pytest.raises(AdaptbenchError, match=r"unknown adapter 'fake:lorra' \(did you mean 'fake:lora'"):
+        fresh.require("fake:lorra")
+    with pytest.raises(AdaptbenchError, match=r"adapter 'fake:prefix_tuning' cannot be used here: prompt learning"):
+        fresh.require("fake:prefix_tuning")
+
+
+def test_an_unavailable_family_says_how_to_get_it(fresh):
+    family = with_family(fresh, "missing_lister")
+    with pytest.raises(AdaptbenchError) as err:
+        fresh.get("fake:loha")
+    assert err.value.message == ("adapter 'fake:loha' is unavailable: Fake is not installed; "
+                                 'install it with: pip install "adaptbench[fake]"')
+    with pytest.raises(AdaptbenchError, match="not installed"):
+        fresh.members(family)
+    assert "fake:loha" not in fresh
+
+
+def test_a_family_prefix_is_reserved(fresh):
+    with_family(fresh)
+    with pytest.raises(AdaptbenchError, match=r"'fake:mine' is in the 'fake:' family"):
+        fresh.register("fake:mine", Thing)
+    with pytest.raises(AdaptbenchError, match="already taken"):
+        with_family(fresh)
+
+
+def test_the_peft_family_is_builtin_for_adapters_only():
+    assert [f.prefix for f in Registry("adapter").families()] == ["peft:"]
+    assert Registry("backbone").families() == [] and Registry("task").families() == []

@@ -139,6 +139,9 @@ class ParameterReport:
     extra_inference: int  # parameters the adapted model runs with beyond the backbone's
     checkpoint_bytes: int  # adapter-only safetensors file, head excluded
     backbone: int  # parameters of the frozen backbone, adapter excluded
+    # what extra_inference becomes once merge() has run (0 for mergeable adapters): the
+    # inference cost a deployed model pays, which is the figure papers compare
+    extra_inference_merged: int = 0
 
     @property
     def trainable_with_head(self) -> int:
@@ -159,6 +162,9 @@ class Adapter:
     # True when the declared tensors are new parameters run at inference (LoRA, SSF, ...);
     # False when they are existing backbone weights (BitFit, LN tuning, full).
     adds_parameters: ClassVar[bool] = True
+    # True when training runs a randomly drawn sub-network (MoSA) and evaluation the whole
+    # one: a tensor may then miss the gradient of one training step without being dead.
+    stochastic_training: ClassVar[bool] = False
 
     def __init__(self, config: AdapterConfig | None = None):
         self.config = config if config is not None else self.config_class()
@@ -175,6 +181,9 @@ class Adapter:
         self.backbone = backbone
         self._backbone_params = sum(p.numel() for p in backbone.parameters())
         self._attach(backbone)
+        # new modules are born in training mode: give them the backbone's mode, so that an
+        # adapter attached to a backbone in eval mode runs no dropout or sampling
+        backbone.train(backbone.training)
         for param in backbone.parameters():
             param.requires_grad_(False)
         for param in self._declared.values():
@@ -251,17 +260,30 @@ class Adapter:
     def extra_inference_params(self) -> int:
         if self.merged or not self.adds_parameters:
             return 0
+        return self.inference_params()
+
+    def stats(self) -> dict[str, float]:
+        """Method-specific figures for the run record (mask tuning: the fraction of weights
+        masked). Read after training, before any merge; empty by default."""
+        return {}
+
+    def inference_params(self) -> int:
+        """Parameters the unmerged adapter runs with at inference: by default every declared
+        tensor; an adapter that folds some of them at evaluation (MoSA averages its
+        per-module biases) counts what it really runs."""
         return self.trainable_count()
 
     def parameter_report(self, head: nn.Module | None = None) -> ParameterReport:
         from .checkpoint import checkpoint_bytes
 
+        extra = self.extra_inference_params()
         return ParameterReport(
             trainable=self.trainable_count(),
             head=sum(p.numel() for p in head.parameters()) if head is not None else 0,
-            extra_inference=self.extra_inference_params(),
+            extra_inference=extra,
             checkpoint_bytes=0 if self.merged else checkpoint_bytes(self),
             backbone=self._backbone_params,
+            extra_inference_merged=0 if self.mergeable else extra,
         )
 
 

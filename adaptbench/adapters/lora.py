@@ -16,12 +16,17 @@ Targets are anatomy sites: ``q``, ``k``, ``v`` (each its own A, B on its third o
 ``qkv`` linear — timm fuses them, PEFT cannot target them separately), ``qkv`` (one A, B on the
 whole fused linear, as PEFT does with ``target_modules=["qkv"]``), ``attn_out``, ``mlp_in``,
 ``mlp_out``.
+
+:class:`LoRALinear` is the one LoRA implementation in the package: variants build on it
+(``spatial_lora``: a rank per site through ``config.rank_of``; ``dora``: a subclass that
+changes what each part adds and how it merges).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,59 +53,94 @@ class LoRAConfig(AdapterConfig):
         default=None, metadata={"help": "block indices to adapt (default: every block)"}
     )
 
+    adapter_name: ClassVar[str] = "lora"  # the name error messages use (LoRA variants reuse this config)
+
     def validate(self) -> None:
-        require(self.r >= 1, f"lora option r={self.r}: expected an integer >= 1")
-        require(0.0 <= self.dropout < 1.0, f"lora option dropout={self.dropout}: expected 0 <= dropout < 1")
-        require(len(self.targets) > 0, "lora option targets: expected at least one site")
+        name = self.adapter_name
+        require(self.r >= 1, f"{name} option r={self.r}: expected an integer >= 1")
+        require(0.0 <= self.dropout < 1.0, f"{name} option dropout={self.dropout}: expected 0 <= dropout < 1")
+        require(len(self.targets) > 0, f"{name} option targets: expected at least one site")
         for target in self.targets:
-            require(target in LORA_TARGETS, f"lora target {target!r}: expected one of {LORA_TARGETS}")
+            require(target in LORA_TARGETS, f"{name} target {target!r}: expected one of {LORA_TARGETS}")
         require(not ({"qkv"} & set(self.targets) and set(QKV_PARTS) & set(self.targets)),
-                "lora targets: use either 'qkv' (fused) or q/k/v (separate), not both")
+                f"{name} targets: use either 'qkv' (fused) or q/k/v (separate), not both")
 
     @property
     def scaling(self) -> float:
         return self.alpha / self.r
 
+    def rank_of(self, part: str) -> int:
+        """The rank of the update on ``part`` (one rank for every target here)."""
+        return self.r
+
 
 class LoRALinear(SiteWrapper):
-    """``base(x) + scaling * B_p A_p x`` on output slices ``p`` of a frozen linear."""
+    """``base(x) + (alpha / r_p) B_p A_p x`` on output slices ``p`` of a frozen linear.
 
-    def __init__(self, base_layer: nn.Linear, slices: dict[str, slice], config: LoRAConfig):
+    ``config`` supplies ``alpha``, ``dropout`` and ``rank_of(part)``, so that LoRA variants
+    (per-site ranks, DoRA) reuse this class: a variant overrides :meth:`part_updates` (what
+    each part adds to its output slice) and :meth:`merged_rows` (the part's folded weights).
+    """
+
+    def __init__(self, base_layer: nn.Linear, slices: dict[str, slice], config):
         super().__init__(base_layer)
         self.slices = slices
-        self.scaling = config.scaling
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        in_features = base_layer.in_features
+        self.scaling: dict[str, float] = {}
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
         for part, out_slice in slices.items():
-            out_features = out_slice.stop - out_slice.start
-            self.lora_A[part] = nn.Parameter(torch.empty(config.r, in_features, **factory))
-            self.lora_B[part] = nn.Parameter(torch.zeros(out_features, config.r, **factory))
+            rank = config.rank_of(part)
+            self.scaling[part] = config.alpha / rank
+            self.lora_A[part] = nn.Parameter(torch.empty(rank, base_layer.in_features, **factory))
+            self.lora_B[part] = nn.Parameter(torch.zeros(out_slice.stop - out_slice.start, rank, **factory))
             nn.init.kaiming_uniform_(self.lora_A[part], a=math.sqrt(5))
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The low-rank update for every output feature (zero outside the slices)."""
+    def adapter_tensors(self) -> list[tuple[str, nn.Parameter]]:
+        """(name within the site, tensor) for every trainable tensor of this wrapper."""
+        named = []
+        for part in self.slices:
+            named += [(f"lora_A.{part}", self.lora_A[part]), (f"lora_B.{part}", self.lora_B[part])]
+        return named
+
+    def low_rank(self, part: str, x: torch.Tensor) -> torch.Tensor:
+        """``(alpha / r_p) B_p A_p x`` for one part."""
+        return F.linear(F.linear(x, self.lora_A[part]), self.lora_B[part]) * self.scaling[part]
+
+    def update(self, part: str) -> torch.Tensor:
+        """The part's weight update ``(alpha / r_p) B_p A_p`` (out_p x in)."""
+        return self.scaling[part] * (self.lora_B[part] @ self.lora_A[part])
+
+    def part_updates(self, x: torch.Tensor, base_output: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What each part adds to its slice of ``base_output``."""
         x = self.dropout(x)
+        return {part: self.low_rank(part, x) for part in self.slices}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base_output = self.base_layer(x)
+        return base_output + self._to_full_width(self.part_updates(x, base_output), base_output)
+
+    def _to_full_width(self, updates: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Place each part's update at its output slice, zeros elsewhere."""
         pieces, position = [], 0
         for part, out_slice in sorted(self.slices.items(), key=lambda kv: kv[1].start):
             if out_slice.start > position:
-                pieces.append(x.new_zeros(*x.shape[:-1], out_slice.start - position))
-            pieces.append(F.linear(F.linear(x, self.lora_A[part]), self.lora_B[part]))
+                pieces.append(like.new_zeros(*like.shape[:-1], out_slice.start - position))
+            pieces.append(updates[part])
             position = out_slice.stop
-        if position < self.base_layer.out_features:
-            pieces.append(x.new_zeros(*x.shape[:-1], self.base_layer.out_features - position))
-        return torch.cat(pieces, dim=-1) * self.scaling
+        if position < like.shape[-1]:
+            pieces.append(like.new_zeros(*like.shape[:-1], like.shape[-1] - position))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + self.delta(x)
+    def merged_rows(self, part: str, rows: torch.Tensor) -> torch.Tensor:
+        """The part's frozen weight rows ``W0_p`` with the adapter folded in."""
+        return rows + self.update(part)
 
     def merged_module(self) -> nn.Linear:
         weight = self.base_layer.weight
         for part, out_slice in self.slices.items():
-            update = self.lora_B[part] @ self.lora_A[part]
-            weight.data[out_slice] += self.scaling * update.to(weight.dtype)
+            weight.data[out_slice] = self.merged_rows(part, weight.data[out_slice]).to(weight.dtype)
         return self.base_layer
 
 
@@ -117,19 +157,25 @@ class LoRA(Adapter):
     """LoRA (Hu et al. 2022): W + (alpha/r) B A on q/k/v/out/mlp sites."""
 
     mergeable = True
+    # the site wrapper; LoRA variants (DoRA) swap in a subclass of LoRALinear
+    wrapper_class: ClassVar[type[LoRALinear]] = LoRALinear
 
     def _attach(self, backbone) -> None:
-        config: LoRAConfig = self.config
+        config = self.config
         for block in blocks_of(config.blocks, backbone):
-            per_site: dict[str, dict[str, slice]] = {}
-            for target in config.targets:
-                site, slices = lora_slices(target, backbone.site(_site_of(target), block))
-                per_site.setdefault(site, {}).update(slices)
-            for site, slices in per_site.items():
-                wrapper = self.wrap_site(site, block, lambda base, s=slices: LoRALinear(base, s, config))
-                for part in slices:
-                    self.declare(f"blocks.{block}.{site}.lora_A.{part}", wrapper.lora_A[part])
-                    self.declare(f"blocks.{block}.{site}.lora_B.{part}", wrapper.lora_B[part])
+            for site, slices in _slices_per_site(config.targets, backbone, block).items():
+                wrapper = self.wrap_site(site, block, lambda base, s=slices: self.wrapper_class(base, s, config))
+                for what, tensor in wrapper.adapter_tensors():
+                    self.declare(f"blocks.{block}.{site}.{what}", tensor)
+
+
+def _slices_per_site(targets, backbone, block: int) -> dict[str, dict[str, slice]]:
+    """{site: {part: output slice}}: q, k and v targets share the one fused qkv site."""
+    per_site: dict[str, dict[str, slice]] = {}
+    for target in targets:
+        site, slices = lora_slices(target, backbone.site(_site_of(target), block))
+        per_site.setdefault(site, {}).update(slices)
+    return per_site
 
 
 def _site_of(target: str) -> str:

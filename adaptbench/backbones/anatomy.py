@@ -106,12 +106,24 @@ class Anatomy:
 
 
 def _resolve(root: nn.Module, path: str) -> tuple[nn.Module, str]:
-    """The parent module and attribute name that ``path`` ("a.b.c") points at."""
+    """The parent module and attribute name that ``path`` ("a.b.c") points at.
+
+    Site wrappers on the way are stepped through (to their ``base_layer``), so that a site
+    inside a wrapped block or branch stays reachable: adapters compose.
+    """
     *parents, attr = path.split(".")
-    parent = root
-    for name in parents:
-        parent = getattr(parent, name)
+    parent = _through_wrappers(root, attr if not parents else parents[0])
+    for index, name in enumerate(parents):
+        following = parents[index + 1] if index + 1 < len(parents) else attr
+        parent = _through_wrappers(getattr(parent, name), following)
     return parent, attr
+
+
+def _through_wrappers(module: nn.Module, wanted: str) -> nn.Module:
+    """``module``, or the first ``base_layer`` below it that has attribute ``wanted``."""
+    while not hasattr(module, wanted) and hasattr(module, "base_layer"):
+        module = module.base_layer
+    return module
 
 
 def site_path(site: str) -> str:

@@ -178,6 +178,7 @@ def _fit_and_evaluate(prepared: dict[str, Any], resolved: dict[str, Any], place:
         "primary_metric": PRIMARY_METRIC,
         "higher_is_better": HIGHER_IS_BETTER,
         "params": prepared["adapter"].parameter_report(module.head).to_dict(),
+        "adapter_stats": prepared["adapter"].stats(),
         "train_images_per_s": meter.images_per_second(),
         "peak_memory_bytes": memory_bytes,
         "peak_memory_kind": memory_kind,

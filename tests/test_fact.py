@@ -1,0 +1,191 @@
+"""FacT-TT beyond the conformance suite: the formula by hand, shared U / V, merge, defaults."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from adaptbench.adapters import build_adapter
+from adaptbench.adapters.fact import FACT_TARGETS, FacTConfig, FacTLinear, fact_parts
+from adaptbench.backbones import load_backbone
+from adaptbench.errors import AdaptbenchError
+
+D = 32  # vit_tiny_test: d = 32, MLP width 64 (two d-wide chunks), 2 blocks
+
+
+def images(seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def randomised(options: dict, backbone_name: str = "vit_tiny_test"):
+    """A FacT-adapted tiny backbone whose factors (V included) are seeded random values."""
+    torch.manual_seed(0)
+    backbone = load_backbone(backbone_name)
+    frozen = copy.deepcopy(backbone)
+    adapter = build_adapter("fact", backbone, options)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in adapter.trainable_parameters().values():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return frozen.eval(), backbone.eval(), adapter  # eval after attaching: new wrappers start in train mode
+
+
+def hand_increment(adapter, block: int, site: str, rank: int) -> torch.Tensor:
+    """Delta W of one site written slice by slice: V C_ab U for every d x d chunk (a, b)."""
+    params = adapter.trainable_parameters()
+    u, v = params["shared.fact_U"], params["shared.fact_V"]
+    linear = adapter.backbone.site(site, block).base_layer
+    delta = torch.zeros_like(linear.weight)
+    for part, chunks in fact_parts_of(site, linear).items():
+        core = params[f"blocks.{block}.{site}.fact_core.{part}"]
+        for a_local, a in enumerate(chunks):
+            for b in range(linear.in_features // D):
+                c_ab = core[a_local * rank:(a_local + 1) * rank, b * rank:(b + 1) * rank]
+                delta[a * D:(a + 1) * D, b * D:(b + 1) * D] = v @ c_ab @ u
+    return delta
+
+
+def fact_parts_of(site: str, linear: nn.Linear) -> dict[str, range]:
+    if site == "qkv":
+        return {"q": range(0, 1), "k": range(1, 2), "v": range(2, 3)}
+    return {site: range(linear.out_features // D)}
+
+
+SITES = ("qkv", "attn_out", "mlp_in", "mlp_out")
+
+
+def test_defaults_are_the_papers():
+    config = FacTConfig()
+    assert config.rank == 8  # official VTAB-1k configs: r in {8, 16}
+    assert config.scale == 1.0
+    assert config.dropout == 0.1  # nn.Dropout(0.1) in fact_tt.py
+    assert config.targets == ("q", "k", "v", "attn_out", "mlp_in", "mlp_out")
+    assert config.blocks is None
+
+
+def test_init_u_and_cores_random_v_zero():
+    torch.manual_seed(0)
+    backbone = load_backbone("vit_tiny_test")
+    adapter = build_adapter("fact", backbone)
+    params = adapter.trainable_parameters()
+    assert torch.count_nonzero(params["shared.fact_V"]) == 0
+    assert params["shared.fact_U"].shape == (8, D) and params["shared.fact_U"].std() > 0
+    core = params["blocks.0.mlp_in.fact_core.mlp_in"]
+    assert core.shape == (2 * 8, 8) and core.abs().max() <= 1 / 8 ** 0.5  # nn.Linear(r, 2r) default bound
+    assert params["blocks.0.mlp_out.fact_core.mlp_out"].shape == (8, 2 * 8)
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_site_forward_is_the_formula(site):
+    rank, scale = 4, 2.5
+    _, backbone, adapter = randomised({"rank": rank, "scale": scale, "dropout": 0.0})
+    wrapper = backbone.site(site, 1)
+    linear = wrapper.base_layer
+    x = torch.randn(2, 5, linear.in_features, generator=torch.Generator().manual_seed(2))
+    expected = x @ (linear.weight + scale * hand_increment(adapter, 1, site, rank)).T + linear.bias
+    torch.testing.assert_close(wrapper(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_model_forward_equals_backbone_with_hand_updated_weights():
+    rank, scale = 4, 3.0
+    frozen, backbone, adapter = randomised({"rank": rank, "scale": scale, "dropout": 0.0}, "vit_tiny_test_reg")
+    with torch.no_grad():
+        for block in range(2):
+            for site in SITES:
+                frozen.site(site, block).weight += scale * hand_increment(adapter, block, site, rank)
+    torch.testing.assert_close(backbone(images()), frozen(images()), atol=1e-5, rtol=1e-5)
+
+
+def test_u_and_v_are_shared_declared_once_and_counted_once():
+    rank = 4
+    torch.manual_seed(0)
+    backbone = load_backbone("vit_tiny_test")
+    adapter = build_adapter("fact", backbone, {"rank": rank})
+    shared = backbone.adapter_modules["fact"]
+    wrappers = [m for m in backbone.modules() if isinstance(m, FacTLinear)]
+    assert len(wrappers) == 2 * 4
+    assert all(w.factors is shared for w in wrappers)
+    names = list(adapter.trainable_parameters())
+    assert [n for n in names if n.startswith("shared.")] == ["shared.fact_U", "shared.fact_V"]
+    assert adapter.trainable_parameters()["shared.fact_U"] is shared.u
+    # the backbone's state lists U and V once (owned by adapter_modules, not by each site)
+    state = backbone.state_dict()
+    assert [k for k, t in state.items() if t.data_ptr() == shared.u.data_ptr()] == ["adapter_modules.fact.u"]
+    assert [k for k, t in state.items() if t.data_ptr() == shared.v.data_ptr()] == ["adapter_modules.fact.v"]
+    # per block: q, k, v, o cores r x r; fc1 (d -> 2d) 2r x r; fc2 (2d -> d) r x 2r
+    per_block = 4 * rank * rank + 2 * rank * rank + 2 * rank * rank
+    assert adapter.parameter_report().trainable == 2 * D * rank + 2 * per_block
+
+
+def test_shared_u_receives_gradient_from_every_block():
+    _, backbone, adapter = randomised({"rank": 4, "dropout": 0.0, "blocks": (1,)})
+    u = adapter.trainable_parameters()["shared.fact_U"]
+    backbone(images()).sum().backward()
+    only_block_1 = u.grad.clone()
+    _, backbone, adapter = randomised({"rank": 4, "dropout": 0.0})
+    u = adapter.trainable_parameters()["shared.fact_U"]
+    backbone(images()).sum().backward()
+    assert not torch.allclose(u.grad, only_block_1)  # block 0's sites add to the same tensor
+
+
+def test_merge_is_exact_and_removes_the_shared_factors():
+    rank, scale = 4, 2.0
+    _, backbone, adapter = randomised({"rank": rank, "scale": scale})
+    expected_qkv = backbone.site("qkv", 0).base_layer.weight + scale * hand_increment(adapter, 0, "qkv", rank)
+    before = backbone(images(3))
+    adapter.merge()
+    torch.testing.assert_close(backbone(images(3)), before, atol=1e-5, rtol=1e-5)
+    assert type(backbone.site("qkv", 0)) is nn.Linear
+    torch.testing.assert_close(backbone.site("qkv", 0).weight, expected_qkv, atol=1e-6, rtol=1e-6)
+    assert "fact" not in backbone.adapter_modules
+    assert adapter.parameter_report().extra_inference == 0
+
+
+def test_targets_restrict_the_updated_slices():
+    _, backbone, adapter = randomised({"rank": 4, "targets": ("q", "v", "mlp_out"), "dropout": 0.0})
+    assert sorted(adapter.trainable_parameters()) == sorted(
+        ["shared.fact_U", "shared.fact_V"]
+        + [f"blocks.{b}.qkv.fact_core.{p}" for b in range(2) for p in ("q", "v")]
+        + [f"blocks.{b}.mlp_out.fact_core.mlp_out" for b in range(2)]
+    )
+    wrapper = backbone.site("qkv", 0)
+    x = torch.randn(2, 3, D)
+    delta = wrapper(x) - wrapper.base_layer(x)
+    assert torch.count_nonzero(delta[..., D:2 * D]) == 0  # k is untouched
+    assert delta[..., :D].abs().sum() > 0 and delta[..., 2 * D:].abs().sum() > 0
+    assert type(backbone.site("attn_out", 0)) is nn.Linear
+
+
+def test_dropout_sits_between_core_and_v():
+    _, backbone, _ = randomised({"rank": 4, "dropout": 0.5})
+    wrapper = backbone.site("mlp_in", 0)  # U x is r wide, the core's output 2r, V's output 2d
+    seen = []
+    wrapper.dropout.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[-1]))
+    wrapper.train()(torch.randn(2, 3, D))
+    assert seen == [2 * 4]  # dropout acts on the core output, before V lifts it to d
+
+
+def test_widths_not_multiple_of_d_are_refused():
+    with pytest.raises(AdaptbenchError, match="50 output features"):
+        fact_parts("mlp_in", nn.Linear(D, 50), D)
+
+
+@pytest.mark.parametrize("options,bad", [
+    ({"rank": 0}, "rank=0"),
+    ({"scale": 0.0}, "scale=0.0"),
+    ({"dropout": 1.0}, "dropout=1.0"),
+    ({"targets": ("q", "fc1")}, "'fc1'"),
+    ({"targets": ("q", "q")}, "repeated"),
+])
+def test_config_errors_name_the_value(options, bad):
+    with pytest.raises(AdaptbenchError, match=bad):
+        FacTConfig(**options)
+
+
+def test_cli_strings_are_coerced():
+    config = FacTConfig.from_dict({"rank": "16", "scale": "10", "targets": "q,v"}, adapter="fact")
+    assert (config.rank, config.scale, config.targets) == (16, 10.0, ("q", "v"))
+    assert set(config.targets) <= set(FACT_TARGETS)
