@@ -13,13 +13,10 @@ import torch
 from adaptbench.adapters import build_adapter
 from adaptbench.adapters.lora import LoRALinear
 from adaptbench.backbones import load_backbone
+from helpers import images
 
 # adapters wrapping a block (dd_adapter, vpt_deep) or a branch (the others), then a LoRA
 FIRST = ["dd_adapter", "vpt_deep", "adaptformer", "convpass", "adapter"]
-
-
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def nudge(adapter, seed: int) -> None:

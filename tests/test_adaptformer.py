@@ -13,10 +13,7 @@ from adaptbench.adapters.adaptformer import AdaptFormer, AdaptFormerConfig
 from adaptbench.adapters.layers import ParallelBranch
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
-
-
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+from helpers import images
 
 
 def randomise(adapter, seed: int = 1) -> None:

@@ -18,10 +18,7 @@ from adaptbench.adapters.bi_adaptformer import (
 from adaptbench.adapters.checkpoint import load_adapter, pack_bits, save_adapter, unpack_bits
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
-
-
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+from helpers import images
 
 
 def randomise(adapter, seed: int = 1, offset: float = 0.05) -> None:

@@ -12,10 +12,7 @@ from adaptbench.adapters import build_adapter
 from adaptbench.adapters.bottleneck_adapter import BottleneckAdapterConfig
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
-
-
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+from helpers import images
 
 
 def adapted(backbone_name: str, options=None):

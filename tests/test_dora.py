@@ -24,8 +24,9 @@ from adaptbench.errors import AdaptbenchError
 # the LoRA/PEFT comparison's helpers: same tiny timm ViT, same seeded weights
 from test_peft_equivalence import (
     ALPHA, ATOL, DEPTH, R, RTOL, SCALING, SITE_TO_TIMM, THIRDS, WIDTH,
-    assert_far, images, peft_model, plain_timm, randomise,
+    assert_far, peft_model, plain_timm, randomise,
 )
+from helpers import images
 
 peft = pytest.importorskip("peft")
 

@@ -12,12 +12,9 @@ from adaptbench.adapters import build_adapter
 from adaptbench.adapters.fact import FACT_TARGETS, FacTConfig, FacTLinear, fact_parts
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from helpers import images
 
 D = 32  # vit_tiny_test: d = 32, MLP width 64 (two d-wide chunks), 2 blocks
-
-
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def randomised(options: dict, backbone_name: str = "vit_tiny_test"):

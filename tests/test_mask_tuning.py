@@ -23,6 +23,7 @@ from adaptbench.adapters.mask_tuning import (
 from adaptbench.adapters.checkpoint import pack_bits, unpack_bits
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from helpers import images
 
 THRESHOLD = 5e-3
 
@@ -38,10 +39,6 @@ def randomise_scores(adapter: MaskTuning, seed: int = 1) -> None:
     with torch.no_grad():
         for wrapper in adapter._masks.values():
             wrapper.scores.copy_(torch.rand(wrapper.scores.shape, generator=generator) * 0.02)
-
-
-def images(seed: int = 0, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def site_key(name: str) -> tuple[int, str]:
@@ -288,3 +285,17 @@ def test_config_errors_name_the_value(options, fragment):
 def test_cli_strings_are_coerced():
     config = MaskTuningConfig.from_dict({"sites": "qkv,mlp_in", "gdr": "false", "gdr_lambda": "0.3"})
     assert config.sites == ("qkv", "mlp_in") and config.gdr is False and config.gdr_lambda == 0.3
+
+
+def test_run_record_carries_the_masked_fraction(tmp_path):
+    """The issue's "reports the fraction of weights masked": through Adapter.stats() into
+    train_info["adapter_stats"] of the run record."""
+    from adaptbench.runner.train import RunConfig, RunPlace, run
+
+    result = run(RunConfig(task="micro/digits", backbone="vit_tiny_test", adapter="mask_tuning",
+                           epochs=1, batch_size=64, lr=1e-2),
+                 RunPlace(out_dir=tmp_path, num_workers=0, save_adapter=False))
+    info = result.record["train_info"]
+    assert info["status"] == "success", info["error"]
+    fraction = info["adapter_stats"]["masked_fraction"]
+    assert 0.0 < fraction < 1.0  # lr 1e-2 flips some masks within one epoch, not all

@@ -15,12 +15,9 @@ from adaptbench.adapters import build_adapter
 from adaptbench.adapters.mosa import MoSA, MoSAConfig, SparseModuleBottleneck, balanced_partition
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from helpers import images
 
 BACKBONES = ["vit_tiny_test", "vit_tiny_test_reg"]
-
-
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def randomise(adapter, seed: int = 1) -> None:

@@ -29,6 +29,7 @@ peft = pytest.importorskip("peft")
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from adaptbench.adapters.peft_bridge import METHOD_FACTS
+from helpers import images
 
 INSTALL_HINT = 'pip install "adaptbench[peft]"'
 # PEFT's default sizes need a wider model than the d=32 tiny ViTs (they fit ViT-B's 768):
@@ -39,10 +40,6 @@ SMALL_OPTIONS = {
     "shira": {"r": 2},  # r 32 would train more entries than the 32 x 96 weight has
     "vblora": {"vector_length": 8, "num_vectors": 16},  # vector_length 256 must divide 32
 }
-
-
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def adapted(name: str, options: dict | None = None, backbone: str = "vit_tiny_test"):

@@ -25,6 +25,7 @@ from adaptbench.adapters import build_adapter
 from adaptbench.adapters.lora import LoRALinear
 from adaptbench.backbones import load_backbone
 from adaptbench.backbones.timm_vit import _TINY
+from helpers import images
 
 peft = pytest.importorskip("peft")
 
@@ -38,10 +39,6 @@ SITE_TO_TIMM = {"qkv": "attn.qkv", "attn_out": "attn.proj", "mlp_in": "mlp.fc1",
 # our canonical block paths -> timm's (state-dict names)
 _CANONICAL_TO_TIMM = ((".attn.norm.", ".norm1."), (".attn.core.", ".attn."),
                       (".mlp.norm.", ".norm2."), (".mlp.core.", ".mlp."))
-
-
-def images(seed: int) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def plain_timm() -> nn.Module:

@@ -12,12 +12,9 @@ from adaptbench.adapters import build_adapter
 from adaptbench.adapters.repadapter import RepAdapterConfig, RepAdapterLinear
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from helpers import images
 
 D = 32  # vit_tiny_test width
-
-
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def randomised(options: dict, backbone_name: str = "vit_tiny_test"):

@@ -13,12 +13,9 @@ from adaptbench.adapters import build_adapter
 from adaptbench.adapters.vpt import VPTDeepConfig, VPTShallowConfig
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from helpers import images
 
 P = 5  # the default number of prompt tokens
-
-
-def images(seed: int = 0) -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def adapted(adapter_name: str, backbone_name: str, options=None, **backbone_kwargs):

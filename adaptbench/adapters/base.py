@@ -234,8 +234,9 @@ class Adapter:
             )
         return {name: p.detach() for name, p in self._declared.items()}
 
-    @torch.no_grad()
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], source: str = "") -> None:
+    def check_stored_names(self, tensors: dict[str, torch.Tensor], source: str = "") -> dict[str, torch.Tensor]:
+        """Refuse a checkpoint whose tensor names differ from what this adapter stores;
+        returns what it would store (``state_tensors()``), for shape checks."""
         expected = self.state_tensors()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
@@ -244,6 +245,11 @@ class Adapter:
                 f"adapter checkpoint {source} does not match adapter {self.name!r}: "
                 f"missing {missing[:3]}, unexpected {unexpected[:3]}"
             )
+        return expected
+
+    @torch.no_grad()
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], source: str = "") -> None:
+        self.check_stored_names(tensors, source)
         for name, target in self._declared.items():
             if tensors[name].shape != target.shape:
                 raise AdaptbenchError(

@@ -176,13 +176,7 @@ class BiAdaptFormer(AdaptFormer):
     @torch.no_grad()
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], source: str = "") -> None:
         layers = self.binary_layers()
-        expected = {f"{prefix}.{part}" for prefix in layers for part in ("bits", "mean", "std")}
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        if missing or unexpected:
-            raise AdaptbenchError(
-                f"adapter checkpoint {source} does not match adapter {self.name!r}: "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
+        self.check_stored_names(tensors, source)
         for prefix, layer in layers.items():
             bits = tensors[f"{prefix}.bits"]
             wanted = math.ceil(layer.weight.numel() / 8)

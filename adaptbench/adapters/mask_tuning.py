@@ -323,14 +323,7 @@ class MaskTuning(Adapter):
 
     @torch.no_grad()
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], source: str = "") -> None:
-        expected = self.state_tensors()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise AdaptbenchError(
-                f"adapter checkpoint {source} does not match adapter {self.name!r}: "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
+        expected = self.check_stored_names(tensors, source)
         for name, wrapper in self._masks.items():
             stored, packed = _stored_name(name), tensors[_stored_name(name)]
             if packed.dtype != torch.uint8 or packed.shape != expected[stored].shape:
