@@ -35,7 +35,7 @@ ADAPTERS = {
 BACKBONES = {
     "vit_tiny_test": ("adaptbench.backbones.timm_vit:vit_tiny_test", "Tiny random-init timm ViT for tests (d=32, 2 blocks, class token)"),
     "vit_tiny_test_reg": ("adaptbench.backbones.timm_vit:vit_tiny_test_reg", "Tiny random-init timm ViT for tests (d=32, 2 blocks, 2 register tokens, LayerScale, no qkv bias)"),
-    "vit_micro": ("adaptbench.backbones.timm_vit:vit_micro", "Micro ViT (d=96, 4 blocks, 32x32 input, patch 4) for the embedded micro tasks"),
+    "vit_micro": ("adaptbench.backbones.timm_vit:vit_micro", "Micro ViT (d=96, 4 blocks, 32x32, patch 4) pretrained on procedural glyphs for the micro tasks"),
     "timm": ("adaptbench.backbones.timm_vit:timm_vit", "Any timm ViT by name: --backbone timm:<name>, e.g. timm:vit_base_patch16_224.augreg_in21k"),
 }
 

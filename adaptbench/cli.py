@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     _add_ls(commands)
     _add_train(commands)
+    _add_run(commands)
+    _add_validate(commands)
     _add_eval(commands)
+    _add_pretrain_micro(commands)
+    _add_leaderboard(commands)
     return parser
 
 
@@ -74,6 +78,33 @@ def _add_train(commands) -> None:
     train.set_defaults(handler=cmd_train)
 
 
+def _add_run(commands) -> None:
+    run = commands.add_parser(
+        "run", help="run a benchmark matrix spec (backbones x adapters x tasks x seeds); resumable",
+        description="Run every cell of a matrix spec (YAML), skipping cells whose record says success, "
+                    "then print and write the leaderboard.",
+    )
+    run.add_argument("spec", help="a matrix spec, e.g. benchmarks/micro.yaml")
+    run.add_argument("--workers", type=int, default=1,
+                     help="cells run in parallel worker processes (GPU machines: one cell per device)")
+    run.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
+    run.add_argument("--retry-failed", action="store_true", help="run again the cells whose record says failed")
+    run.add_argument("--out", default=None, help="folder for run records (default: the spec's out)")
+    run.add_argument("--data-root", default=None, help="data folder (default: the spec's data_root)")
+    run.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
+    run.add_argument("--no-leaderboard", action="store_true", help="do not print or write the leaderboard")
+    run.set_defaults(handler=cmd_run)
+
+
+def _add_validate(commands) -> None:
+    validate = commands.add_parser(
+        "validate", help="check a matrix spec, its adapters' options, weights and data; run nothing",
+    )
+    validate.add_argument("spec", help="a matrix spec, e.g. benchmarks/vtab1k.yaml")
+    validate.add_argument("--data-root", default=None, help="data folder (default: the spec's data_root)")
+    validate.set_defaults(handler=cmd_validate)
+
+
 def _add_eval(commands) -> None:
     evaluate = commands.add_parser("eval", help="evaluate a saved adapter checkpoint on a task split")
     evaluate.add_argument("--checkpoint", required=True, help="an adapter .safetensors written by train")
@@ -87,6 +118,92 @@ def _add_eval(commands) -> None:
     evaluate.add_argument("--accelerator", default="auto")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(handler=cmd_eval)
+
+
+def _add_leaderboard(commands) -> None:
+    board = commands.add_parser(
+        "leaderboard", help="tables and a Pareto plot from run records (md, csv, tex, html)",
+        description="Aggregate run records into one leaderboard per benchmark. Without --out: a table "
+                    "in the terminal, or the --format text on stdout. With --out: files "
+                    "<out>/<name>.md|.tex|.html, .csv and .png (per benchmark when several).",
+    )
+    board.add_argument("results", nargs="+", help="run records (.json) or folders searched recursively")
+    board.add_argument("--format", action="append", default=[], metavar="FORMAT",
+                       help="md, csv, tex or html; repeatable or a comma list "
+                            "(default: all four with --out, else the terminal table)")
+    board.add_argument("--out", default=None, metavar="DIR", help="folder to write the files into")
+    board.add_argument("--name", default="leaderboard", help="file name stem (default: leaderboard)")
+    board.set_defaults(handler=cmd_leaderboard)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .leaderboard import (
+        FORMATS,
+        build_leaderboards,
+        load_records,
+        render_csv,
+        render_html,
+        render_latex,
+        render_markdown,
+        render_terminal,
+        write_leaderboards,
+    )
+
+    formats = [f.strip() for given in args.format for f in given.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise AdaptbenchError(f"--format {unknown[0]!r}: expected one of {', '.join(FORMATS)}")
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        raise AdaptbenchError(f"--name {args.name!r}: expected a plain file name stem, e.g. leaderboard")
+    boards = build_leaderboards(load_records(args.results))
+    if not boards:
+        raise AdaptbenchError(f"no final run records in {', '.join(args.results)}: only tune records were found")
+    if args.out is not None:
+        paths = write_leaderboards(boards, args.out, args.name, formats or FORMATS)
+        Console(width=200).print(render_terminal(boards))
+        for path in paths:
+            print(f"wrote {path}")
+        return 0
+    if not formats:
+        Console(width=200).print(render_terminal(boards))
+        return 0
+    for fmt in formats:  # text to stdout, e.g. `adaptbench leaderboard results --format md > table.md`
+        if fmt == "csv":
+            print("\n".join(f"# {b.benchmark}\n{render_csv(b)}" if len(boards) > 1 else render_csv(b)
+                            for b in boards), end="")
+        else:
+            print({"md": render_markdown, "tex": render_latex, "html": render_html}[fmt](boards), end="")
+    return 0
+
+
+def _add_pretrain_micro(commands) -> None:
+    pretrain = commands.add_parser(
+        "pretrain-micro", help="pretrain the micro ViT (vit_micro) on procedural glyphs; writes its weights",
+        description="Reproduce vit_micro's weights: supervised pretraining on procedural glyphs. "
+                    "Left out, --epochs, --images and --seed take the settings of the shipped file.",
+    )
+    pretrain.add_argument("--out", default="vit_micro.safetensors",
+                          help="weights file to write (default: vit_micro.safetensors)")
+    pretrain.add_argument("--epochs", type=int, default=None, help="default: the shipped file's")
+    pretrain.add_argument("--images", type=int, default=None,
+                          help="fresh glyph images per epoch (default: the shipped file's)")
+    pretrain.add_argument("--seed", type=int, default=None, help="default: the shipped file's (0)")
+    pretrain.set_defaults(handler=cmd_pretrain_micro)
+
+
+def cmd_pretrain_micro(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .backbones.micro_pretrain import pretrain_micro, sha256_of, shipping_note
+
+    # Only the flags given override the defaults (torch-free parsing cannot import them).
+    given = {key: getattr(args, key) for key in ("epochs", "images", "seed") if getattr(args, key) is not None}
+    out = pretrain_micro(Path(args.out), **given)
+    print(f"sha256 {sha256_of(out)}")
+    print(shipping_note(out))
+    return 0
 
 
 def parse_adapter_args(pairs: Sequence[str]) -> dict[str, str]:
@@ -133,7 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .registry import ADAPTERS, TASKS
-    from .runner.train import RunConfig, RunPlace, run
+    from .runner.train import RunConfig, RunPlace, quiet_lightning, run
 
     # Names first: a typo must not wait for torch and Lightning to import.
     ADAPTERS.require(args.adapter)
@@ -148,7 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     place = RunPlace(out_dir=Path(args.out), data_root=args.data_root, accelerator=args.accelerator,
                      num_workers=args.num_workers, progress=args.progress,
                      save_adapter=not args.no_save_adapter)
-    _quiet_lightning()
+    quiet_lightning()
     result = run(config, place)
     print_run_summary(result)
     return 0
@@ -158,8 +275,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from .runner.evaluate import evaluate_checkpoint
+    from .runner.train import quiet_lightning
 
-    _quiet_lightning()
+    quiet_lightning()
     metrics = evaluate_checkpoint(
         args.checkpoint, args.task, args.backbone, weights=args.weights, split=args.split,
         data_root=args.data_root, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -170,6 +288,77 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         for split, values in metrics.items():
             print(split, " ".join(f"{k}={v:.4f}" for k, v in sorted(values.items())))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .runner.matrix import MatrixOptions, MatrixRun, dry_run_table
+    from .runner.spec import load_spec
+    from .runner.train import quiet_lightning
+    from .runner.validate import problems, validate_spec
+
+    if args.workers < 1:
+        raise AdaptbenchError(f"--workers {args.workers}: expected an integer >= 1")
+    spec = load_spec(args.spec)
+    options = MatrixOptions(out=Path(args.out) if args.out else None, data_root=args.data_root,
+                            workers=args.workers, retry_failed=args.retry_failed,
+                            accelerator=args.accelerator, plugin_files=tuple(args.plugin),
+                            leaderboard=not args.no_leaderboard)
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # logs: wide enough for the tables
+    matrix = MatrixRun(spec, options, console=console)
+    if args.dry_run:
+        console.print(dry_run_table(matrix))
+        return 0
+    found = problems(validate_spec(spec, args.data_root))
+    if found:  # every problem on its own line, then the usual one-line error
+        for problem in found[:-1]:
+            print(f"adaptbench: error: {args.spec}: {problem}", file=sys.stderr)
+        raise AdaptbenchError(f"{args.spec}: {found[-1]}")
+    quiet_lightning()
+    summary = matrix.run()
+    console.print(
+        f"{spec.name}: {summary.cells} cells | {summary.succeeded} succeeded, {summary.failed} failed | "
+        f"{summary.ran} run now, {summary.skipped} found done | {summary.wall_time_s:.0f} s | records in "
+        f"{matrix.out}"
+    )
+    for path in summary.leaderboard_files:
+        console.print(f"leaderboard: {path}")
+    if summary.failed:
+        print(f"adaptbench: {summary.failed} of {summary.cells} cells failed; their records hold the errors; "
+              f"re-run with --retry-failed to try them again", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .runner.cells import search_groups
+    from .runner.spec import load_spec
+    from .runner.validate import problems, validate_spec
+
+    spec = load_spec(args.spec)
+    checks = validate_spec(spec, args.data_root)
+    table = Table(title=f"{args.spec}: {spec.name}")
+    for column in ("kind", "name", "ok", "detail"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(check.kind, escape(check.subject), "[green]ok[/]" if check.ok else "[red]no[/]",
+                      escape(check.detail))
+    console = Console(width=160)
+    console.print(table)
+    groups = search_groups(spec)
+    tune = sum(len(group.tune_cells()) for group in groups)
+    console.print(f"{tune} tune cells + {len(groups) * len(spec.seeds)} final cells")
+    found = problems(checks)
+    if found:  # the table shows them all
+        raise AdaptbenchError(f"{args.spec}: {len(found)} of {len(checks)} checks failed; the first: {found[0]}")
     return 0
 
 
@@ -203,20 +392,6 @@ def print_run_summary(result) -> None:
         console.print(f"adapter: {result.checkpoint_path}")
 
 
-def _quiet_lightning() -> None:
-    """Lightning's banners (GPU available, tips, ...) are noise in a benchmark log."""
-    import logging
-    import warnings
-
-    import lightning  # noqa: F401 - sets its loggers' levels on import: override after
-
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    for message in (".*does not have many workers.*", ".*no `val_dataloader`.*", ".*LeafSpec.*",
-                    ".*litlogger.*"):
-        warnings.filterwarnings("ignore", message=message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -228,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("adaptbench: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - one line for the user, traceback with --debug
+    except Exception as err:
         return _fail(err, args.debug, EXIT_FAILURE)
 
 

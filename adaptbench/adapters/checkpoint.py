@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import AdaptbenchError
+from ..files import atomic_path
 from .base import Adapter
 
 FORMAT = "adaptbench.adapter"
@@ -84,18 +84,11 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, head: nn.Module | No
                  head_info: dict | None = None) -> Path:
     """Write the adapter (and optionally the head, described by ``head_info``) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        metadata = _metadata(adapter)
-        if head_info is not None:
-            metadata["head"] = json.dumps(head_info, sort_keys=True)
-        save_file(_tensors(adapter, head), tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    metadata = _metadata(adapter)
+    if head_info is not None:
+        metadata["head"] = json.dumps(head_info, sort_keys=True)
+    with atomic_path(path) as temporary:
+        save_file(_tensors(adapter, head), temporary, metadata=metadata)
     return path
 
 

@@ -81,6 +81,28 @@ def _pretrained_plan(model_name: str) -> WeightsPlan:
     raise AdaptbenchError(_missing_weights_message(model_name, cfg))
 
 
+def check_timm_weights(model_name: str, weights: str | None) -> str:
+    """Where a timm model's weights would come from, without loading or downloading them.
+
+    Returns a description ("random:0", "file:<path>", "cache:<path>"); raises
+    :class:`AdaptbenchError` when they are missing (``adaptbench validate`` reports it).
+    Unlike :func:`resolve_timm_weights` it never probes the hub: validation is offline.
+    """
+    weights = weights or "pretrained"
+    if weights != "pretrained":
+        return resolve_timm_weights(model_name, weights).source
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name)
+    if cfg is None:
+        raise AdaptbenchError(f"timm model {model_name!r} has no pretrained weights")
+    cached = _cached_hub_file(cfg.hf_hub_id) or _cached_url_file(cfg.url)
+    if cached is None:
+        raise AdaptbenchError(_missing_weights_message(model_name, cfg).replace(
+            "are not cached and the hub is unreachable", "are not cached"))
+    return f"cache:{cached}"
+
+
 def _cached_hub_file(repo_id: str | None) -> Path | None:
     if not repo_id:
         return None

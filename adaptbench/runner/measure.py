@@ -43,9 +43,35 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reset_peak_memory() -> None:
+    """Start a new peak: the matrix runner runs several cells in one worker process."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:  # Linux: writing 5 resets the process's peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's since it started
+
+
 def peak_memory(device: torch.device) -> tuple[int, str]:
     """(bytes, kind): CUDA's peak allocation on GPU, else the process's peak RSS."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
+    hwm = _linux_peak_rss()
+    if hwm is not None:
+        return hwm, "cpu_max_rss"
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "cpu_max_rss"
+
+
+def _linux_peak_rss() -> int | None:
+    """VmHWM from /proc (the peak since the last reset_peak_memory), in bytes."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -23,10 +23,11 @@ import os
 import platform
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ..files import atomic_write
 
 SCHEMA_VERSION = 1
 STATUSES = ("success", "failed")
@@ -40,19 +41,7 @@ def run_id(config: dict[str, Any]) -> str:
 
 def write_record(record: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``record`` as JSON to ``path`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, json.dumps(record, indent=2, sort_keys=True, default=str))
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """One run: backbone x adapter x task x seed -> a trained model and a run record.
 
 Bad input (names, data, checkpoints) is checked before anything is trained and raises
-:class:`AdaptbenchError` with no record written. A run that starts and then fails (NaN
-loss, out of memory, an unreadable image met mid-epoch) is recorded with status
-``failed`` and its error, and the error is raised again for the caller.
+:class:`AdaptbenchError`; ``adaptbench train`` then writes no record, while the matrix
+runner (``record_setup_failures``) records it, since every cell of a matrix must end with a
+record. A run that starts and then fails (NaN loss, out of memory, an unreadable image met
+mid-epoch) is recorded with status ``failed`` and its error, and the error is raised again
+for the caller.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,24 +82,42 @@ def resolved_config(config: RunConfig, spec) -> dict[str, Any]:
     return resolved
 
 
-def run(config: RunConfig, place: RunPlace) -> RunResult:
-    """Train and evaluate one configuration; write its record (see the module docstring)."""
+def run(
+    config: RunConfig,
+    place: RunPlace,
+    *,
+    annotations: dict[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
+    record_setup_failures: bool = False,
+) -> RunResult:
+    """Train and evaluate one configuration; write its record (see the module docstring).
+
+    ``annotations`` go into ``run_info.matrix`` (the matrix runner's labels; not part of the
+    run id). ``callbacks`` are extra Lightning callbacks (progress reporting).
+    ``record_setup_failures``: also record bad input found before training as a failed run
+    (the matrix runner, which must leave a record for every cell, sets it).
+    """
     from ..registry import TASKS
 
     config.validate()
     spec = TASKS.get(config.task)
     resolved = resolved_config(config, spec)
-    prepared = _prepare(config, place, spec, resolved)  # all bad input surfaces here
     record = new_record(resolved, config.seed)
-    record_path = place.out_dir / f"{record['run_info']['run_id']}.json"
+    record["run_info"]["task_info"] = task_info(spec)
+    if annotations:
+        record["run_info"]["matrix"] = dict(annotations)
+    record_path = record_path_for(place.out_dir, record["run_info"]["run_id"])
     started = time.perf_counter()
     try:
-        outcome = _fit_and_evaluate(prepared, resolved, place)
+        prepared = _prepare(config, place, spec, resolved)  # all bad input surfaces here
+    except Exception as err:
+        if record_setup_failures:
+            _write_failure(record, record_path, err, started, _device_name(place.accelerator))
+        raise
+    try:
+        outcome = _fit_and_evaluate(prepared, resolved, place, callbacks)
     except Exception as err:  # recorded, then raised again (Ctrl-C leaves no record: re-run it)
-        record["train_info"].update(status="failed", error=_error_line(err),
-                                    wall_time_s=time.perf_counter() - started)
-        record["meta_info"] = meta_info(prepared["device"])
-        write_record(record, record_path)
+        _write_failure(record, record_path, err, started, prepared["device"])
         raise
     checkpoint = _save_checkpoint(prepared, place, record_path) if place.save_adapter else None
     record["train_info"].update(
@@ -108,6 +129,37 @@ def run(config: RunConfig, place: RunPlace) -> RunResult:
     record["meta_info"] = meta_info(prepared["device"])
     write_record(record, record_path)
     return RunResult(record, record_path, checkpoint)
+
+
+def record_path_for(out_dir: Path, run_id: str) -> Path:
+    """Where the record of run ``run_id`` lives (its adapter checkpoint sits beside it)."""
+    return Path(out_dir) / f"{run_id}.json"
+
+
+def task_info(spec) -> dict[str, Any]:
+    """What the leaderboard needs to know about a task, stored in the record itself."""
+    return {"benchmark": spec.name.partition("/")[0], "group": spec.group, "num_classes": spec.num_classes}
+
+
+def record_unrun_failure(config: RunConfig, out_dir: Path, error: str, annotations: dict[str, Any],
+                         device: str) -> Path:
+    """Record a cell that could not run (its worker died, or its search chose nothing) as failed."""
+    from ..registry import TASKS
+
+    spec = TASKS.get(config.task)
+    record = new_record(resolved_config(config, spec), config.seed)
+    record["run_info"]["task_info"] = task_info(spec)
+    record["run_info"]["matrix"] = dict(annotations)
+    record["train_info"].update(status="failed", error=error)
+    record["meta_info"] = meta_info(device)
+    return write_record(record, record_path_for(out_dir, record["run_info"]["run_id"]))
+
+
+def _write_failure(record: dict[str, Any], path: Path, err: BaseException, started: float, device: str) -> None:
+    record["train_info"].update(status="failed", error=_error_line(err),
+                                wall_time_s=time.perf_counter() - started)
+    record["meta_info"] = meta_info(device)
+    write_record(record, path)
 
 
 def _prepare(config: RunConfig, place: RunPlace, spec, resolved: dict[str, Any]) -> dict[str, Any]:
@@ -146,18 +198,20 @@ def _default_workers(spec) -> int:
     return 0 if spec.embedded else min(8, max(1, (os.cpu_count() or 2) - 1))
 
 
-def _fit_and_evaluate(prepared: dict[str, Any], resolved: dict[str, Any], place: RunPlace) -> dict[str, Any]:
+def _fit_and_evaluate(prepared: dict[str, Any], resolved: dict[str, Any], place: RunPlace,
+                      callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     import lightning as L
 
     from ..tasks.classification import HIGHER_IS_BETTER, PRIMARY_METRIC
-    from .measure import ThroughputMeter, peak_memory
+    from .measure import ThroughputMeter, peak_memory, reset_peak_memory
 
     plan, module, loaders = prepared["plan"], prepared["module"], prepared["loaders"]
     meter = ThroughputMeter()
+    reset_peak_memory()  # several runs may share one worker process
     trainer = L.Trainer(
         max_epochs=resolved["epochs"], accelerator=place.accelerator, devices=1,
         precision=resolved["precision"], logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=place.progress, callbacks=[meter],
+        enable_model_summary=False, enable_progress_bar=place.progress, callbacks=[meter, *callbacks],
         # The final stage never looks at its evaluation split during training.
         limit_val_batches=0 if plan.eval_is_test else 1.0,
         num_sanity_val_steps=0, deterministic="warn",
@@ -216,3 +270,17 @@ def _device_name(accelerator: str) -> str:
 def _error_line(err: BaseException) -> str:
     return one_line(err)
 
+
+
+def quiet_lightning() -> None:
+    """Lightning's banners (GPU available, tips, ...) are noise in a benchmark log."""
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401 - sets its loggers' levels on import: override after
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*does not have many workers.*", ".*no `val_dataloader`.*", ".*LeafSpec.*",
+                    ".*litlogger.*"):
+        warnings.filterwarnings("ignore", message=message)

@@ -1,0 +1,78 @@
+"""Leaderboards: a pure function of run records -> tables (md, csv, tex, html, terminal) and plots.
+
+    records = load_records(["results/"])           # folders are searched for *.json
+    boards = build_leaderboards(records)           # one Leaderboard per benchmark
+    write_leaderboards(boards, "leaderboard/", "leaderboard", ["md", "csv", "tex", "html"])
+    rich.print(render_terminal(boards))
+
+**Which records count.** Only final runs (``stage == "final"``): tune records are the
+hyper-parameter search and are counted in the board's warnings, not shown. When one
+(benchmark, backbone, adapter label, task, seed) has several records, the newest by
+``created_at`` is kept and the others are named in the warnings.
+
+**Rows** are (adapter label, backbone): the label is ``run_info.matrix.adapter_label`` (set by
+``adaptbench run``, e.g. ``lora_r4``), else the adapter name. The backbone drops ``timm:`` (the
+same model) and keeps non-default weights (``[random:0]``, a file name), which are other rows.
+
+**Columns**, in order:
+
+* ``Rank`` -- by ``Mean (tasks)``, best first (``higher_is_better`` from the records), compared
+  at the 2 decimals shown so that equal shown means share a rank (1, 1, 3). Rows without a
+  complete mean, and reported rows, have no rank (``–``).
+* ``Adapter``, ``Backbone``, ``Source`` (``ours``, or ``reported: <source>``).
+* one column per task (benchmark prefix dropped), grouped natural / specialized / structured /
+  fgvc in the catalogue's order: 100 x top-1 on the evaluation split (``test`` for final runs),
+  ``mean ± std`` over seeds with the *sample* std (ddof=1); one seed shows the mean alone.
+  A task with any failed seed reads ``failed (k/n)`` and is never a number; ``–`` is a task
+  this row did not run.
+* ``<Group> (mean)`` per group, only when the tasks span more than one group (or published
+  group means are shown).
+* ``Mean (tasks)``: the plain mean of the task means (VTAB's "mean19", FGVC's "mean5"), and
+  ``Mean (groups)``: the mean of the group means (NOAH's convention). Papers mix the two, so
+  both are shown, labelled. A mean is a number only when every task in it succeeded, else it
+  reads ``failed`` (a task failed) or ``incomplete`` (a task was not run). Its ``±`` is the
+  sample std over seeds of the per-seed means, when every task ran the same >= 2 seeds.
+* ``Seeds`` (per task; a range when tasks differ), ``Params w/o head (M)`` (trainable
+  parameters without the task head), ``Extra inf. params`` (added at inference; the merged
+  count in brackets when merging changes it), ``Ckpt (KB)`` (adapter file, 1 KB = 1024 B),
+  ``img/s`` (training throughput, mean over the row's runs), ``Peak mem (MB)`` (max over the
+  row's runs; CPU runs record the process's peak RSS, GPU runs torch's peak CUDA allocation:
+  the board's notes say which).
+
+**Reported numbers** (``references.py``, package data ``references.csv``) are published means
+for ViT-B/16 with ImageNet-21k augreg weights. They are appended as rows marked ``reported``
+with their source when the board's benchmark is ``vtab1k`` or ``fgvc`` and one of its
+backbones is ``vit_base_patch16_224.augreg_in21k`` (with or without ``timm:``). Each value sits
+in the mean column it was computed as, one row per (method, source), so disagreeing sources
+stay visible. They average the whole benchmark; the notes say how many tasks ours cover.
+
+Aggregation uses pandas, plots matplotlib (Agg), the terminal view rich. ``load_records`` is
+in ``records.py``; the arithmetic in ``aggregate.py``; formats and files in ``render.py``.
+"""
+
+from __future__ import annotations
+
+from .aggregate import Leaderboard, build_leaderboards
+from .records import load_records
+from .render import (
+    FORMATS,
+    render_csv,
+    render_html,
+    render_latex,
+    render_markdown,
+    render_terminal,
+    write_leaderboards,
+)
+
+__all__ = [
+    "FORMATS",
+    "Leaderboard",
+    "build_leaderboards",
+    "load_records",
+    "render_csv",
+    "render_html",
+    "render_latex",
+    "render_markdown",
+    "render_terminal",
+    "write_leaderboards",
+]

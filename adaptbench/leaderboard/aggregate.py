@@ -1,0 +1,409 @@
+"""Run records -> one :class:`Leaderboard` per benchmark (pandas does the arithmetic).
+
+The steps, each a small function below:
+
+1. every record becomes one flat row (``records.record_facts``); tune records are set aside
+   (they are the hyper-parameter search, not results) and counted in the warnings;
+2. a repeated (benchmark, backbone, adapter label, task, seed) keeps its newest record by
+   ``created_at`` (also a warning);
+3. per (adapter label, backbone, task): seeds run, seeds failed, mean and sample std (ddof=1);
+4. per row: group means, the mean over tasks and the mean of group means -- numbers only when
+   every task of the row succeeded -- the rank, and the costs;
+5. published numbers (``references.py``) are appended as "reported" rows when the backbone and
+   benchmark match.
+
+A board keeps two views of the same rows: ``table`` (strings, what every format shows) and
+``summary`` (numbers, for the plot and for programs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .records import record_facts
+from .references import MEAN_COLUMN_OF_KIND, REFERENCE_BACKBONE, references_for
+
+MISSING = "–"  # a cell that has no run (en dash)
+MEAN_TASKS = "Mean (tasks)"
+MEAN_GROUPS = "Mean (groups)"
+PARAMS = "Params w/o head (M)"
+EXTRA = "Extra inf. params"
+CKPT = "Ckpt (KB)"
+SPEED = "img/s"
+MEMORY = "Peak mem (MB)"
+GROUP_ORDER = ("natural", "specialized", "structured", "fgvc")
+ROW_KEY = ["adapter", "backbone"]
+DECIMALS = 2  # shown, and the precision at which ranks tie
+MEMORY_KINDS = {
+    "cpu_max_rss": "peak resident memory of the whole CPU process (Python, data and model)",
+    "cuda_max_allocated": "peak CUDA memory allocated by torch",
+}
+
+
+@dataclass
+class Leaderboard:
+    """One benchmark's table: rows (adapter label, backbone), columns tasks, means and costs."""
+
+    benchmark: str
+    table: pd.DataFrame  # strings: what md / csv / tex / html / terminal show
+    summary: pd.DataFrame  # numbers per row: adapter, backbone, source, reported, means, params_m, rank
+    tasks: list[str]  # full task names, in column order
+    groups: list[str]
+    metric: str = "top1"
+    higher_is_better: bool = True
+    records_used: int = 0
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_reported_rows(self) -> bool:
+        return bool(self.summary["reported"].any())
+
+
+def build_leaderboards(records: Sequence[dict[str, Any]]) -> list[Leaderboard]:
+    """One leaderboard per benchmark found in ``records`` (sorted by benchmark name)."""
+    facts = _facts_table(records)
+    boards = []
+    for benchmark, rows in facts.groupby("benchmark", sort=True):
+        final = rows[rows["stage"] == "final"]
+        warnings = _tune_warning(len(rows) - len(final))
+        if final.empty:
+            continue  # only a hyper-parameter search: nothing to rank yet
+        final, duplicates = _newest_per_seed(final)
+        boards.append(_board(str(benchmark), final, warnings + duplicates + _failure_warnings(final)))
+    return boards
+
+
+def _facts_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    facts = pd.DataFrame([record_facts(record) for record in records])
+    numeric = ["score", "trainable", "extra_inference", "extra_inference_merged", "checkpoint_bytes",
+               "images_per_s", "peak_memory_bytes"]
+    facts[numeric] = facts[numeric].apply(pd.to_numeric, errors="coerce")  # None -> NaN
+    facts["ok"] = facts["ok"].astype(bool)
+    return facts
+
+
+def _tune_warning(count: int) -> list[str]:
+    if not count:
+        return []
+    return [f"ignored {count} tune record(s): the hyper-parameter search (train800 -> val200), not results"]
+
+
+def _newest_per_seed(final: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep the newest record of each (backbone, adapter, task, seed); say which were dropped."""
+    key = ["backbone", "adapter", "task", "seed"]
+    # Parsed, not compared as text: records written in other time zones must still order right.
+    when = pd.to_datetime(final["created_at"], utc=True, errors="coerce", format="ISO8601")
+    ordered = final.assign(_when=when).sort_values("_when", kind="stable", na_position="first")
+    kept = ordered.drop_duplicates(subset=key, keep="last")
+    dropped = ordered.drop(kept.index)
+    warnings = [
+        f"{row.adapter} | {row.backbone} | {row.task} | seed {row.seed}: kept the newest record, "
+        f"ignored older run {row.run_id or '?'} ({row.created_at or 'no created_at'})"
+        for row in dropped.itertuples()
+    ]
+    return kept.drop(columns="_when"), warnings
+
+
+def _failure_warnings(final: pd.DataFrame, shown: int = 20) -> list[str]:
+    """Each failed run with its error (the first ``shown``), so a failed cell can be traced."""
+    failed = final[~final["ok"]].sort_values(["adapter", "backbone", "task", "seed"])
+    warnings = [f"{row.adapter} | {row.backbone} | {row.task} | seed {row.seed} failed: {row.error}"
+                for row in failed.head(shown).itertuples()]
+    if len(failed) > shown:
+        warnings.append(f"... and {len(failed) - shown} more failed run(s)")
+    return warnings
+
+
+def _board(benchmark: str, final: pd.DataFrame, warnings: list[str]) -> Leaderboard:
+    tasks = _ordered_tasks(final)
+    group_of = final.drop_duplicates("task").set_index("task")["group"].to_dict()
+    groups = sorted(set(group_of.values()), key=_group_sort_key)
+    metric, higher_is_better = _direction(final, warnings)
+    references = references_for(benchmark, set(final["backbone"]))
+    # Group columns (and the mean of group means) only say something new with two groups or more,
+    # or when a published mean of group means sits beside ours.
+    column_groups = groups if len(groups) > 1 or (references["mean_kind"] == "group_mean").any() else []
+    cells = _cells(final)
+    memory_kinds = set(final["peak_memory_kind"].dropna())
+    ours = [_our_row(key, rows, cells.loc[key], tasks, group_of, column_groups, memory_kinds)
+            for key, rows in final.groupby(ROW_KEY, sort=True)]
+    summary = _ranked(pd.DataFrame([numbers for numbers, _ in ours]), higher_is_better)
+    texts = [dict(text, Rank=_rank_text(rank)) for (_, text), rank in zip(ours, summary["rank"])]
+    reported = [_reported_row(ref, tasks, column_groups) for ref in references.itertuples()]
+    if reported:
+        summary = pd.concat([summary, pd.DataFrame([numbers for numbers, _ in reported])], ignore_index=True)
+        texts += [text for _, text in reported]
+    order = _row_order(summary)
+    board = Leaderboard(
+        benchmark=benchmark,
+        table=pd.DataFrame(texts).loc[order, _columns(tasks, column_groups)].reset_index(drop=True).astype(str),
+        summary=summary.loc[order].reset_index(drop=True),
+        tasks=tasks, groups=groups, metric=metric, higher_is_better=higher_is_better,
+        records_used=len(final), warnings=warnings,
+    )
+    board.notes = _notes(board, final, show_groups=bool(column_groups))
+    return board
+
+
+def _ordered_tasks(final: pd.DataFrame) -> list[str]:
+    """Tasks by group (natural, specialized, structured, ...), then in the catalogue's order."""
+    from ..tasks.catalog import builtin_task_specs
+
+    catalogue = {spec.name: index for index, spec in enumerate(builtin_task_specs())}
+    tasks = final.drop_duplicates("task")[["task", "group"]].itertuples(index=False)
+    ordered = sorted(tasks, key=lambda t: (_group_sort_key(t.group), catalogue.get(t.task, len(catalogue)), t.task))
+    return [t.task for t in ordered]
+
+
+def _group_sort_key(group: str) -> tuple[int, str]:
+    return (GROUP_ORDER.index(group) if group in GROUP_ORDER else len(GROUP_ORDER), group)
+
+
+def _direction(final: pd.DataFrame, warnings: list[str]) -> tuple[str, bool]:
+    metrics = sorted(set(final["metric"]))
+    if len(metrics) > 1:
+        warnings.append(f"records rank by different metrics {metrics}: the table mixes them")
+    directions = set(final["higher_is_better"].astype(bool))
+    if len(directions) > 1:
+        warnings.append("records disagree on higher_is_better: ranking as higher is better")
+    return metrics[0], True if len(directions) > 1 else bool(directions.pop())
+
+
+def _cells(final: pd.DataFrame) -> pd.DataFrame:
+    """Per (adapter, backbone, task): seeds run, seeds failed, mean and sample std of the score."""
+    grouped = final.groupby([*ROW_KEY, "task"], sort=True)
+    return pd.DataFrame({
+        "runs": grouped.size(),
+        "failed": grouped["ok"].apply(lambda ok: int((~ok).sum())),
+        "mean": grouped["score"].mean(),
+        "std": grouped["score"].std(ddof=1),  # NaN for one seed: shown as the mean alone
+    })
+
+
+# -- one row of ours ------------------------------------------------------------------------
+def _our_row(key: tuple[str, str], rows: pd.DataFrame, cells: pd.DataFrame, tasks: list[str],
+             group_of: dict[str, str], groups: list[str], memory_kinds: set[str]) -> tuple[dict, dict]:
+    """(numbers, shown strings) of one (adapter, backbone) row."""
+    adapter, backbone = key
+    cells = cells.reindex(tasks)
+    shown = {"Adapter": adapter, "Backbone": backbone, "Source": "ours"}
+    shown.update({_task_column(task): _cell_text(cell) for task, cell in cells.iterrows()})
+    means = _row_means(rows, cells, tasks, group_of, groups)
+    shown.update({column: text for column, (_, text) in means.items()})
+    costs = _costs(rows, memory_kinds)
+    shown.update(costs.pop("shown"))
+    numbers = {"adapter": adapter, "backbone": backbone, "source": "ours", "reported": False,
+               "mean_tasks": means[MEAN_TASKS][0], "mean_groups": means.get(MEAN_GROUPS, (np.nan,))[0],
+               **costs}
+    return numbers, shown
+
+
+def _task_column(task: str) -> str:
+    return task.partition("/")[2] or task
+
+
+def _cell_text(cell: pd.Series) -> str:
+    if pd.isna(cell["runs"]):
+        return MISSING
+    if cell["failed"]:
+        return f"failed ({int(cell['failed'])}/{int(cell['runs'])})"
+    return _mean_std_text(cell["mean"], cell["std"])
+
+
+def _mean_std_text(mean: float, std: float | None) -> str:
+    if std is None or pd.isna(std):
+        return f"{mean:.{DECIMALS}f}"
+    return f"{mean:.{DECIMALS}f} ± {std:.{DECIMALS}f}"
+
+
+def _row_means(rows: pd.DataFrame, cells: pd.DataFrame, tasks: list[str], group_of: dict[str, str],
+               groups: list[str]) -> dict[str, tuple[float, str]]:
+    """Group means, mean over tasks and mean of group means: (value or NaN, text) each.
+
+    A mean is a number only when all its tasks succeeded; otherwise it reads ``failed`` (a
+    task failed) or ``incomplete`` (a task has no run). Its ± is the sample std over seeds of
+    the per-seed means, given when every task in it ran the same two or more seeds.
+    """
+    per_seed = rows[rows["ok"]].pivot_table(index="seed", columns="task", values="score")
+    per_seed = per_seed.reindex(columns=tasks)
+    scopes = {_group_column(group): [t for t in tasks if group_of[t] == group] for group in groups}
+    scopes[MEAN_TASKS] = tasks
+    means = {column: _mean_of(cells.loc[scope], per_seed[scope], _mean_over_tasks)
+             for column, scope in scopes.items()}
+    if groups:
+        def mean_of_group_means(frame: pd.DataFrame) -> pd.Series:
+            return frame.T.groupby(group_of).mean().T.mean(axis=1)
+        means[MEAN_GROUPS] = _mean_of(cells, per_seed, mean_of_group_means)
+    return means
+
+
+def _mean_over_tasks(frame: pd.DataFrame) -> pd.Series:
+    return frame.mean(axis=1)
+
+
+def _group_column(group: str) -> str:
+    return f"{group.capitalize()} (mean)"
+
+
+def _mean_of(cells: pd.DataFrame, per_seed: pd.DataFrame, reduce) -> tuple[float, str]:
+    """``reduce`` (a frame of scores, one column per task -> one value per row) of the cell means."""
+    if cells["failed"].fillna(0).any():
+        return np.nan, "failed"
+    if cells["runs"].isna().any():
+        return np.nan, "incomplete"
+    value = float(reduce(cells[["mean"]].T).iloc[0])
+    per_seed = per_seed.dropna(how="all")
+    std = None
+    if len(per_seed) > 1 and per_seed.notna().all().all():
+        std = float(reduce(per_seed).std(ddof=1))
+    return value, _mean_std_text(value, std)
+
+
+def _costs(rows: pd.DataFrame, memory_kinds: set[str]) -> dict[str, Any]:
+    """Parameters, checkpoint size, speed and memory of a row (numbers, and ``shown`` strings)."""
+    ok = rows[rows["ok"]]
+    params_m = rows["trainable"].dropna() / 1e6
+    extra, merged = rows["extra_inference"].dropna(), rows["extra_inference_merged"].dropna()
+    speed = ok["images_per_s"].dropna()
+    memory = ok.dropna(subset=["peak_memory_bytes"])
+    seeds = rows.groupby("task")["seed"].nunique()
+    peak = memory.loc[memory["peak_memory_bytes"].idxmax()] if len(memory) else None
+    shown = {
+        "Seeds": _one_or_range(seeds, "{:.0f}"),
+        PARAMS: _one_or_range(params_m, "{:.4g}"),
+        EXTRA: _extra_text(extra, merged),
+        CKPT: _one_or_range(rows["checkpoint_bytes"].dropna() / 1024, "{:.1f}"),
+        SPEED: _rate_text(speed.mean()) if len(speed) else MISSING,
+        MEMORY: _memory_text(peak, len(memory_kinds) > 1),
+    }
+    return {"params_m": float(params_m.median()) if len(params_m) else np.nan,
+            "images_per_s": float(speed.mean()) if len(speed) else np.nan,
+            "peak_memory_mb": float(peak["peak_memory_bytes"]) / 2**20 if peak is not None else np.nan,
+            "shown": shown}
+
+
+def _one_or_range(values: pd.Series, fmt: str) -> str:
+    """One value, or ``min–max`` when the row's runs disagree (e.g. per-task parameter counts)."""
+    if values.empty:
+        return MISSING
+    low, high = fmt.format(values.min()), fmt.format(values.max())
+    return low if low == high else f"{low}–{high}"
+
+
+def _count_text(count: float) -> str:
+    """12288 -> '12.3K', 85_800_000 -> '85.8M'."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(count) >= scale:
+            return f"{count / scale:.3g}{suffix}"
+    return f"{count:.0f}"
+
+
+def _extra_text(extra: pd.Series, merged: pd.Series) -> str:
+    if extra.empty:
+        return MISSING
+    text = _count_text(extra.max())
+    if not merged.empty and merged.max() != extra.max():
+        text += f" ({_count_text(merged.max())} merged)"
+    return text
+
+
+def _rate_text(rate: float) -> str:
+    return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
+def _memory_text(peak: pd.Series | None, name_kind: bool) -> str:
+    if peak is None:
+        return MISSING
+    text = f"{peak['peak_memory_bytes'] / 2**20:.0f}"
+    if name_kind:  # a board mixing CPU and GPU runs: say which each number is
+        text += " (cuda)" if str(peak["peak_memory_kind"]).startswith("cuda") else " (cpu rss)"
+    return text
+
+
+# -- ranks, reported rows, layout -----------------------------------------------------------
+def _ranked(summary: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
+    """Rank by the mean over tasks at the shown precision (equal shown means share a rank)."""
+    shown_means = summary["mean_tasks"].round(DECIMALS)
+    summary["rank"] = shown_means.rank(method="min", ascending=not higher_is_better)
+    return summary
+
+
+def _rank_text(rank: float) -> str:
+    return MISSING if pd.isna(rank) else str(int(rank))
+
+
+def _reported_row(ref, tasks: list[str], groups: list[str]) -> tuple[dict, dict]:
+    """A published number as a row: only its mean column and parameter count are filled."""
+    column = MEAN_COLUMN_OF_KIND[ref.mean_kind]
+    source = f"reported: {ref.source}" + (f" (as {ref.method})" if ref.method != ref.adapter else "")
+    params = ref.trainable_params_m
+    shown = {"Rank": MISSING, "Adapter": ref.adapter, "Backbone": REFERENCE_BACKBONE, "Source": source}
+    shown.update({_task_column(task): MISSING for task in tasks})
+    shown.update({_group_column(group): MISSING for group in groups})
+    shown.update({MEAN_TASKS: MISSING, MEAN_GROUPS: MISSING, "Seeds": MISSING, EXTRA: MISSING,
+                  CKPT: MISSING, SPEED: MISSING, MEMORY: MISSING})
+    shown[column] = f"{ref.value:.{DECIMALS}f}"
+    shown[PARAMS] = MISSING if pd.isna(params) else f"{params:.4g}"
+    numbers = {"adapter": ref.adapter, "backbone": REFERENCE_BACKBONE, "source": source, "reported": True,
+               "mean_tasks": ref.value if column == MEAN_TASKS else np.nan,
+               "mean_groups": ref.value if column == MEAN_GROUPS else np.nan,
+               "params_m": params, "images_per_s": np.nan, "peak_memory_mb": np.nan, "rank": np.nan}
+    return numbers, shown
+
+
+def _row_order(summary: pd.DataFrame) -> list[int]:
+    """Ours by rank (unranked last, then by name), then the reported rows by method and source."""
+    keyed = summary.assign(_unranked=summary["rank"].isna())
+    ordered = keyed.sort_values(["reported", "_unranked", "rank", "adapter", "backbone", "source"],
+                                kind="stable")
+    return list(ordered.index)
+
+
+def _columns(tasks: list[str], groups: list[str]) -> list[str]:
+    group_columns = [_group_column(group) for group in groups]
+    overall = [MEAN_TASKS, MEAN_GROUPS] if groups else [MEAN_TASKS]
+    return ["Rank", "Adapter", "Backbone", "Source", *map(_task_column, tasks), *group_columns, *overall,
+            "Seeds", PARAMS, EXTRA, CKPT, SPEED, MEMORY]
+
+
+def _notes(board: Leaderboard, final: pd.DataFrame, show_groups: bool) -> list[str]:
+    direction = "higher" if board.higher_is_better else "lower"
+    groups = (f" {MEAN_GROUPS}: mean of the {len(board.groups)} group means ({', '.join(board.groups)}). "
+              "Papers use either: both are shown." if show_groups else "")
+    kinds = "; ".join(f"{kind}: {MEMORY_KINDS.get(kind, kind)}"
+                      for kind in sorted(set(final["peak_memory_kind"].dropna())))
+    notes = [
+        (f"Cells: 100 x {board.metric} on the evaluation split of final runs (test, never used to "
+         "pick an epoch or a hyper-parameter), mean ± sample std (ddof=1) over seeds; one seed shows "
+         "the mean alone."),
+        ("failed (k/n): k of n seeds failed; – : not run. A mean is a number only when every task "
+         "in it succeeded, otherwise it reads failed or incomplete."),
+        f"{MEAN_TASKS}: plain mean over the {len(board.tasks)} tasks.{groups}",
+        (f"Rank: by {MEAN_TASKS}, {direction} is better, at {DECIMALS} decimals (equal means share a "
+         "rank); rows without a complete mean and reported rows are not ranked."),
+        (f"{PARAMS}: trainable parameters without the task head, in millions. {EXTRA}: parameters "
+         "added at inference (after merging into the backbone in brackets, when that differs). "
+         f"{CKPT}: adapter checkpoint on disk, 1 KB = 1024 B. {SPEED}: training images per second, "
+         "mean over the row's runs."),
+        f"{MEMORY}: max over the row's runs (1 MB = 2^20 B) of {kinds or 'no recorded memory'}.",
+    ]
+    if board.has_reported_rows:
+        notes.append(_reported_note(board))
+    return notes
+
+
+def _reported_note(board: Leaderboard) -> str:
+    from ..registry import TASKS
+
+    full = len([name for name in TASKS.names() if name.startswith(f"{board.benchmark}/")])
+    coverage = (f" They average all {full} {board.benchmark} tasks; this table's means cover "
+                f"{len(board.tasks)}." if full and full != len(board.tasks) else "")
+    return ("reported: published numbers for ViT-B/16 (ImageNet-21k, augreg_in21k) copied from the "
+            "named source, not re-run here, shown in the mean column they were computed as; one row "
+            "per (method, source), so sources that disagree stay visible." + coverage)

@@ -1,0 +1,143 @@
+"""A spec -> cells: one cell is one run (backbone x adapter x task x seed x stage).
+
+The protocol lives here once (DESIGN.md, "Protocol"): when an adapter has a hyper-parameter
+grid, every grid point is a *tune* cell (train800 -> val200, first seed); the point with the
+best validation score is then used for the *final* cells (train800val200 -> test, every
+seed). Without a grid there are only final cells.
+
+A cell's id is the run id of its resolved configuration (a hash), so its record is
+``<out>/<cell id>.json`` whoever ran it: a re-run finds the records it already has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .records import read_record, run_id
+from .spec import GRID_OPTION_PREFIX, AdapterEntry, BackboneEntry, MatrixSpec
+from .train import RunConfig, record_path_for, resolved_config
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the matrix, with the labels its record and the leaderboard carry."""
+
+    config: RunConfig
+    label: str  # the adapter's row label in the leaderboard
+    annotations: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def cell_id(self) -> str:
+        return cell_id(self.config)
+
+    @property
+    def stage(self) -> str:
+        return self.config.stage
+
+    def describe(self) -> str:
+        return f"{self.config.task} | {self.config.backbone} | {self.label} | seed {self.config.seed}"
+
+
+@dataclass(frozen=True)
+class SearchGroup:
+    """One (backbone, adapter, task): its tune cells (maybe none) and how to make its final cells."""
+
+    spec: MatrixSpec
+    backbone: BackboneEntry
+    adapter: AdapterEntry
+    task: str
+
+    @property
+    def has_grid(self) -> bool:
+        return bool(self.adapter.grid)
+
+    def tune_cells(self) -> list[Cell]:
+        if not self.has_grid:
+            return []
+        seed = self.spec.seeds[0]  # the search runs once, on the first seed
+        return [self._cell(point, seed, "tune") for point in self.adapter.grid_points()]
+
+    def final_cells(self, point: dict[str, Any], selection: dict[str, Any] | None = None) -> list[Cell]:
+        annotations = {"selection": selection} if selection else {}
+        return [self._cell(point, seed, "final", annotations) for seed in self.spec.seeds]
+
+    def default_point(self) -> dict[str, Any]:
+        """The grid point that stands in for the search when it cannot choose (the first)."""
+        return self.adapter.grid_points()[0]
+
+    def _cell(self, point: dict[str, Any], seed: int, stage: str, extra: dict[str, Any] | None = None) -> Cell:
+        config = cell_config(self.spec, self.backbone, self.adapter, self.task, point, seed, stage)
+        annotations = {"spec": self.spec.name, "adapter_label": self.adapter.label, **(extra or {})}
+        if stage == "tune":
+            annotations["grid_point"] = point
+        return Cell(config, self.adapter.label, annotations)
+
+
+def cell_config(spec: MatrixSpec, backbone: BackboneEntry, adapter: AdapterEntry, task: str,
+                point: dict[str, Any], seed: int, stage: str) -> RunConfig:
+    """Trainer settings: the spec's, then the adapter's, then the grid point's."""
+    train = {**spec.train, **adapter.train}
+    options = dict(adapter.options)
+    for key, value in point.items():
+        if key.startswith(GRID_OPTION_PREFIX):
+            options[key.removeprefix(GRID_OPTION_PREFIX)] = value
+        else:
+            train[key] = value
+    return RunConfig(task=task, backbone=backbone.name, adapter=adapter.name, adapter_options=options,
+                     weights=backbone.weights, seed=seed, stage=stage, **train)
+
+
+def cell_id(config: RunConfig) -> str:
+    from ..registry import TASKS
+
+    return run_id(resolved_config(config, TASKS.get(config.task)))
+
+
+def search_groups(spec: MatrixSpec) -> list[SearchGroup]:
+    """Every (backbone, adapter, task) of the spec, in the order written (adapters vary fastest)."""
+    return [SearchGroup(spec, backbone, adapter, task)
+            for backbone in spec.backbones for task in spec.tasks for adapter in spec.adapters]
+
+
+# -- records on disk -----------------------------------------------------------------------
+def record_status(out_dir: Path, cell: Cell) -> str | None:
+    """'success' / 'failed' from the cell's record, or None when it has none (or it is unreadable)."""
+    record = load_cell_record(out_dir, cell)
+    return None if record is None else record.get("train_info", {}).get("status")
+
+
+def load_cell_record(out_dir: Path, cell: Cell) -> dict[str, Any] | None:
+    path = record_path_for(out_dir, cell.cell_id)
+    try:
+        return read_record(path)
+    except (OSError, ValueError):
+        return None  # never written (records are written atomically, so never half-written)
+
+
+def choose_grid_point(group: SearchGroup, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The grid point with the best validation score among the group's successful tune runs.
+
+    Returns (point, selection) where ``selection`` says what was compared, for the final
+    records; None when no tune run has succeeded (yet). Ties go to the earlier point.
+    """
+    best: tuple[float, dict[str, Any], str] | None = None
+    tried = []
+    for cell in group.tune_cells():
+        record = load_cell_record(out_dir, cell)
+        if record is None or record["train_info"].get("status") != "success":
+            continue
+        info = record["train_info"]
+        score = info["metrics"][info["data"]["eval_split"]][info["primary_metric"]]
+        signed = score if info.get("higher_is_better", True) else -score
+        point = cell.annotations["grid_point"]
+        tried.append({"run_id": cell.cell_id, "point": point, "score": score})
+        if best is None or signed > best[0]:
+            best = (signed, point, cell.cell_id)
+    if best is None:
+        return None
+    selection = {"by": "val score of the tune stage (first seed)", "chosen": best[1],
+                 "chosen_run_id": best[2], "tried": tried}
+    return best[1], selection
+

@@ -1,0 +1,439 @@
+"""Matrix specs: a YAML file naming backbones x adapters x tasks x seeds.
+
+A spec is read with ``yaml.safe_load``, merged over the files it ``include:``s, checked key
+by key, and turned into a :class:`MatrixSpec` (plain data, no torch). Every error names the
+file, the line where the key was written, the key path and what was expected::
+
+    benchmarks/micro.yaml:12: adapters[2].train.lr: expected a positive number, got 'fast'
+
+Keys (all but ``backbones``, ``adapters`` and ``tasks`` optional)::
+
+    name: micro                      # default: the file's stem; names the leaderboard files
+    description: ...
+    include: base.yaml               # or a list; paths relative to this file; this file wins
+    backbones: [vit_micro]           # names, or {name, weights} mappings
+    tasks: [micro]                   # task names or groups: micro, vtab1k, vtab1k/natural, fgvc
+    adapters:                        # names, or mappings:
+      - linear
+      - {name: lora, label: lora_r4, options: {r: 4}, train: {lr: 5e-3}, grid: {...}}
+    seeds: [0, 1, 2]                 # or a count: 3 -> [0, 1, 2]
+    train: {epochs: 100, batch_size: 64, lr: 1e-3, weight_decay: 1e-4}
+    grid: {lr: [1e-3, 1e-2], options.r: [4, 8]}   # searched on the tune stage, then final runs
+    data_root: ~/data/vtab-1k        # where tasks read their data (the CLI's --data-root wins)
+    out: results/micro               # run records (default results/<name>)
+    leaderboard: {out: leaderboard, formats: [md, csv, tex, html]}
+
+Mappings merge deeply across ``include``; lists and scalars are replaced.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import AdaptbenchError, did_you_mean
+
+TOP_LEVEL_KEYS = ("name", "description", "include", "backbones", "tasks", "adapters", "seeds",
+                  "train", "grid", "data_root", "out", "leaderboard")
+ADAPTER_KEYS = ("name", "label", "options", "train", "grid")
+BACKBONE_KEYS = ("name", "weights")
+LEADERBOARD_KEYS = ("out", "name", "formats")
+LEADERBOARD_FORMATS = ("md", "csv", "tex", "html")
+GRID_OPTION_PREFIX = "options."
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _non_negative_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: The trainer settings a spec may set (RunConfig fields), with a check and its description.
+TRAIN_KEYS: dict[str, tuple[Any, str]] = {
+    "epochs": (_positive_int, "an integer >= 1"),
+    "batch_size": (_positive_int, "an integer >= 1"),
+    "lr": (lambda v: _number(v) and v > 0, "a positive number"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "warmup_epochs": (_non_negative_int, "an integer >= 0"),
+    "label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "pool": (lambda v: v in (None, "cls", "mean"), "'cls', 'mean' or null"),
+    "precision": (lambda v: isinstance(v, str) and bool(v), "a Lightning precision string, e.g. 32-true"),
+}
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    name: str
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    name: str
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid, in the order written ([{}] when there is no grid)."""
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    name: str
+    path: Path
+    backbones: tuple[BackboneEntry, ...]
+    tasks: tuple[str, ...]
+    adapters: tuple[AdapterEntry, ...]
+    seeds: tuple[int, ...]
+    train: dict[str, Any]
+    data_root: str | None
+    out: Path
+    leaderboard_out: Path
+    leaderboard_name: str
+    leaderboard_formats: tuple[str, ...]
+    description: str = ""
+
+
+# -- reading ------------------------------------------------------------------------------
+def load_spec(path: str | Path) -> MatrixSpec:
+    """Read, merge, check and resolve a spec file (see the module docstring)."""
+    path = Path(path)
+    raw, sources = _read_with_includes(path, chain=())
+    return _resolve(raw, _Where(path, sources))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise AdaptbenchError(f"spec file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise AdaptbenchError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AdaptbenchError(f"{path}: expected a mapping of keys (backbones, adapters, tasks, ...), "
+                              f"got a {type(data).__name__}")
+    return data
+
+
+def _read_with_includes(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], list[Path]]:
+    """The file's keys merged over its includes'; ``sources`` lists the files, this one first."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise AdaptbenchError(f"{path}: include cycle {cycle}")
+    data = _read_yaml(path)
+    includes = data.pop("include", None) or []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise AdaptbenchError(f"{path}: include: expected a file name or a list of file names")
+    merged: dict[str, Any] = {}
+    sources = [path]
+    for include in includes:
+        included, included_sources = _read_with_includes(path.parent / include, (*chain, resolved))
+        merged = _deep_merge(merged, included)
+        sources.extend(included_sources)
+    return _deep_merge(merged, data), sources
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _Where:
+    """Turns a key path into ``file:line: key.path`` for error messages."""
+
+    def __init__(self, path: Path, sources: list[Path]):
+        self.path = path
+        self.sources = sources
+
+    def error(self, keys: tuple[Any, ...], message: str) -> AdaptbenchError:
+        return AdaptbenchError(f"{self._location(keys)}: {_key_text(keys)}: {message}")
+
+    def _location(self, keys: tuple[Any, ...]) -> str:
+        # The including file wins a merge, so look there first, then in the includes.
+        for source in self.sources:
+            line = _line_of(source, keys)
+            if line is not None:
+                return f"{source}:{line}"
+        return str(self.path)
+
+
+def _key_text(keys: tuple[Any, ...]) -> str:
+    text = ""
+    for key in keys:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text or "(top level)"
+
+
+def _line_of(path: Path, keys: tuple[Any, ...]) -> int | None:
+    """The 1-based line where ``keys`` is written in a YAML file (or as deep as it goes), or None.
+
+    A short form stops the walk early: ``adapters: [lora]`` has no ``name`` key under
+    ``adapters[0]``, so an error about ``adapters[0].name`` points at ``lora``'s line.
+    """
+    try:
+        node = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    mark = None
+    for key in keys:
+        if isinstance(node, yaml.MappingNode):
+            matches = [(k, v) for k, v in node.value if k.value == str(key)]
+            if not matches:
+                break
+            key_node, node = matches[-1]
+            mark = key_node.start_mark
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            mark = node.start_mark
+        else:
+            break
+    return None if mark is None else mark.line + 1
+
+
+# -- checking and resolving ----------------------------------------------------------------
+def _resolve(raw: dict[str, Any], where: _Where) -> MatrixSpec:
+    _check_known_keys(raw, TOP_LEVEL_KEYS, (), where)
+    for required in ("backbones", "adapters", "tasks"):
+        if required not in raw:
+            raise AdaptbenchError(f"{where.path}: missing key {required!r} (a list)")
+    name = raw.get("name", where.path.stem)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise where.error(("name",), f"expected a file-name-safe string, got {name!r}")
+    train = _check_train(raw.get("train") or {}, ("train",), where)
+    global_grid = _check_grid(raw.get("grid") or {}, ("grid",), where)
+    adapters = tuple(_adapter_entry(item, i, global_grid, where)
+                     for i, item in enumerate(_list(raw, "adapters", where)))
+    _check_unique_labels(adapters, where)
+    leaderboard = _check_leaderboard(raw.get("leaderboard") or {}, where)
+    data_root = raw.get("data_root")
+    if data_root is not None and not isinstance(data_root, str):
+        raise where.error(("data_root",), f"expected a folder path, got {data_root!r}")
+    out = raw.get("out", f"results/{name}")
+    if not isinstance(out, str):
+        raise where.error(("out",), f"expected a folder path, got {out!r}")
+    return MatrixSpec(
+        name=name,
+        path=where.path,
+        backbones=tuple(_backbone_entry(item, i, where) for i, item in enumerate(_list(raw, "backbones", where))),
+        tasks=_expand_tasks(_list(raw, "tasks", where), where),
+        adapters=adapters,
+        seeds=_check_seeds(raw.get("seeds", [0]), where),
+        train=train,
+        data_root=str(Path(data_root).expanduser()) if data_root else None,
+        out=Path(out).expanduser(),
+        leaderboard_out=Path(leaderboard.get("out", "leaderboard")).expanduser(),
+        leaderboard_name=leaderboard.get("name", name),
+        leaderboard_formats=tuple(leaderboard.get("formats", LEADERBOARD_FORMATS)),
+        description=str(raw.get("description", "")),
+    )
+
+
+def _check_known_keys(mapping: dict[str, Any], known: tuple[str, ...], keys: tuple[Any, ...], where: _Where) -> None:
+    for key in mapping:
+        if key not in known:
+            raise where.error((*keys, key), f"unknown key{did_you_mean(str(key), known)}; expected one of "
+                                            f"{', '.join(known)}")
+
+
+def _list(raw: dict[str, Any], key: str, where: _Where) -> list[Any]:
+    value = raw[key]
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise where.error((key,), f"expected a non-empty list, got {value!r}")
+    return value
+
+
+def _check_train(train: Any, keys: tuple[Any, ...], where: _Where) -> dict[str, Any]:
+    if not isinstance(train, dict):
+        raise where.error(keys, f"expected a mapping of trainer settings, got {train!r}")
+    _check_known_keys(train, tuple(TRAIN_KEYS), keys, where)
+    for key, value in train.items():
+        check, expected = TRAIN_KEYS[key]
+        if not check(value):
+            raise where.error((*keys, key), f"expected {expected}, got {value!r}")
+    return dict(train)
+
+
+def _check_grid(grid: Any, keys: tuple[Any, ...], where: _Where) -> dict[str, list[Any]]:
+    """A grid maps trainer keys (lr, ...) or ``options.<adapter option>`` to lists of values."""
+    if not isinstance(grid, dict):
+        raise where.error(keys, f"expected a mapping of key: [values], got {grid!r}")
+    checked = {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise where.error((*keys, key), f"expected a non-empty list of values, got {values!r}")
+        if str(key).startswith(GRID_OPTION_PREFIX):
+            checked[key] = values  # the adapter's config checks them (adaptbench validate)
+            continue
+        if key not in TRAIN_KEYS:
+            raise where.error((*keys, key), f"unknown grid key{did_you_mean(str(key), TRAIN_KEYS)}; expected "
+                                            f"a trainer setting ({', '.join(TRAIN_KEYS)}) or options.<name>")
+        check, expected = TRAIN_KEYS[key]
+        for i, value in enumerate(values):
+            if not check(value):
+                raise where.error((*keys, key, i), f"expected {expected}, got {value!r}")
+        checked[key] = values
+    return checked
+
+
+def _adapter_entry(item: Any, index: int, global_grid: dict[str, list[Any]], where: _Where) -> AdapterEntry:
+    from ..registry import ADAPTERS
+
+    keys: tuple[Any, ...] = ("adapters", index)
+    if isinstance(item, str):
+        item = {"name": item}
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise where.error(keys, f"expected an adapter name or a mapping with 'name', got {item!r}")
+    _check_known_keys(item, ADAPTER_KEYS, keys, where)
+    if item["name"] not in ADAPTERS:
+        raise where.error((*keys, "name"), f"unknown adapter {item['name']!r}"
+                                           f"{did_you_mean(item['name'], ADAPTERS.names())}")
+    options = item.get("options") or {}
+    if not isinstance(options, dict):
+        raise where.error((*keys, "options"), f"expected a mapping of adapter options, got {options!r}")
+    label = item.get("label", item["name"])
+    if not isinstance(label, str) or not label:
+        raise where.error((*keys, "label"), f"expected a non-empty string, got {label!r}")
+    # An adapter's own grid replaces the spec's (``grid: {}`` turns the search off for it).
+    grid = global_grid if "grid" not in item else _check_grid(item["grid"] or {}, (*keys, "grid"), where)
+    return AdapterEntry(item["name"], label, dict(options),
+                        _check_train(item.get("train") or {}, (*keys, "train"), where), grid)
+
+
+def _check_unique_labels(adapters: tuple[AdapterEntry, ...], where: _Where) -> None:
+    """Labels name rows, and cells are named by their config: both must be unique."""
+    labels: dict[str, int] = {}
+    configs: dict[str, int] = {}
+    for index, entry in enumerate(adapters):
+        if entry.label in labels:
+            raise where.error(("adapters", index), f"label {entry.label!r} is used twice (also adapters"
+                                                   f"[{labels[entry.label]}]); give each variant its own label")
+        labels[entry.label] = index
+        config = repr((entry.name, sorted(entry.options.items()), sorted(entry.train.items())))
+        if config in configs:
+            other = adapters[configs[config]]
+            raise where.error(("adapters", index), f"{entry.label!r} has the same adapter, options and train "
+                                                   f"settings as {other.label!r} (adapters[{configs[config]}]): "
+                                                   f"their runs would be the same cells; change one or drop it")
+        configs[config] = index
+
+
+def _backbone_entry(item: Any, index: int, where: _Where) -> BackboneEntry:
+    from ..registry import BACKBONES
+
+    keys: tuple[Any, ...] = ("backbones", index)
+    if isinstance(item, str):
+        item = {"name": item}
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise where.error(keys, f"expected a backbone name or a mapping with 'name', got {item!r}")
+    _check_known_keys(item, BACKBONE_KEYS, keys, where)
+    name = item["name"]
+    family, sep, _ = name.partition(":")
+    if name not in BACKBONES and not (sep and family in BACKBONES) and not _is_timm_name(name):
+        raise where.error((*keys, "name"), f"unknown backbone {name!r}{did_you_mean(name, BACKBONES.names())}"
+                                           f" (timm ViTs: timm:<name>)")
+    weights = item.get("weights")
+    if weights is not None and not isinstance(weights, str):
+        raise where.error((*keys, "weights"), f"expected 'pretrained', 'random[:seed]' or a file path, got {weights!r}")
+    if weights and not (weights in ("pretrained", "random") or weights.startswith("random:")):
+        weights = str(Path(weights).expanduser())
+    return BackboneEntry(name, weights)
+
+
+def _is_timm_name(name: str) -> bool:
+    import timm  # only for names that are not registered: a bare timm ViT name is allowed
+
+    return timm.is_model(name)
+
+
+def task_groups() -> dict[str, list[str]]:
+    """Group name -> task names: each benchmark (``vtab1k``) and each of its groups (``vtab1k/natural``)."""
+    from ..registry import TASKS
+
+    groups: dict[str, list[str]] = {}
+    for name in _in_catalogue_order(TASKS.names()):
+        benchmark, sep, _ = name.partition("/")
+        if not sep:
+            continue
+        spec = TASKS.get(name)
+        groups.setdefault(benchmark, []).append(name)
+        groups.setdefault(f"{benchmark}/{spec.group}", []).append(name)
+    return groups
+
+
+def _in_catalogue_order(names: list[str]) -> list[str]:
+    """Built-in tasks in the order the benchmarks list them (VTAB's Natural first), then plugins'."""
+    from ..tasks.catalog import builtin_task_specs
+
+    order = {spec.name: index for index, spec in enumerate(builtin_task_specs())}
+    return sorted(names, key=lambda name: (order.get(name, len(order)), name))
+
+
+def _expand_tasks(items: list[Any], where: _Where) -> tuple[str, ...]:
+    from ..registry import TASKS
+
+    groups = task_groups()
+    tasks: list[str] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise where.error(("tasks", index), f"expected a task name or group, got {item!r}")
+        if item in TASKS:
+            names = [item]
+        elif item in groups:
+            names = groups[item]
+        else:
+            raise where.error(("tasks", index), f"unknown task or group {item!r}"
+                                                f"{did_you_mean(item, [*TASKS.names(), *groups])}")
+        tasks.extend(name for name in names if name not in tasks)
+    return tuple(tasks)
+
+
+def _check_seeds(seeds: Any, where: _Where) -> tuple[int, ...]:
+    if _positive_int(seeds):
+        return tuple(range(seeds))
+    if (not isinstance(seeds, list) or not seeds
+            or not all(_non_negative_int(s) for s in seeds) or len(set(seeds)) != len(seeds)):
+        raise where.error(("seeds",), f"expected a count or a list of distinct integers >= 0, got {seeds!r}")
+    return tuple(seeds)
+
+
+def _check_leaderboard(leaderboard: Any, where: _Where) -> dict[str, Any]:
+    if not isinstance(leaderboard, dict):
+        raise where.error(("leaderboard",), f"expected a mapping (out, name, formats), got {leaderboard!r}")
+    _check_known_keys(leaderboard, LEADERBOARD_KEYS, ("leaderboard",), where)
+    formats = leaderboard.get("formats", list(LEADERBOARD_FORMATS))
+    if not isinstance(formats, list) or not all(f in LEADERBOARD_FORMATS for f in formats):
+        raise where.error(("leaderboard", "formats"), f"expected a list of {', '.join(LEADERBOARD_FORMATS)}, "
+                                                      f"got {formats!r}")
+    for key in ("out", "name"):
+        if key in leaderboard and not isinstance(leaderboard[key], str):
+            raise where.error(("leaderboard", key), f"expected a string, got {leaderboard[key]!r}")
+    return leaderboard

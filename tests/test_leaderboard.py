@@ -1,0 +1,344 @@
+"""Leaderboards from synthetic run records: exact numbers, failed cells, ranks, references, files, CLI.
+
+The synthetic micro results (``write_synthetic_results``): four adapters on four tasks in two
+groups (natural: digits, texture, faces; structured: count), two seeds, with a failed seed,
+a tune record and an older duplicate. Expected values are worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from adaptbench.cli import main
+from adaptbench.errors import AdaptbenchError
+from adaptbench.leaderboard import (
+    build_leaderboards,
+    load_records,
+    render_latex,
+    render_markdown,
+    render_terminal,
+    write_leaderboards,
+)
+from adaptbench.leaderboard.plot import pareto_figure, pareto_front
+
+VIT_B = "timm:vit_base_patch16_224.augreg_in21k"
+MICRO_GROUPS = {"digits": "natural", "texture": "natural", "faces": "natural", "count": "structured"}
+
+# adapter -> task -> top-1 (%) per seed (None: that seed failed)
+SCORES = {
+    "lora": {"digits": [80, 82], "texture": [70, 74], "faces": [90, 90], "count": [60, 62]},
+    "linear": {"digits": [60, 60], "texture": [50, 50], "faces": [80, 80], "count": [40, 40]},
+    "ssf": {"digits": [85, 85], "texture": [75, 75], "faces": [95, 95], "count": [70, None]},
+    "bitfit": {"digits": [76], "texture": [76], "faces": [76], "count": [76]},  # one seed, ties lora
+}
+TRAINABLE = {"lora": 12288, "linear": 0, "ssf": 3456, "bitfit": 1000}
+
+
+def make_record(task: str, adapter: str, seed: int, top1: float | None, *, backbone: str = "vit_micro",
+                stage: str = "final", created_at: str = "2026-03-01T12:00:00+0000", group: str | None = None,
+                label: str | None = None, trainable: int = 12288, task_info: bool = True) -> dict:
+    """A run record shaped like ``adaptbench/runner/train.py`` writes; ``top1=None``: a failed run."""
+    config = {"task": task, "backbone": backbone, "adapter": adapter, "adapter_options": {}, "weights": None,
+              "seed": seed, "stage": stage, "epochs": 3}
+    run_id = hashlib.sha256(json.dumps([config, created_at, label]).encode()).hexdigest()[:12]
+    run_info = {"config": config, "run_id": run_id,
+                "seed": seed, "created_at": created_at}
+    if task_info:
+        run_info["task_info"] = {"benchmark": task.partition("/")[0], "group": group or "natural",
+                                 "num_classes": 10}
+    if label:
+        run_info["matrix"] = {"spec": "test", "adapter_label": label}
+    if top1 is None:
+        train_info = {"status": "failed", "error": "RuntimeError: loss is nan", "wall_time_s": 1.0}
+    else:
+        eval_split = "test" if stage == "final" else "val200"
+        train_info = {
+            "status": "success", "error": None, "stage": stage, "primary_metric": "top1",
+            "higher_is_better": True, "metrics": {eval_split: {"top1": top1 / 100, "loss": 1.0}},
+            "data": {"eval_split": eval_split},
+            "params": {"trainable": trainable, "head": 60, "trainable_with_head": trainable + 60,
+                       "extra_inference": trainable, "extra_inference_merged": 0, "checkpoint_bytes": 50912},
+            "train_images_per_s": 600.0 + 100 * seed, "peak_memory_bytes": (2 + seed) * 2**29,
+            "peak_memory_kind": "cpu_max_rss",
+        }
+    return {"schema_version": 1, "run_info": run_info, "train_info": train_info, "meta_info": {}}
+
+
+def write_records(folder: Path, records: list[dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, record in enumerate(records):
+        (folder / f"{index:03d}.json").write_text(json.dumps(record))
+    return folder
+
+
+def synthetic_records() -> list[dict]:
+    records = [
+        make_record(f"micro/{task}", adapter, seed, score, group=MICRO_GROUPS[task], trainable=TRAINABLE[adapter])
+        for adapter, tasks in SCORES.items() for task, scores in tasks.items() for seed, score in enumerate(scores)
+    ]
+    records.append(make_record("micro/digits", "lora", 0, 99.0, stage="tune"))  # the search: ignored
+    records.append(make_record("micro/digits", "lora", 0, 10.0, created_at="2026-01-01T00:00:00+0000"))  # older
+    return records
+
+
+def write_synthetic_results(folder: Path) -> Path:
+    return write_records(folder, synthetic_records())
+
+
+@pytest.fixture(scope="module")
+def micro_board():
+    [board] = build_leaderboards(synthetic_records())
+    return board
+
+
+def row(board, adapter: str, source: str = "ours") -> pd.Series:
+    rows = board.table[(board.table["Adapter"] == adapter) & (board.table["Source"] == source)]
+    assert len(rows) == 1, board.table
+    return rows.iloc[0]
+
+
+# -- numbers -------------------------------------------------------------------------------
+def test_cells_are_mean_and_sample_std_over_seeds(micro_board):
+    lora = row(micro_board, "lora")
+    # digits 80, 82 (the older duplicate 10.0 is dropped): mean 81, sample std sqrt(2) = 1.41
+    assert lora["digits"] == "81.00 ± 1.41"
+    assert lora["texture"] == "72.00 ± 2.83"
+    assert lora["faces"] == "90.00 ± 0.00"
+    assert lora["count"] == "61.00 ± 1.41"
+    assert row(micro_board, "bitfit")["digits"] == "76.00"  # one seed: the mean alone
+
+
+def test_group_means_and_both_overall_means(micro_board):
+    lora = row(micro_board, "lora")
+    # natural (81 + 72 + 90) / 3 = 81; structured 61; per seed: natural 80 / 82, structured 60 / 62
+    assert lora["Natural (mean)"] == "81.00 ± 1.41" and lora["Structured (mean)"] == "61.00 ± 1.41"
+    # over tasks (81 + 72 + 90 + 61) / 4 = 76 (per seed 75 / 77); over groups (81 + 61) / 2 = 71
+    assert lora["Mean (tasks)"] == "76.00 ± 1.41" and lora["Mean (groups)"] == "71.00 ± 1.41"
+    linear = row(micro_board, "linear")
+    assert linear["Mean (tasks)"] == "57.50 ± 0.00" and linear["Mean (groups)"] == "51.67 ± 0.00"
+    summary = micro_board.summary.set_index("adapter")
+    assert summary.loc["lora", "mean_tasks"] == pytest.approx(76.0)
+    assert summary.loc["linear", "mean_groups"] == pytest.approx((190 / 3 + 40) / 2)
+
+
+def test_failed_seed_shows_failed_and_leaves_the_row_unranked(micro_board):
+    ssf = row(micro_board, "ssf")
+    assert ssf["count"] == "failed (1/2)"
+    assert ssf["Natural (mean)"] == "85.00 ± 0.00"  # its natural tasks all succeeded
+    assert ssf["Structured (mean)"] == ssf["Mean (tasks)"] == ssf["Mean (groups)"] == "failed"
+    assert ssf["Rank"] == "–"
+    assert "ssf | vit_micro | micro/count | seed 1 failed: RuntimeError: loss is nan" in micro_board.warnings
+    assert pd.isna(micro_board.summary.set_index("adapter").loc["ssf", "rank"])
+
+
+def test_rank_by_mean_over_tasks_with_shared_ties(micro_board):
+    # lora and bitfit both average 76.00: they share rank 1, linear is 3rd, ssf (failed) last
+    assert list(micro_board.table["Adapter"]) == ["bitfit", "lora", "linear", "ssf"]
+    assert list(micro_board.table["Rank"]) == ["1", "1", "3", "–"]
+
+
+def test_cost_columns(micro_board):
+    lora, linear, ssf = row(micro_board, "lora"), row(micro_board, "linear"), row(micro_board, "ssf")
+    assert lora["Params w/o head (M)"] == "0.01229" and linear["Params w/o head (M)"] == "0"
+    assert lora["Extra inf. params"] == "12.3K (0 merged)" and linear["Extra inf. params"] == "0"
+    assert lora["Ckpt (KB)"] == "49.7"  # 50912 B / 1024
+    assert lora["img/s"] == "650"  # seeds 600 and 700 img/s
+    assert ssf["img/s"] == "643"  # 7 successful runs: 4 at 600, 3 at 700 (4500 / 7); the failed one has none
+    assert lora["Peak mem (MB)"] == "1536"  # max of 1024 and 1536 MB
+    assert lora["Seeds"] == "2" and row(micro_board, "bitfit")["Seeds"] == "1"
+
+
+def test_tune_records_and_duplicates_are_reported(micro_board):
+    assert micro_board.records_used == 4 * 2 * 3 + 4  # 4 tasks x 2 seeds x 3 adapters + bitfit's 4
+    assert any("ignored 1 tune record" in warning for warning in micro_board.warnings)
+    [duplicate] = [w for w in micro_board.warnings if "newest" in w]
+    assert "lora" in duplicate and "micro/digits" in duplicate and "2026-01-01" in duplicate
+
+
+def test_newest_record_wins_across_time_zones():
+    later_in_utc = make_record("micro/digits", "lora", 0, 40.0, created_at="2026-03-01T14:00:00+0100")
+    earlier_in_utc = make_record("micro/digits", "lora", 0, 30.0, created_at="2026-03-01T14:30:00+0300")
+    [board] = build_leaderboards([earlier_in_utc, later_in_utc])
+    assert row(board, "lora")["digits"] == "40.00"
+
+
+def test_missing_task_reads_incomplete_and_labels_come_from_the_matrix():
+    records = synthetic_records() + [make_record("micro/digits", "lora", 0, 50.0, label="lora_r4")]
+    [board] = build_leaderboards(records)
+    partial = row(board, "lora_r4")
+    assert partial["digits"] == "50.00" and partial["texture"] == "–"
+    assert partial["Mean (tasks)"] == "incomplete" and partial["Rank"] == "–"
+
+
+def test_older_records_without_task_info_use_the_task_registry():
+    records = [make_record("micro/count", "lora", 0, 50.0, task_info=False),
+               make_record("micro/digits", "lora", 0, 70.0, task_info=False)]
+    [board] = build_leaderboards(records)
+    assert board.benchmark == "micro" and board.groups == ["natural", "structured"]
+    assert list(board.table.columns[4:6]) == ["digits", "count"]  # natural before structured
+    assert row(board, "lora")["Mean (tasks)"] == "60.00"
+
+
+def test_only_tune_records_give_no_board():
+    assert build_leaderboards([make_record("micro/digits", "lora", 0, 50.0, stage="tune")]) == []
+
+
+# -- published numbers ---------------------------------------------------------------------
+def vtab_records(backbone: str = VIT_B) -> list[dict]:
+    tasks = {"vtab1k/cifar": "natural", "vtab1k/eurosat": "specialized", "vtab1k/dmlab": "structured"}
+    return [make_record(task, "lora", 0, 70.0, backbone=backbone, group=group) for task, group in tasks.items()]
+
+
+def test_reported_rows_for_vit_b_in21k_on_vtab1k():
+    [board] = build_leaderboards(vtab_records())
+    full_vpetl = row(board, "full", "reported: V-PETL Bench README")
+    full_noah = row(board, "full", "reported: NOAH README Table 1")
+    # the two "full fine-tuning" numbers stay apart, each in the mean it was computed as
+    assert full_vpetl["Mean (tasks)"] == "65.57" and full_vpetl["Mean (groups)"] == "–"
+    assert full_noah["Mean (groups)"] == "68.90" and full_noah["Mean (tasks)"] == "–"
+    assert full_vpetl["Params w/o head (M)"] == "85.8" and full_vpetl["Rank"] == "–"
+    assert row(board, "bitfit", "reported: V-PETL Bench README")["Mean (tasks)"] == "62.05"
+    assert len(board.table[board.table["Adapter"] == "noah"]) == 2  # no adapter of ours: still shown
+    bi = board.table[board.table["Adapter"] == "bi_adaptformer"].iloc[0]
+    assert "(as bi_adaptformer_32)" in bi["Source"] and bi["Mean (groups)"] == "77.00"
+    assert board.table.iloc[0]["Source"] == "ours" and board.table.iloc[0]["Rank"] == "1"
+    assert any("all 19 vtab1k tasks" in note for note in board.notes)
+
+
+def test_reported_rows_for_fgvc_go_in_the_mean_over_tasks():
+    records = [make_record(f"fgvc/{task}", "ssf", 0, 90.0, backbone="vit_base_patch16_224.augreg_in21k",
+                           group="fgvc") for task in ("cub", "nabirds")]
+    [board] = build_leaderboards(records)
+    assert "Mean (groups)" not in board.table.columns  # one group: the two means coincide
+    assert row(board, "ssf", "reported: V-PETL Bench README (SSF paper: 90.72)")["Mean (tasks)"] == "90.72"
+
+
+def test_no_reported_rows_for_other_backbones_or_benchmarks(micro_board):
+    assert not micro_board.has_reported_rows
+    [board] = build_leaderboards(vtab_records(backbone="vit_micro"))
+    assert not board.has_reported_rows and set(board.table["Source"]) == {"ours"}
+
+
+# -- plot ----------------------------------------------------------------------------------
+def test_pareto_front_keeps_the_undominated_rows():
+    points = pd.DataFrame({"adapter": list("abcde"), "params_m": [0.0, 0.01, 0.01, 0.1, 1.0],
+                           "mean_tasks": [50.0, 60.0, 55.0, 58.0, 70.0]})
+    assert list(pareto_front(points)["adapter"]) == ["a", "b", "e"]
+
+
+def test_zero_parameters_are_drawn_at_a_floor_labelled_zero(micro_board):
+    axes = pareto_figure(micro_board).axes[0]
+    labels = [tick.get_text() for tick in axes.get_xticklabels()]
+    assert axes.get_xscale() == "log" and labels[0] == "0"
+    floor = axes.get_xticks()[0]
+    assert floor == pytest.approx(1e-4)  # one decade below the smallest count, 0.001 M (bitfit)
+
+
+# -- files ---------------------------------------------------------------------------------
+def test_every_format_is_written_and_parses(micro_board, tmp_path):
+    paths = write_leaderboards([micro_board], tmp_path, "board", ["md", "csv", "tex", "html"],
+                               generated_at="2026-03-02 10:00 UTC")
+    assert sorted(p.name for p in paths) == ["board.csv", "board.html", "board.md", "board.png", "board.tex"]
+    assert not list(tmp_path.glob(".*"))  # atomic writes leave no temp files
+    csv = pd.read_csv(tmp_path / "board.csv", dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(csv, micro_board.table, check_dtype=False)
+    markdown = (tmp_path / "board.md").read_text()
+    assert "| Rank | Adapter | Backbone | Source | digits |" in markdown and "failed (1/2)" in markdown
+    latex = (tmp_path / "board.tex").read_text()
+    assert "\\begin{tabular}" in latex and "76.00 $\\pm$ 1.41" in latex and "±" not in latex.split("\\begin")[1]
+    page = (tmp_path / "board.html").read_text()
+    assert "<table" in page and "failed (1/2)" in page and "2026-03-02 10:00 UTC" in page
+    [data] = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', page)
+    embedded = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert embedded.format == "PNG" and embedded.size == (900, 576)
+    with Image.open(tmp_path / "board.png") as png:
+        assert png.size == (900, 576)
+
+
+def test_several_benchmarks_share_text_files_and_split_csv_and_png(tmp_path):
+    boards = build_leaderboards(synthetic_records() + vtab_records())
+    assert [board.benchmark for board in boards] == ["micro", "vtab1k"]
+    paths = write_leaderboards(boards, tmp_path, "lb", ["md", "csv"])
+    assert sorted(p.name for p in paths) == ["lb-micro.csv", "lb-micro.png", "lb-vtab1k.csv", "lb-vtab1k.png",
+                                             "lb.md"]
+    assert "## micro" in (tmp_path / "lb.md").read_text() and "## vtab1k" in (tmp_path / "lb.md").read_text()
+
+
+def test_user_derived_text_is_escaped(tmp_path):
+    label = "<b>x</b>|y_z"
+    [board] = build_leaderboards([make_record("micro/digits", "lora", 0, 50.0, label=label)])
+    write_leaderboards([board], tmp_path, "lb", ["html", "md", "tex"])
+    page = (tmp_path / "lb.html").read_text()
+    assert "&lt;b&gt;x&lt;/b&gt;|y_z" in page and "<b>x</b>" not in page
+    assert "&lt;b&gt;x&lt;/b&gt;\\|y_z" in render_markdown([board])
+    assert "y\\_z" in render_latex([board])
+
+
+def test_terminal_view_holds_every_row(micro_board):
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(render_terminal([micro_board]))
+    text = console.export_text()
+    assert all(name in text for name in ("lora", "linear", "ssf", "bitfit", "failed (1/2)"))
+
+
+# -- loading records -----------------------------------------------------------------------
+def test_load_records_searches_folders_and_skips_what_is_not_a_record(tmp_path):
+    folder = write_records(tmp_path / "results" / "nested", [make_record("micro/digits", "lora", 0, 50.0)])
+    (folder / ".000.json.123.tmp").write_text("{half a rec")
+    (folder / ".hidden.json").write_text("{broken")
+    (folder / "matrix.json").write_text(json.dumps({"spec": "micro", "cells": 3}))
+    assert len(load_records([tmp_path / "results"])) == 1
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"run_info": ')
+    with pytest.raises(AdaptbenchError, match=re.escape(str(bad))):
+        load_records([tmp_path])
+
+
+def test_no_records_names_the_paths(tmp_path):
+    with pytest.raises(AdaptbenchError, match=re.escape(str(tmp_path))):
+        load_records([tmp_path])
+
+
+# -- command line --------------------------------------------------------------------------
+def test_cli_writes_every_format(tmp_path, capsys):
+    results = write_synthetic_results(tmp_path / "results")
+    assert main(["leaderboard", str(results), "--out", str(tmp_path / "out")]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["leaderboard.csv", "leaderboard.html", "leaderboard.md", "leaderboard.png", "leaderboard.tex"]
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_prints_a_chosen_format_to_stdout(tmp_path, capsys):
+    results = write_synthetic_results(tmp_path / "results")
+    assert main(["leaderboard", str(results), "--format", "csv,md"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Rank,Adapter,Backbone,Source,digits") and "| Rank | Adapter |" in out
+
+
+@pytest.mark.parametrize("broken_file,fragment", [(None, "no run records"), ("broken.json", "broken.json")])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, broken_file, fragment):
+    if broken_file:
+        (tmp_path / broken_file).write_text('{"run_info": {')
+    assert main(["leaderboard", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("adaptbench: error: ") and fragment in err[0]
+
+
+def test_cli_rejects_an_unknown_format(tmp_path, capsys):
+    results = write_synthetic_results(tmp_path / "results")
+    assert main(["leaderboard", str(results), "--format", "xlsx"]) == 2
+    assert "'xlsx'" in capsys.readouterr().err

@@ -1,0 +1,197 @@
+"""``adaptbench run`` end to end, in subprocesses as a user runs it: resume, retries,
+failures recorded while the matrix goes on, a worker killed mid-cell, the runner killed
+with SIGKILL, ``--dry-run`` and ``validate``.
+
+Cells are tiny (the 2-block test ViT, one epoch) so each test takes seconds, most of them
+spent importing torch in the runner and its worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+FAULTY_PLUGIN = Path(__file__).parent / "plugins" / "faulty_plugin.py"
+
+
+def adaptbench(*args: str, cwd: Path, check_rc: int | None = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "adaptbench.cli", *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=600)
+    if check_rc is not None:
+        assert result.returncode == check_rc, result.stdout + result.stderr
+    return result
+
+
+def write_spec(folder: Path, body: str, name: str = "spec.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+def records(folder: Path) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+def by_label(found: dict[str, dict]) -> dict[tuple, dict]:
+    return {(r["run_info"]["matrix"]["adapter_label"], r["run_info"]["config"]["task"],
+             r["run_info"]["config"]["seed"], r["run_info"]["config"]["stage"],
+             json.dumps(r["run_info"]["matrix"].get("grid_point"))): r for r in found.values()}
+
+
+MATRIX = """
+    name: tiny
+    backbones: [vit_tiny_test]
+    tasks: [micro/texture, micro/count]
+    adapters:
+      - linear
+      - name: bitfit
+        grid: {lr: [0.001, 0.01]}
+      - name: fault
+        label: fault_raise
+        options: {mode: raise}
+      - name: fault
+        label: fault_nan
+        options: {mode: nan}
+    seeds: 1
+    train: {epochs: 1, batch_size: 250}
+    out: results
+    leaderboard: {out: boards, formats: [md, csv]}
+"""
+
+
+def test_failed_cells_are_recorded_the_matrix_goes_on_and_a_rerun_repeats_nothing(tmp_path):
+    spec = write_spec(tmp_path, MATRIX)
+    first = adaptbench("--plugin", str(FAULTY_PLUGIN), "run", str(spec), cwd=tmp_path, check_rc=1)
+    assert "4 of 12 cells failed" in first.stderr
+    found = records(tmp_path / "results")
+    assert len(found) == 12  # 2 tasks x (linear + 2 bitfit tune + bitfit final + 2 faults)
+    cells = by_label(found)
+    for task in ("micro/texture", "micro/count"):
+        raised = cells[("fault_raise", task, 0, "final", "null")]["train_info"]
+        assert raised["status"] == "failed" and "deliberate failure" in raised["error"]
+        nan = cells[("fault_nan", task, 0, "final", "null")]["train_info"]
+        assert nan["status"] == "failed" and "training loss is nan" in nan["error"]
+        assert cells[("linear", task, 0, "final", "null")]["train_info"]["status"] == "success"
+        final = cells[("bitfit", task, 0, "final", "null")]
+        tune = [cells[("bitfit", task, 0, "tune", json.dumps({"lr": lr}))] for lr in (0.001, 0.01)]
+        assert all(t["train_info"]["data"]["eval_split"] == "val200" for t in tune)
+        scores = [t["train_info"]["metrics"]["val200"]["top1"] for t in tune]
+        best = tune[0] if scores[0] >= scores[1] else tune[1]
+        assert final["run_info"]["config"]["lr"] == best["run_info"]["config"]["lr"]
+        assert final["run_info"]["matrix"]["selection"]["chosen_run_id"] == best["run_info"]["run_id"]
+        assert final["train_info"]["data"]["eval_split"] == "test"
+    board = (tmp_path / "boards" / "tiny.md").read_text()
+    assert "failed" in board and "bitfit" in board
+    assert (tmp_path / "boards" / "tiny.csv").is_file()
+
+    # A re-run finds every record: nothing runs, nothing is rewritten.
+    stamps = {path.name: path.stat().st_mtime_ns for path in (tmp_path / "results").glob("*.json")}
+    again = adaptbench("--plugin", str(FAULTY_PLUGIN), "run", str(spec), "--no-leaderboard", cwd=tmp_path, check_rc=1)
+    assert "0 run now, 12 found done" in again.stdout.replace("\n", " ")
+    assert stamps == {path.name: path.stat().st_mtime_ns for path in (tmp_path / "results").glob("*.json")}
+
+    # --retry-failed runs the failed cells only.
+    retried = adaptbench("--plugin", str(FAULTY_PLUGIN), "run", str(spec), "--retry-failed", "--no-leaderboard",
+                         cwd=tmp_path, check_rc=1)
+    assert "4 run now, 8 found done" in retried.stdout.replace("\n", " ")
+    changed = {name for name, stamp in stamps.items()
+               if (tmp_path / "results" / name).stat().st_mtime_ns != stamp}
+    assert changed == {f"{k}.json" for k, r in found.items() if r["train_info"]["status"] == "failed"}
+
+
+def test_a_worker_killed_mid_cell_is_retried_once_then_recorded_failed(tmp_path):
+    spec = write_spec(tmp_path, """
+        backbones: [vit_tiny_test]
+        tasks: [micro/texture]
+        adapters:
+          - linear
+          - {name: fault, options: {mode: kill}}
+          - bitfit
+        train: {epochs: 1, batch_size: 250}
+        out: results
+    """)
+    result = adaptbench("--plugin", str(FAULTY_PLUGIN), "run", str(spec), "--no-leaderboard", cwd=tmp_path, check_rc=1)
+    cells = {r["run_info"]["config"]["adapter"]: r["train_info"] for r in records(tmp_path / "results").values()}
+    assert cells["fault"]["status"] == "failed" and "worker process died" in cells["fault"]["error"]
+    assert cells["linear"]["status"] == "success" and cells["bitfit"]["status"] == "success", result.stdout
+
+
+def test_killing_the_runner_loses_only_cells_in_flight_and_a_rerun_completes(tmp_path):
+    spec = write_spec(tmp_path, """
+        backbones: [vit_tiny_test]
+        tasks: [micro/texture, micro/count, micro/location]
+        adapters: [linear, bitfit, ln]
+        train: {epochs: 2, batch_size: 100}
+        out: results
+    """)
+    out = tmp_path / "results"
+    runner = subprocess.Popen([sys.executable, "-m", "adaptbench.cli", "run", str(spec), "--no-leaderboard"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("*.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    time.sleep(2)  # the workers die with the runner: nothing is written after it
+    before = {path.name: path.read_bytes() for path in out.glob("*.json")}
+    time.sleep(3)
+    assert {path.name: path.read_bytes() for path in out.glob("*.json")} == before
+    assert 2 <= len(before) < 9
+    for text in before.values():  # whole records only
+        assert json.loads(text)["train_info"]["status"] == "success"
+
+    result = adaptbench("run", str(spec), "--no-leaderboard", cwd=tmp_path)
+    assert f"{9 - len(before)} run now, {len(before)} found done" in result.stdout.replace("\n", " ")
+    after = records(out)
+    assert len(after) == 9 and all(r["train_info"]["status"] == "success" for r in after.values())
+    assert all((out / name).read_bytes() == text for name, text in before.items())  # kept, not re-run
+
+
+def test_dry_run_lists_cells_and_runs_nothing(tmp_path):
+    spec = write_spec(tmp_path, """
+        backbones: [vit_tiny_test]
+        tasks: [micro/digits]
+        adapters: [linear, {name: lora, grid: {lr: [0.001, 0.01]}}]
+        seeds: [0, 1]
+        out: results
+    """)
+    result = adaptbench("run", str(spec), "--dry-run", cwd=tmp_path)
+    text = result.stdout
+    assert "6 cells" in text and text.count("tune") == 2 and "(after search)" in text
+    assert not (tmp_path / "results").exists()
+
+
+def test_validate_reports_missing_data_and_weights_and_run_refuses(tmp_path):
+    spec = write_spec(tmp_path, """
+        backbones:
+          - {name: vit_tiny_test}
+          - {name: "timm:vit_tiny_patch16_224", weights: missing/weights.safetensors}
+        tasks: [vtab1k/dtd, micro/digits]
+        adapters: [linear, {name: lora, options: {r: 0}}]
+        data_root: no-such-root
+    """)
+    result = adaptbench("validate", str(spec), cwd=tmp_path, check_rc=2)
+    assert "3 of 6 checks failed" in result.stderr
+    assert result.stderr.count("\n") == 1  # one line
+    table = result.stdout
+    assert "weights file missing/weights.safetensors does not exist" in table
+    assert "no-such-root/dtd does not exist" in table
+    assert "embedded" in table
+    refused = adaptbench("run", str(spec), cwd=tmp_path, check_rc=2)
+    assert "weights file missing/weights.safetensors does not exist" in refused.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("workers", ["0", "x"])
+def test_bad_worker_counts_are_refused(tmp_path, workers):
+    spec = write_spec(tmp_path, "backbones: [vit_tiny_test]\ntasks: [micro/digits]\nadapters: [linear]\n")
+    result = adaptbench("run", str(spec), "--workers", workers, cwd=tmp_path, check_rc=2)
+    assert "workers" in result.stderr

@@ -1,0 +1,272 @@
+"""Matrix specs and their cells: reading, checking, expanding (no training here)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from adaptbench.errors import AdaptbenchError
+from adaptbench.runner.cells import cell_id, choose_grid_point, search_groups
+from adaptbench.runner.records import new_record, write_record
+from adaptbench.runner.spec import load_spec, task_groups
+from adaptbench.runner.train import RunConfig, record_path_for, resolved_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+BASIC = """
+    name: demo
+    backbones: [vit_tiny_test]
+    tasks: [micro/digits, micro/count]
+    adapters:
+      - linear
+      - name: lora
+        label: lora_r2
+        options: {r: 2}
+        train: {lr: 0.005}
+        grid: {weight_decay: [0.0, 0.01], options.alpha: [2, 4]}
+    seeds: 2
+    train: {epochs: 3, lr: 0.001, batch_size: 32}
+"""
+
+
+def test_spec_resolves_names_seeds_and_defaults(tmp_path):
+    spec = load_spec(write(tmp_path / "demo.yaml", BASIC))
+    assert spec.name == "demo"
+    assert spec.tasks == ("micro/digits", "micro/count")
+    assert spec.seeds == (0, 1)
+    assert [a.label for a in spec.adapters] == ["linear", "lora_r2"]
+    assert spec.out == Path("results/demo")
+    assert spec.leaderboard_name == "demo" and spec.leaderboard_formats == ("md", "csv", "tex", "html")
+
+
+def test_cells_apply_spec_then_adapter_then_grid_settings(tmp_path):
+    spec = load_spec(write(tmp_path / "demo.yaml", BASIC))
+    groups = search_groups(spec)
+    assert len(groups) == 4  # 2 tasks x 2 adapters
+    lora = next(g for g in groups if g.adapter.label == "lora_r2" and g.task == "micro/count")
+    tune = lora.tune_cells()
+    assert len(tune) == 4  # 2 weight decays x 2 alphas, on the first seed only
+    assert {c.config.seed for c in tune} == {0} and {c.stage for c in tune} == {"tune"}
+    first = tune[0].config
+    assert (first.lr, first.weight_decay, first.epochs, first.batch_size) == (0.005, 0.0, 3, 32)
+    assert first.adapter_options == {"r": 2, "alpha": 2}
+    finals = lora.final_cells({"weight_decay": 0.01, "options.alpha": 4})
+    assert [c.config.seed for c in finals] == [0, 1]
+    assert finals[1].config.weight_decay == 0.01 and finals[1].config.adapter_options == {"r": 2, "alpha": 4}
+    linear = next(g for g in groups if g.adapter.label == "linear")
+    assert linear.tune_cells() == [] and linear.final_cells({})[0].config.lr == 0.001
+
+
+def test_cell_id_is_the_run_id_of_the_resolved_config(tmp_path):
+    from adaptbench.registry import TASKS
+    from adaptbench.runner.records import run_id
+
+    config = RunConfig(task="micro/digits", backbone="vit_tiny_test", adapter="lora", epochs=2)
+    assert cell_id(config) == run_id(resolved_config(config, TASKS.get("micro/digits")))
+    assert cell_id(config) == cell_id(RunConfig(task="micro/digits", backbone="vit_tiny_test", adapter="lora", epochs=2))
+    assert cell_id(config) != cell_id(RunConfig(task="micro/digits", backbone="vit_tiny_test", adapter="lora", epochs=3))
+
+
+def test_include_merges_mappings_and_replaces_lists(tmp_path):
+    write(tmp_path / "base.yaml", """
+        backbones: [vit_tiny_test]
+        tasks: [micro]
+        adapters: [linear, bitfit]
+        train: {epochs: 5, lr: 0.01}
+    """)
+    spec = load_spec(write(tmp_path / "child.yaml", """
+        include: base.yaml
+        adapters: [lora]
+        train: {lr: 0.002}
+    """))
+    assert spec.name == "child"
+    assert [a.name for a in spec.adapters] == ["lora"]
+    assert spec.train == {"epochs": 5, "lr": 0.002}
+    assert len(spec.tasks) == 7
+
+
+def test_task_groups_cover_each_benchmark_and_vtab_group():
+    groups = task_groups()
+    assert len(groups["vtab1k"]) == 19 and len(groups["fgvc"]) == 5 and len(groups["micro"]) == 7
+    assert len(groups["vtab1k/natural"]) == 7 and len(groups["vtab1k/specialized"]) == 4
+    assert len(groups["vtab1k/structured"]) == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [linear]\nepochs: 3\n",
+         r"demo.yaml:4: epochs: unknown key; expected one of"),
+        ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [linear]\ntrain:\n  lr: fast\n",
+         r"demo.yaml:5: train.lr: expected a positive number, got 'fast'"),
+        ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters:\n  - linear\n  - name: lorra\n",
+         r"demo.yaml:5: adapters\[1\].name: unknown adapter 'lorra' \(did you mean 'lora'"),
+        ("backbones: [vit_tiny_test]\ntasks: [micro, vtab]\nadapters: [linear]\n",
+         r"demo.yaml:2: tasks\[1\]: unknown task or group 'vtab'"),
+        ("backbones: [vit_tiny_tset]\ntasks: [micro]\nadapters: [linear]\n",
+         r"demo.yaml:1: backbones\[0\].name: unknown backbone 'vit_tiny_tset' \(did you mean 'vit_tiny_test'"),
+        ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [linear]\ngrid: {lr: 0.1}\n",
+         r"demo.yaml:4: grid.lr: expected a non-empty list of values, got 0.1"),
+        ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [linear]\ngrid: {momentum: [0.9]}\n",
+         r"demo.yaml:4: grid.momentum: unknown grid key"),
+        ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [linear]\nseeds: [0, 0]\n",
+         r"demo.yaml:4: seeds: expected a count or a list of distinct integers"),
+        ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [lora, {name: lora}]\n",
+         r"demo.yaml:3: adapters\[1\]: label 'lora' is used twice"),
+        ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [lora, {name: lora, label: again}]\n",
+         r"demo.yaml:3: adapters\[1\]: 'again' has the same adapter, options and train settings as 'lora'"),
+        ("backbones: [vit_tiny_test]\nadapters: [linear]\n", r"demo.yaml: missing key 'tasks'"),
+        ("backbones: [vit_tiny_test]\ntasks: [micro\n", r"demo.yaml:3: not valid YAML"),
+        ("- just\n- a list\n", r"demo.yaml: expected a mapping of keys"),
+    ],
+)
+def test_bad_specs_name_file_line_key_and_expectation(tmp_path, text, expected):
+    path = tmp_path / "demo.yaml"
+    path.write_text(text)
+    with pytest.raises(AdaptbenchError, match=expected):
+        load_spec(path)
+
+
+def test_include_cycles_and_missing_files_are_named(tmp_path):
+    write(tmp_path / "a.yaml", "include: b.yaml\n")
+    write(tmp_path / "b.yaml", "include: a.yaml\n")
+    with pytest.raises(AdaptbenchError, match=r"include cycle .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_spec(tmp_path / "a.yaml")
+    write(tmp_path / "c.yaml", "include: nowhere.yaml\n")
+    with pytest.raises(AdaptbenchError, match=r"spec file .*nowhere.yaml does not exist"):
+        load_spec(tmp_path / "c.yaml")
+
+
+def test_errors_in_an_included_file_point_at_that_file(tmp_path):
+    write(tmp_path / "base.yaml", "train:\n  epochs: 0\n")
+    child = write(tmp_path / "child.yaml", "include: base.yaml\nbackbones: [vit_tiny_test]\ntasks: [micro]\n"
+                                           "adapters: [linear]\n")
+    with pytest.raises(AdaptbenchError, match=r"base.yaml:2: train.epochs: expected an integer >= 1, got 0"):
+        load_spec(child)
+
+
+def _tune_record(out: Path, cell, score: float | None) -> None:
+    from adaptbench.registry import TASKS
+
+    record = new_record(resolved_config(cell.config, TASKS.get(cell.config.task)), cell.config.seed)
+    if score is None:
+        record["train_info"].update(status="failed", error="boom")
+    else:
+        record["train_info"].update(status="success", metrics={"val200": {"top1": score}}, primary_metric="top1",
+                                    higher_is_better=True, data={"eval_split": "val200"})
+    write_record(record, record_path_for(out, cell.cell_id))
+
+
+def test_grid_search_picks_the_best_val_score_and_ties_go_to_the_first(tmp_path):
+    spec = load_spec(write(tmp_path / "demo.yaml", BASIC))
+    group = next(g for g in search_groups(spec) if g.has_grid)
+    tune = group.tune_cells()
+    assert choose_grid_point(group, tmp_path) is None  # nothing run yet
+    for cell, score in zip(tune, [0.5, 0.7, None, 0.7]):
+        _tune_record(tmp_path, cell, score)
+    point, selection = choose_grid_point(group, tmp_path)
+    assert point == tune[1].annotations["grid_point"] == {"weight_decay": 0.0, "options.alpha": 4}
+    assert selection["chosen_run_id"] == tune[1].cell_id
+    assert [t["score"] for t in selection["tried"]] == [0.5, 0.7, 0.7]  # the failed point is not compared
+
+
+def test_shipped_specs_load(tmp_path):
+    for name in ("micro", "vtab1k", "fgvc"):
+        spec = load_spec(REPO / "benchmarks" / f"{name}.yaml")
+        assert spec.name == name
+    vtab = load_spec(REPO / "benchmarks" / "vtab1k.yaml")
+    assert len(vtab.tasks) == 19 and vtab.seeds == (0, 1, 2)
+    assert vtab.backbones[0].name == "timm:vit_base_patch16_224.augreg_in21k"
+    micro = load_spec(REPO / "benchmarks" / "micro.yaml")
+    assert len(micro.adapters) >= 6 and len(micro.tasks) >= 6
+
+
+class ScriptedExecutor:
+    """An executor that writes made-up records instead of training: MatrixRun's logic alone.
+
+    ``scores`` maps (adapter label, stage, lr) to the score its cells get; None fails the cell.
+    """
+
+    slots = 1
+
+    def __init__(self, scores):
+        self.scores = scores
+        self.ran: list[str] = []
+
+    def run(self, jobs, on_event):
+        from adaptbench.runner.jobs import CellEvent, CellOutcome
+
+        for job in jobs:
+            on_event(CellEvent(job.cell_id, "start", 0))
+            self.ran.append(job.cell_id)
+            config = job.config
+            score = self.scores[(job.annotations["adapter_label"], config.stage, config.lr)]
+            record = new_record(resolved_config(config, _task(config.task)), config.seed)
+            record["run_info"]["matrix"] = job.annotations
+            split = "val200" if config.stage == "tune" else "test"
+            if score is None:
+                record["train_info"].update(status="failed", error="scripted failure")
+            else:
+                record["train_info"].update(status="success", stage=config.stage, metrics={split: {"top1": score}},
+                                            primary_metric="top1", higher_is_better=True,
+                                            data={"eval_split": split})
+            write_record(record, record_path_for(job.place.out_dir, job.cell_id))
+            yield (CellOutcome(job.cell_id, "failed", "scripted failure") if score is None
+                   else CellOutcome(job.cell_id, "success", score=score))
+
+    def close(self):
+        pass
+
+
+def _task(name):
+    from adaptbench.registry import TASKS
+
+    return TASKS.get(name)
+
+
+def test_matrix_run_searches_then_runs_finals_and_resumes_without_repeating(tmp_path):
+    from rich.console import Console
+
+    from adaptbench.runner.matrix import MatrixOptions, MatrixRun
+
+    spec = load_spec(write(tmp_path / "m.yaml", """
+        backbones: [vit_tiny_test]
+        tasks: [micro/digits]
+        adapters:
+          - linear
+          - {name: lora, grid: {lr: [0.001, 0.01]}}
+          - {name: lora, label: broken, options: {r: 2}, grid: {lr: [0.001]}}
+        seeds: [0, 1]
+    """))
+    scores = {("linear", "final", 0.001): 0.5, ("lora", "tune", 0.001): 0.6, ("lora", "tune", 0.01): 0.8,
+              ("lora", "final", 0.01): 0.9, ("broken", "tune", 0.001): None}
+    options = MatrixOptions(out=tmp_path / "results", leaderboard=False)
+    executor = ScriptedExecutor(scores)
+    summary = MatrixRun(spec, options, executor, Console(quiet=True)).run()
+    # linear: 2 finals; lora: 2 tune + 2 finals at the chosen lr; broken: 1 tune (fails), 2 finals not run
+    assert (summary.cells, summary.ran, summary.succeeded, summary.failed) == (9, 7, 6, 3)
+    finals = [json.loads(p.read_text()) for p in summary.final_records]
+    lora = [r for r in finals if r["run_info"]["matrix"]["adapter_label"] == "lora"]
+    assert [r["run_info"]["config"]["lr"] for r in lora] == [0.01, 0.01]
+    broken = [r for r in finals if r["run_info"]["matrix"]["adapter_label"] == "broken"]
+    assert [r["train_info"]["status"] for r in broken] == ["failed", "failed"]
+    assert "hyper-parameter search failed" in broken[0]["train_info"]["error"]
+
+    again = ScriptedExecutor(scores)
+    summary = MatrixRun(spec, options, again, Console(quiet=True)).run()
+    assert again.ran == []
+    assert (summary.skipped, summary.succeeded, summary.failed) == (7, 6, 3)  # the failed search is recorded again
+
+    retry = ScriptedExecutor({**scores, ("broken", "tune", 0.001): 0.7, ("broken", "final", 0.001): 0.75})
+    summary = MatrixRun(spec, MatrixOptions(out=tmp_path / "results", leaderboard=False, retry_failed=True),
+                        retry, Console(quiet=True)).run()
+    assert len(retry.ran) == 3 and summary.failed == 0 and summary.succeeded == 9
