@@ -1,64 +1,105 @@
-"""The built-in names, as lazy ``"module:attr"`` entries with one-line descriptions.
+"""The built-in names, found without importing them.
 
-Listing names (``adaptbench ls``) reads only this file: nothing here imports torch.
-The module named by each entry registers the real object at its bottom, which fills in
-the lazy entry (see ``adaptbench.registry``).
+Each built-in is declared once, by the ``register_adapter(...)`` / ``register_backbone(...)``
+call at the bottom of the module that defines it. This module reads those calls from the
+package's source files with ``ast`` (nothing is imported, so ``adaptbench ls`` stays free of
+torch) and returns lazy ``"module:attr"`` entries described by the first line of the
+target's docstring. Name families (``peft:``, ``timm:``, ``clip:``, ``sam:``) are declared
+here, as plain field dicts that ``registry.Family`` is built from.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+from pathlib import Path
+
 from . import _peft_methods
 from .tasks import catalog as _tasks
 
-ADAPTERS = {
-    "linear": ("adaptbench.adapters.linear:LinearProbe", "Linear probe: frozen backbone, train the task head only"),
-    "full": ("adaptbench.adapters.full:FullFineTune", "Full fine-tuning: every backbone parameter is trained"),
-    "bitfit": ("adaptbench.adapters.bitfit:BitFit", "BitFit (Ben Zaken et al. 2022): train only the bias terms"),
-    "ln": ("adaptbench.adapters.layernorm:LayerNormTuning", "LayerNorm tuning: train only the LayerNorm scales and shifts"),
-    "lora": ("adaptbench.adapters.lora:LoRA", "LoRA (Hu et al. 2022): W + (alpha/r) B A on q/k/v/out/mlp sites"),
-    "ssf": ("adaptbench.adapters.ssf:SSF", "SSF (Lian et al. 2022): scale-and-shift of features, merged into the linears"),
-    "adaptformer": ("adaptbench.adapters.adaptformer:AdaptFormer", "AdaptFormer (Chen et al. 2022): scaled bottleneck parallel to the MLP"),
-    "bi_adaptformer": ("adaptbench.adapters.bi_adaptformer:BiAdaptFormer", "Bi-AdaptFormer (Jie et al. 2023): 1-bit AdaptFormer, stored as packed bits"),
-    "convpass": ("adaptbench.adapters.convpass:Convpass", "Convpass (Jie & Deng 2022): 3x3 convolutional bypasses beside attention and MLP"),
-    "dd_adapter": ("adaptbench.adapters.dd_adapter:DDAdapter", "DD adapter (DD-SAM2): multi-dilation depthwise conv bottleneck on the patch grid"),
-    "spatial_lora": ("adaptbench.adapters.spatial_lora:SpatialLoRA", "Spatial LoRA (ToonComposer): LoRA on spatial attention only, per-site ranks"),
-    "dora": ("adaptbench.adapters.dora:DoRA", "DoRA (Liu et al. 2024): magnitude times direction of W + (alpha/r) B A"),
-    "mask_tuning": ("adaptbench.adapters.mask_tuning:MaskTuning", "Regularized Mask Tuning (Zheng et al. 2023): binary masks on frozen weights"),
-    "vpt_shallow": ("adaptbench.adapters.vpt:VPTShallow", "VPT-Shallow (Jia et al. 2022): learnable prompt tokens before the first block"),
-    "vpt_deep": ("adaptbench.adapters.vpt:VPTDeep", "VPT-Deep (Jia et al. 2022): new learnable prompt tokens before every block"),
-    "adapter": ("adaptbench.adapters.bottleneck_adapter:BottleneckAdapter", "Bottleneck adapter (Houlsby et al. 2019 / Pfeiffer et al. 2021) after attention and/or MLP"),
-    "fact": ("adaptbench.adapters.fact:FacT", "FacT-TT (Jie & Deng 2023): weight updates factorised with U, V shared across blocks"),
-    "repadapter": ("adaptbench.adapters.repadapter:RepAdapter", "RepAdapter (Luo et al. 2023): linear adapter merged into the next linear"),
-    "mosa": ("adaptbench.adapters.mosa:MoSA", "MoSA (Zhang et al. 2023): adapter split into sparse modules, one active per step"),
+PACKAGE = Path(__file__).resolve().parent
+# where the built-ins of each kind are defined, and the call that registers them
+_SOURCES = {
+    "adapter": ("adapters", "register_adapter", 2),  # register_adapter(name, Config, Class)
+    "backbone": ("backbones/families", "register_backbone", 1),  # register_backbone(name, factory)
 }
 
-BACKBONES = {
-    "vit_tiny_test": ("adaptbench.backbones.timm_vit:vit_tiny_test", "Tiny random-init timm ViT for tests (d=32, 2 blocks, class token)"),
-    "vit_tiny_test_reg": ("adaptbench.backbones.timm_vit:vit_tiny_test_reg", "Tiny random-init timm ViT for tests (d=32, 2 blocks, 2 register tokens, LayerScale, no qkv bias)"),
-    "vit_micro": ("adaptbench.backbones.timm_vit:vit_micro", "Micro ViT (d=96, 4 blocks, 32x32, patch 4) pretrained on procedural glyphs for the micro tasks"),
-    "timm": ("adaptbench.backbones.timm_vit:timm_vit", "Any timm ViT by name: --backbone timm:<name>, e.g. timm:vit_base_patch16_224.augreg_in21k"),
-}
-
-
-def families(kind: str) -> list:
-    """Name families (``peft:<method>``) of one registry kind."""
-    from .registry import Family
-
-    if kind != "adapter":
-        return []
-    return [Family(
+_FAMILIES = {
+    "adapter": [dict(
         prefix="peft:",
         resolver="adaptbench.adapters.peft_bridge:bridged_adapter",
         lister="adaptbench._peft_methods:installed_peft_methods",
         description="any HF PEFT method on the anatomy's linear sites: peft:<method>",
-        source=_peft_methods.peft_version(),
-    )]
+    )],
+    "backbone": [
+        dict(prefix="timm:", resolver="adaptbench.backbones.families.timm:timm_member",
+             lister="adaptbench.backbones.families.timm_names:list_timm_family",
+             member_check="adaptbench.backbones.families.timm:check_timm_name",
+             weights_check="adaptbench.backbones.families.timm:check_timm_family_weights",
+             description="any timm ViT by name: timm:<name>, e.g. timm:vit_base_patch16_224.augreg_in21k"),
+        dict(prefix="clip:", resolver="adaptbench.backbones.families.clip:clip_member",
+             lister="adaptbench.backbones.families.clip_names:list_clip_family",
+             member_check="adaptbench.backbones.families.clip_names:check_clip_member",
+             weights_check="adaptbench.backbones.families.clip:check_clip_weights",
+             description="an open_clip image tower: clip:<model>/<pretrained tag or local file>, e.g. clip:ViT-B-16/openai"),
+        dict(prefix="sam:", resolver="adaptbench.backbones.families.sam:sam_member",
+             lister="adaptbench.backbones.families.sam_names:list_sam_family",
+             weights_check="adaptbench.backbones.families.sam:check_sam_weights",
+             description="a segment-anything image encoder: sam:vit_b|vit_l|vit_h (checkpoint via --weights)"),
+    ],
+}
+
+
+def families(kind: str) -> list[dict[str, str]]:
+    """The fields of each name family of one registry kind."""
+    found = [dict(family) for family in _FAMILIES.get(kind, [])]
+    for family in found:
+        if family["prefix"] == "peft:":
+            family["source"] = _peft_methods.peft_version()
+    return found
 
 
 def builtins(kind: str) -> dict[str, tuple[object, str]]:
     """name -> (lazy target or object, description) for one registry kind."""
-    if kind == "adapter":
-        return ADAPTERS
-    if kind == "backbone":
-        return BACKBONES
-    return {spec.name: (spec, spec.description) for spec in _tasks.builtin_task_specs()}
+    if kind == "task":
+        return {spec.name: (spec, spec.description) for spec in _tasks.builtin_task_specs()}
+    return dict(_scan(kind))
+
+
+@functools.lru_cache(maxsize=None)
+def _scan(kind: str) -> tuple[tuple[str, tuple[str, str]], ...]:
+    folder, function, target_index = _SOURCES[kind]
+    found = []
+    for path in sorted((PACKAGE / folder).glob("*.py")):
+        module = "adaptbench." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = _docstrings(tree)
+        for call in _top_level_calls(tree, function):
+            name = ast.literal_eval(call.args[0])
+            target = call.args[target_index].id
+            description = _keyword(call, "description") or docstrings.get(target, "")
+            found.append((name, (f"{module}:{target}", description)))
+    return tuple(found)
+
+
+def _top_level_calls(tree: ast.Module, function: str) -> list[ast.Call]:
+    return [node.value for node in tree.body
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name) and node.value.func.id == function]
+
+
+def _docstrings(tree: ast.Module) -> dict[str, str]:
+    """First docstring line of every top-level class and function."""
+    found = {}
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            doc = ast.get_docstring(node) or ""
+            found[node.name] = doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
+    return found
+
+
+def _keyword(call: ast.Call, name: str) -> str:
+    for keyword in call.keywords:
+        if keyword.arg == name:
+            return ast.literal_eval(keyword.value)
+    return ""

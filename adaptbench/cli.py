@@ -196,7 +196,8 @@ def _add_pretrain_micro(commands) -> None:
 def cmd_pretrain_micro(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .backbones.micro_pretrain import pretrain_micro, sha256_of, shipping_note
+    from .files import sha256_of
+    from .pretrain.micro import pretrain_micro, shipping_note
 
     # Only the flags given override the defaults (torch-free parsing cannot import them).
     given = {key: getattr(args, key) for key in ("epochs", "images", "seed") if getattr(args, key) is not None}
@@ -250,7 +251,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .registry import ADAPTERS, TASKS
-    from .runner.train import RunConfig, RunPlace, quiet_lightning, run
+    from .runner.cells import cell_id
+    from .runner.train import RunConfig, RunPlace, is_not_applicable, quiet_lightning, record_path_for, run
 
     # Names first: a typo must not wait for torch and Lightning to import.
     ADAPTERS.require(args.adapter)
@@ -266,7 +268,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                      num_workers=args.num_workers, progress=args.progress,
                      save_adapter=not args.no_save_adapter)
     quiet_lightning()
-    result = run(config, place)
+    try:
+        result = run(config, place)
+    except AdaptbenchError as err:
+        if not is_not_applicable(err):
+            raise
+        # not a failure but still no result: say so, and where the n/a record is
+        raise AdaptbenchError(f"{err.message}; recorded as n/a in "
+                              f"{record_path_for(place.out_dir, cell_id(config))}") from err
     print_run_summary(result)
     return 0
 
@@ -313,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         console.print(dry_run_table(matrix))
         return 0
-    found = problems(validate_spec(spec, args.data_root))
+    found = problems(validate_spec(spec, args.data_root, matrix.capabilities))  # anatomies built once
     if found:  # every problem on its own line, then the usual one-line error
         for problem in found[:-1]:
             print(f"adaptbench: error: {args.spec}: {problem}", file=sys.stderr)
@@ -321,9 +330,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_lightning()
     summary = matrix.run()
     console.print(
-        f"{spec.name}: {summary.cells} cells | {summary.succeeded} succeeded, {summary.failed} failed | "
-        f"{summary.ran} run now, {summary.skipped} found done | {summary.wall_time_s:.0f} s | records in "
-        f"{matrix.out}"
+        f"{spec.name}: {summary.cells} cells | {summary.succeeded} succeeded, {summary.failed} failed, "
+        f"{summary.not_applicable} n/a | {summary.ran} run now, {summary.skipped} found done | "
+        f"{summary.wall_time_s:.0f} s | records in {matrix.out}"
     )
     for path in summary.leaderboard_files:
         console.print(f"leaderboard: {path}")
@@ -339,26 +348,31 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from .runner.capabilities import Capabilities
     from .runner.cells import search_groups
     from .runner.spec import load_spec
-    from .runner.validate import problems, validate_spec
+    from .runner.validate import not_applicable_cells, problems, validate_spec
 
     spec = load_spec(args.spec)
-    checks = validate_spec(spec, args.data_root)
+    capabilities = Capabilities()
+    checks = validate_spec(spec, args.data_root, capabilities)
     table = Table(title=f"{args.spec}: {spec.name}")
     for column in ("kind", "name", "ok", "detail"):
         table.add_column(column)
     for check in checks:
-        table.add_row(check.kind, escape(check.subject), "[green]ok[/]" if check.ok else "[red]no[/]",
-                      escape(check.detail))
+        verdict = "[yellow]n/a[/]" if check.not_applicable else "[green]ok[/]" if check.ok else "[red]no[/]"
+        table.add_row(check.kind, escape(check.subject), verdict, escape(check.detail))
     console = Console(width=160)
     console.print(table)
     groups = search_groups(spec)
     tune = sum(len(group.tune_cells()) for group in groups)
-    console.print(f"{tune} tune cells + {len(groups) * len(spec.seeds)} final cells")
+    skipped = not_applicable_cells(spec, capabilities)
+    console.print(f"{tune} tune cells + {len(groups) * len(spec.seeds)} final cells"
+                  + (f"; {skipped} n/a (recorded, not run)" if skipped else ""))
     found = problems(checks)
-    if found:  # the table shows them all
-        raise AdaptbenchError(f"{args.spec}: {len(found)} of {len(checks)} checks failed; the first: {found[0]}")
+    if found:  # the table shows them all; n/a pairs are not problems
+        judged = [check for check in checks if not check.not_applicable]
+        raise AdaptbenchError(f"{args.spec}: {len(found)} of {len(judged)} checks failed; the first: {found[0]}")
     return 0
 
 

@@ -8,6 +8,7 @@ atomic. A process killed mid-write leaves at most a hidden ``.<name>.<random>.tm
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -41,3 +42,12 @@ def atomic_write(path: str | os.PathLike, content: str | bytes) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     return Path(path)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -2,11 +2,11 @@
 
 Entries are registered three ways:
 
-* built-in entries are *lazy* ``"module:attr"`` strings with a one-line description
-  (``adaptbench/_catalogue.py``), so ``adaptbench ls`` and ``--help`` never import torch;
-* the module that defines an object registers it at its bottom
-  (``register_adapter("ssf", SSFConfig, SSF)``, in the manner of timm's ``@register_model``),
-  which fills in the lazy entry of the same name;
+* built-ins: the module that defines an object registers it at its bottom
+  (``register_adapter("ssf", SSFConfig, SSF)``, in the manner of timm's ``@register_model``).
+  That call is the only declaration: ``adaptbench/_catalogue.py`` finds those calls by
+  reading the package's sources (``ast``, no import), so ``adaptbench ls`` and ``--help``
+  never import torch, and the import that runs the call fills in the lazy entry;
 * plugins: the entry-point groups ``adaptbench.adapters``, ``adaptbench.backbones`` and
   ``adaptbench.tasks`` (read at first use, imported only when an entry is used), and
   ``--plugin path/to/file.py`` (imported at once). ``ADAPTBENCH_NO_PLUGINS=1`` disables
@@ -18,7 +18,8 @@ resolver (``"module:function"``, called with the member name on first use) makes
 ``require("peft:loha")`` consults only the lister; ``get`` calls the resolver. Family
 members are not in ``names()`` (the registered names): ``members(family)`` lists them.
 
-Names are lowercase; registering a name twice raises.
+Registered names are lowercase (family members keep their library's case:
+``clip:ViT-B-16/openai``); registering a name twice raises.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ ENTRY_POINT_GROUPS = {
     "task": "adaptbench.tasks",
 }
 NO_PLUGINS_ENV = "ADAPTBENCH_NO_PLUGINS"
+# an entry point named family.<anything> adds a Family (e.g. a backbone family mine:<model>)
+FAMILY_ENTRY_PREFIX = "family."
 _loading_plugin_file: str | None = None  # set while a --plugin file runs: the source of its entries
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-./:")
@@ -70,6 +73,11 @@ class Family:
     ``lister() -> (offered, refused)``: ``{member: description}`` of the members that work,
     and ``{member: reason}`` of those that exist upstream but cannot work here. It raises
     :class:`AdaptbenchError` when the family is unavailable (e.g. its library is missing).
+    A family too large to list (any timm model) names a ``member_check`` instead,
+    ``function(member) -> description``, raising :class:`AdaptbenchError` for a bad member;
+    its lister then only describes the family for ``adaptbench ls``. A backbone family names
+    a ``weights_check``, ``function(member, weights) -> where the weights come from``, which
+    never loads or downloads them (``adaptbench validate``).
     """
 
     prefix: str  # ends with ":"
@@ -77,10 +85,26 @@ class Family:
     lister: str  # "module:function", importing nothing heavy
     description: str
     source: str = "builtin"
+    member_check: str = ""  # "module:function", function(member) -> description
+    weights_check: str = ""  # "module:function", function(member, weights) -> description
 
     def listing(self) -> tuple[dict[str, str], dict[str, str]]:
-        module_name, _, attr = self.lister.partition(":")
-        return getattr(importlib.import_module(module_name), attr)()
+        return call_target(self.lister)()
+
+    def check_weights(self, member: str, weights: str | None) -> str:
+        if not self.weights_check:
+            raise AdaptbenchError(f"family {self.prefix!r} cannot check weights")
+        return call_target(self.weights_check)(member, weights)
+
+
+def call_target(target: str) -> Any:
+    """The function a ``"module:function"`` string names (imported now); a target that cannot
+    be imported is one line naming it, not a traceback."""
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise AdaptbenchError(f"{target!r} cannot be loaded: {type(err).__name__}: {err}") from err
 
 
 @dataclass
@@ -192,6 +216,11 @@ class Registry(Generic[T]):
             raise AdaptbenchError(f"{self.kind} family prefix {family.prefix!r} is already taken")
         self._families[family.prefix] = family
 
+    def family_of(self, name: str) -> Family | None:
+        """The family ``name`` belongs to (by its prefix), or None."""
+        self._load_known_entries()
+        return self._family_of(name)
+
     def _family_of(self, name: str) -> Family | None:
         prefix, sep, _ = name.partition(":")
         return self._families.get(prefix + sep) if sep else None
@@ -202,6 +231,9 @@ class Registry(Generic[T]):
             return self._family_entries[name]
         family = self._family_of(name)
         member = name[len(family.prefix):]
+        if family.member_check:
+            description = call_target(family.member_check)(member)
+            return self._member_entry(family, member, description)
         try:
             offered, refused = family.listing()
         except AdaptbenchError as err:
@@ -230,7 +262,7 @@ class Registry(Generic[T]):
             from . import _catalogue
 
             for family in _catalogue.families(self.kind):
-                self.add_family(family)
+                self.add_family(Family(**family))
             for name, (target, description) in _catalogue.builtins(self.kind).items():
                 self.register(name, target, description, source="builtin")
 
@@ -248,9 +280,26 @@ class Registry(Generic[T]):
             dist = getattr(ep, "dist", None)
             source = f"entry point of {dist.name} {dist.version}" if dist else "entry point"
             try:
+                if ep.name.startswith(FAMILY_ENTRY_PREFIX):
+                    self._add_plugin_family(ep, source)
+                    continue
                 self.register(ep.name, ep.value, f"plugin ({ep.value})", source=source)
             except AdaptbenchError as err:  # a bad plugin must not break the rest
                 report_plugin_problem(f"plugin {ep.value!r} ({source}) not registered: {err.message}")
+
+
+    def _add_plugin_family(self, ep: Any, source: str) -> None:
+        """An entry point named ``family.<anything>`` whose object is a :class:`Family` (its
+        module is imported now, so it must be light: the lister and resolver stay lazy)."""
+        try:
+            family = ep.load()
+        except Exception as err:  # noqa: BLE001 - a plugin may raise anything
+            raise AdaptbenchError(f"family {ep.value!r} failed to load: {type(err).__name__}: {err}") from err
+        if not isinstance(family, Family):
+            raise AdaptbenchError(f"entry point {ep.name!r} = {ep.value!r} is a {type(family).__name__}, "
+                                  f"expected an adaptbench.registry.Family")
+        fields = {**family.__dict__, "source": source}
+        self.add_family(Family(**fields))
 
 
 def _check_name(kind: str, name: str) -> None:

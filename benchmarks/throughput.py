@@ -39,7 +39,7 @@ def make_step(backbone_name: str, adapter_name: str | None, batch: torch.Tensor,
 
         return floor_step
     adapter = build_adapter(adapter_name, backbone)
-    head = nn.Linear(backbone.anatomy.embed_dim, int(labels.max()) + 1)
+    head = nn.Linear(backbone.anatomy.feature_dim, int(labels.max()) + 1)
     optimizer = torch.optim.AdamW(list(adapter.trainable_parameters().values()) + list(head.parameters()), lr=1e-3)
 
     def train_step():

@@ -2,9 +2,102 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
+import torch.nn.functional as F
+
+from adaptbench.backbones.geometry import GeometryContext, TokenGeometry
 
 
-def images(seed: int = 0, batch: int = 2) -> torch.Tensor:
-    """A seeded batch of 32x32 RGB inputs, the tiny test backbones' input size."""
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+def images(seed: int = 0, batch: int = 2, size: int | tuple[int, int] = 32) -> torch.Tensor:
+    """A seeded batch of RGB inputs, 32x32 by default (the tiny test backbones' input size)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+@contextmanager
+def published(owner, batch: int, grid: tuple[int, int], prefix: int = 0, layout: str = "BNC"):
+    """Publish a token geometry on ``owner`` (a backbone or a :class:`GeometryContext`), so that
+    a block or a grid-reading module can be called outside a backbone forward."""
+    context = owner if isinstance(owner, GeometryContext) else owner.geometry
+    with context.publish(TokenGeometry(batch=batch, grid=tuple(grid), prefix=prefix, layout=layout)) as geometry:
+        yield geometry
+
+
+def randomise(adapter, seed: int = 0) -> None:
+    """Seeded non-zero values for every declared tensor, the zero-initialised ones included."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in adapter.trainable_parameters().values():
+            param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+
+
+def declared_under(adapter, prefix: str) -> dict[str, torch.Tensor]:
+    """The declared tensors whose names start with ``prefix``, named without it."""
+    return {n[len(prefix):]: p.detach() for n, p in adapter.trainable_parameters().items() if n.startswith(prefix)}
+
+
+# -- hand-built references of the convolutional adapters (plain tensor ops only) ----------------
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def split_tokens(hidden: torch.Tensor, prefix_count: int, grid: tuple[int, int]):
+    """(prefix tokens (B, P, C), patch grid (B, C, H, W)) of a row-major token sequence."""
+    batch, tokens, channels = hidden.shape
+    assert tokens == prefix_count + grid[0] * grid[1], (tokens, prefix_count, grid)
+    patches = hidden[:, prefix_count:].reshape(batch, *grid, channels).permute(0, 3, 1, 2)
+    return hidden[:, :prefix_count], patches
+
+
+def conv_by_taps(grid: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution with padding 1, written as a sum over its nine shifted taps."""
+    batch, _, height, width = grid.shape
+    padded = F.pad(grid, (1, 1, 1, 1))
+    out = bias.reshape(1, -1, 1, 1).expand(batch, -1, height, width).clone()
+    for i in range(3):
+        for j in range(3):
+            out = out + torch.einsum("oc,bchw->bohw", weight[:, :, i, j], padded[:, :, i:i + height, j:j + width])
+    return out
+
+
+def convpass_by_hand(z: torch.Tensor, p: dict[str, torch.Tensor], prefix_count: int,
+                     grid: tuple[int, int] = (4, 4)) -> torch.Tensor:
+    """Convpass(Z) = W_up q(Conv3x3(q(W_down Z + b))) + b_up on an H x W patch grid, each of the
+    ``prefix_count`` leading tokens a 1x1 image."""
+    hidden = quick_gelu(z @ p["down.weight"].T + p["down.bias"])
+    prefix, patches = split_tokens(hidden, prefix_count, grid)
+    patches = conv_by_taps(patches, p["conv.weight"], p["conv.bias"]).flatten(2).transpose(1, 2)
+    # a 1x1 image with padding 1: only the centre tap of the 3x3 kernel sees the token
+    prefix = prefix @ p["conv.weight"][:, :, 1, 1].T + p["conv.bias"]
+    hidden = quick_gelu(torch.cat([prefix, patches], dim=1))
+    return hidden @ p["up.weight"].T + p["up.bias"]
+
+
+def depthwise_by_taps(grid: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int) -> torch.Tensor:
+    """A depthwise 3x3 convolution, padding = dilation, as a sum over its nine shifted taps."""
+    batch, channels, height, width = grid.shape
+    padded = F.pad(grid, (dilation,) * 4)
+    out = bias.reshape(1, -1, 1, 1).expand(batch, -1, height, width).clone()
+    for i in range(3):
+        for j in range(3):
+            window = padded[:, :, i * dilation:i * dilation + height, j * dilation:j * dilation + width]
+            out = out + weight[:, 0, i, j].reshape(1, -1, 1, 1) * window
+    return out
+
+
+def dd_by_hand(y: torch.Tensor, p: dict[str, torch.Tensor], prefix_count: int, dilations=(1, 3),
+               grid: tuple[int, int] = (4, 4)) -> torch.Tensor:
+    """GELU(W2 sum_r GELU(DWConv_r(GELU(W1 y + b1))) + b2) on an H x W patch grid, each of the
+    ``prefix_count`` leading tokens a 1x1 image."""
+    hidden = F.gelu(y @ p["down.weight"].T + p["down.bias"])
+    prefix, patches = split_tokens(hidden, prefix_count, grid)
+    mixed_grid, mixed_prefix = 0, 0
+    for index, rate in enumerate(dilations):
+        weight, bias = p[f"branches.{index}.weight"], p[f"branches.{index}.bias"]
+        mixed_grid = mixed_grid + F.gelu(depthwise_by_taps(patches, weight, bias, rate))
+        # alone in a 1x1 image, a token meets only the centre tap of each dilated kernel
+        mixed_prefix = mixed_prefix + F.gelu(prefix * weight[:, 0, 1, 1] + bias)
+    mixed = torch.cat([mixed_prefix, mixed_grid.flatten(2).transpose(1, 2)], dim=1)
+    return F.gelu(mixed @ p["up.weight"].T + p["up.bias"])

@@ -49,3 +49,28 @@ def test_lora_reaches_its_sites_inside_another_adapters_wrappers(first):
     # the first adapter's wrappers are untouched by the merge below them
     present = {id(m) for m in backbone.modules()}
     assert all(id(wrapper) in present for _, _, wrapper in outer._wrapped)
+
+
+@pytest.mark.parametrize("first,second", [("lora", "ssf"), ("adaptformer", "bitfit"), ("lora", "full"),
+                                          ("vpt_deep", "ln"), ("ssf", "adaptformer")])
+def test_composed_adapters_all_train(first, second):
+    """The second attach freezes only the sealed backbone's own tensors: both adapters'
+    tensors keep requiring gradients, receive them, and change after an optimizer step."""
+    torch.manual_seed(0)
+    backbone = load_backbone("vit_tiny_test")
+    adapters = [build_adapter(first, backbone), build_adapter(second, backbone)]
+    declared = {f"{a.name}:{n}": p for a in adapters for n, p in a.trainable_parameters().items()}
+    assert all(p.requires_grad for p in declared.values())
+    sealed = {id(p) for p in backbone.sealed_parameters()}
+    own_first = {id(p) for p in adapters[0].trainable_parameters().values()} - sealed
+    assert not own_first & {id(p) for p in adapters[1].trainable_parameters().values()}
+    before = {n: p.detach().clone() for n, p in declared.items()}
+    head = torch.nn.Linear(backbone.anatomy.feature_dim, 3)
+    optimizer = torch.optim.Adam([*declared.values(), *head.parameters()], lr=1e-2)
+    for step in range(2):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(head(backbone(images(step))), torch.tensor([0, 2])).backward()
+        optimizer.step()
+    unchanged = [n for n, p in declared.items() if torch.equal(p.detach(), before[n])]
+    assert not unchanged, f"tensors that did not train after composing: {unchanged[:4]}"
+    assert any(n.startswith(f"{first}:") for n in declared) and any(n.startswith(f"{second}:") for n in declared)

@@ -1,11 +1,18 @@
-"""One conformance suite, parametrized over every registered adapter x every tiny backbone.
+"""One conformance suite, parametrized over every registered adapter x a tiny backbone of
+every family (timm with a class token, timm with register tokens, open_clip with GELU and
+with QuickGELU + LayerScale, segment-anything with windowed and global blocks and a neck).
 
-Registering an adapter is enough to have it tested here (STYLE.md item 3).
+Registering an adapter (or a backbone family) is enough to have it tested here (STYLE.md
+item 3). A pair the adapter declares impossible (``Adapter.unsupported``) must be refused at
+attach with :class:`NotApplicable` and its reason, and the pair is listed in ``EXPECTED_NA``
+so that no pair becomes n/a silently.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import struct
 
 import pytest
 import torch
@@ -13,13 +20,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptbench.adapters import SiteWrapper, adapter_class, build_adapter
+from adaptbench.adapters.base import NotApplicable
 from adaptbench.adapters.checkpoint import load_adapter, save_adapter
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
 from adaptbench.registry import ADAPTERS
+from adaptbench.adapters.accounting import parameter_report
 
 
-TINY_BACKBONES = ("vit_tiny_test", "vit_tiny_test_reg")
+TIMM_TINY = ("vit_tiny_test", "vit_tiny_test_reg")
+OTHER_FAMILIES = {"clip_tiny_test": "open_clip", "clip_tiny_test_quickgelu": "open_clip", "sam_tiny_test": "segment_anything"}
+TINY_BACKBONES = TIMM_TINY + tuple(name for name, library in OTHER_FAMILIES.items()
+                                   if importlib.util.find_spec(library))
+# (adapter, backbone) pairs that are n/a, and why: SAM's blocks hold (B, H, W, C) grids with no
+# token sequence for prompts to join
+EXPECTED_NA = {("vpt_shallow", "sam_tiny_test"), ("vpt_deep", "sam_tiny_test")}
 # HF PEFT methods through the `peft:` bridge, when PEFT is installed. Left out here (see
 # tests/test_peft_bridge.py): c3a, miss, road, shira, vblora, whose PEFT default sizes do not
 # fit the d=32 tiny ViTs, and glora, whose D scales the base bias (zero in the tiny ViTs: dead).
@@ -37,14 +52,28 @@ def images(seed: int = 0, batch: int = 4) -> torch.Tensor:
 
 
 def adapted(adapter_name: str, backbone_name: str, seed: int = 0):
+    """The backbone with the adapter attached; an n/a pair is checked to be refused, then skipped."""
     torch.manual_seed(seed)
     backbone = load_backbone(backbone_name)
+    reason = adapter_class(adapter_name).unsupported(backbone.anatomy, adapter_class(adapter_name).config_class())
+    if reason is not None:
+        with pytest.raises(NotApplicable, match="n/a"):
+            build_adapter(adapter_name, backbone)
+        pytest.skip(f"n/a: {reason}")
     return backbone, build_adapter(adapter_name, backbone)
+
+
+@pytest.mark.parametrize("adapter_name,backbone_name", CASES)
+def test_not_applicable_pairs_are_exactly_the_declared_ones(adapter_name, backbone_name):
+    anatomy = load_backbone(backbone_name).anatomy
+    cls = adapter_class(adapter_name)
+    reason = cls.unsupported(anatomy, cls.config_class())
+    assert (reason is not None) == ((adapter_name, backbone_name) in EXPECTED_NA), reason
 
 
 def train_steps(backbone, adapter, steps: int = STEPS) -> nn.Linear:
     """A few Adam steps on random labels through a fresh head (as a task would)."""
-    head = nn.Linear(backbone.anatomy.embed_dim, 5)
+    head = nn.Linear(backbone.anatomy.feature_dim, 5)
     params = list(adapter.trainable_parameters().values()) + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-2)
     labels = torch.tensor([0, 1, 2, 3])
@@ -61,7 +90,7 @@ def train_steps(backbone, adapter, steps: int = STEPS) -> nn.Linear:
 def test_outputs_are_finite(adapter_name, backbone_name):
     backbone, _ = adapted(adapter_name, backbone_name)
     out = backbone(images())
-    assert out.shape == (4, backbone.anatomy.embed_dim)
+    assert out.shape == (4, backbone.anatomy.feature_dim)
     assert torch.isfinite(out).all()
 
 
@@ -113,11 +142,11 @@ def test_no_declared_tensor_is_dead_after_one_step(adapter_name, backbone_name):
 @pytest.mark.parametrize("adapter_name,backbone_name", CASES)
 def test_parameter_count_equals_declared_tensors(adapter_name, backbone_name):
     backbone, adapter = adapted(adapter_name, backbone_name)
-    head = nn.Linear(backbone.anatomy.embed_dim, 5)
-    report = adapter.parameter_report(head)
+    head = nn.Linear(backbone.anatomy.feature_dim, 5)
+    report = parameter_report(adapter, head)
     requires_grad = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     assert report.trainable == requires_grad == sum(p.numel() for p in adapter.trainable_parameters().values())
-    assert report.head == 32 * 5 + 5
+    assert report.head == backbone.anatomy.feature_dim * 5 + 5
     assert report.trainable_with_head == report.trainable + report.head
     assert report.extra_inference == (adapter.inference_params() if adapter.adds_parameters else 0)
     assert 0 <= adapter.inference_params() <= report.trainable
@@ -135,7 +164,7 @@ def test_merged_equals_unmerged(adapter_name, backbone_name):
         return
     train_steps(backbone, adapter)  # merge trained, non-trivial values
     unmerged = backbone(images(7))
-    promised = adapter.parameter_report().extra_inference_merged
+    promised = parameter_report(adapter).extra_inference_merged
     adapter.merge()
     torch.testing.assert_close(backbone(images(7)), unmerged, atol=1e-5, rtol=1e-5)
     assert adapter.extra_inference_params() == 0 == promised
@@ -148,11 +177,17 @@ def test_merged_equals_unmerged(adapter_name, backbone_name):
 def test_save_load_round_trip(adapter_name, backbone_name, tmp_path):
     backbone, adapter = adapted(adapter_name, backbone_name)
     head = train_steps(backbone, adapter)
+    bare = save_adapter(adapter, tmp_path / "bare.safetensors")
+    assert parameter_report(adapter).checkpoint_bytes == bare.stat().st_size  # from the layout, exactly
     path = save_adapter(adapter, tmp_path / "adapter.safetensors", head=head)
-    assert path.read_bytes()[:8]  # a safetensors header, not a pickle
+    raw = path.read_bytes()  # a safetensors file: 8-byte little-endian header length, then JSON
+    (header_length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_length])
+    assert header["__metadata__"]["format"] == "adaptbench.adapter"
+    assert header["__metadata__"]["backbone"] == backbone.name
     fresh = load_backbone(backbone_name)
     loaded, head_state = load_adapter(fresh, path)
-    new_head = nn.Linear(backbone.anatomy.embed_dim, 5)
+    new_head = nn.Linear(backbone.anatomy.feature_dim, 5)
     new_head.load_state_dict(head_state)
     torch.testing.assert_close(new_head(fresh.eval()(images(3))), head(backbone(images(3))), atol=0, rtol=0)
     assert loaded.config == adapter.config
@@ -166,6 +201,6 @@ def test_loading_onto_another_backbone_is_refused(adapter_name, backbone_name, t
     with pytest.raises(AdaptbenchError, match=r"made for backbone .* not for") as err:
         load_adapter(other_weights, path)
     assert backbone.weights_id in str(err.value) and other_weights.weights_id in str(err.value)
-    other_name = [b for b in TINY_BACKBONES if b != backbone_name][0]
+    other_name = [b for b in TINY_BACKBONES if b != backbone_name and (adapter_name, b) not in EXPECTED_NA][0]
     with pytest.raises(AdaptbenchError, match=other_name):
         load_adapter(load_backbone(other_name), path)

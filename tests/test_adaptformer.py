@@ -13,6 +13,7 @@ from adaptbench.adapters.adaptformer import AdaptFormer, AdaptFormerConfig
 from adaptbench.adapters.layers import ParallelBranch
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from adaptbench.adapters.accounting import parameter_report
 from helpers import images
 
 
@@ -93,7 +94,7 @@ def test_bottleneck_width_and_parameter_count():
     backbone = load_backbone("vit_tiny_test")
     adapter = build_adapter("adaptformer", backbone, {"bottleneck": 4})
     # per block: down 32x4 + 4, up 4x32 + 32
-    assert adapter.parameter_report().trainable == 2 * (32 * 4 + 4 + 4 * 32 + 32)
+    assert parameter_report(adapter).trainable == 2 * (32 * 4 + 4 + 4 * 32 + 32)
 
 
 def test_not_mergeable():

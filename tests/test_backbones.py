@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from adaptbench.backbones import BLOCK_SITES, load_backbone
-from adaptbench.backbones import weights as weights_module
+from adaptbench.backbones import timm_weights as weights_module
 from adaptbench.errors import AdaptbenchError
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
@@ -48,7 +48,7 @@ def test_every_site_resolves(name):
     assert backbone.site("mlp_in", 1).out_features == 64
     for site in ("patch_embed", "tokens", "final_norm"):
         backbone.site(site)
-    with pytest.raises(AdaptbenchError, match="unknown block site"):
+    with pytest.raises(AdaptbenchError, match="has no block site"):
         backbone.site("qkvv", 0)
     with pytest.raises(AdaptbenchError, match="out of range"):
         backbone.site("qkv", 5)
@@ -93,7 +93,7 @@ def test_offline_without_cached_weights_fails_fast_naming_the_place(tmp_path, mo
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     started = time.monotonic()
     with pytest.raises(AdaptbenchError) as err:
-        load_backbone("vit_base_patch16_224.augreg_in21k")
+        load_backbone("timm:vit_base_patch16_224.augreg_in21k")
     assert time.monotonic() - started < 30
     message = str(err.value)
     assert "\n" not in message
@@ -107,7 +107,7 @@ def test_unreachable_hub_is_detected_in_seconds(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://127.0.0.1:9")
     monkeypatch.setattr(weights_module, "HUB_PROBE_TIMEOUT_S", 1.0)
     started = time.monotonic()
-    assert weights_module._hub_reachable() is False
+    assert weights_module.hub_reachable() is False
     assert time.monotonic() - started < 5
 
 
@@ -128,3 +128,74 @@ def test_cached_hub_weights_are_used_offline(tmp_path, monkeypatch):
 def test_unknown_backbone_suggests_close_names():
     with pytest.raises(AdaptbenchError, match="did you mean 'vit_micro'"):
         load_backbone("vit_mikro")
+
+
+def test_blocks_are_registered_once():
+    """The canonical blocks live once, in timm's model: no second copy in state_dict or the hash."""
+    backbone = load_backbone("vit_tiny_test")
+    keys = list(backbone.state_dict())
+    assert not [k for k in keys if k.startswith("_blocks")]
+    storages = [t.data_ptr() for t in backbone.state_dict().values()]
+    assert len(storages) == len(set(storages))
+    assert len(keys) == len(plain_timm().state_dict())
+
+
+def test_bare_timm_names_go_through_the_family():
+    with pytest.raises(AdaptbenchError, match="unknown backbone 'vit_base_patch16_224'"):
+        load_backbone("vit_base_patch16_224")
+    assert load_backbone("timm:vit_tiny_patch16_224", weights="random", **TINY).anatomy.embed_dim == 32
+
+
+def test_timm_blocks_are_accepted_by_class_not_by_attribute_names():
+    """timm's SAM blocks carry exactly the ViT block's part names but partition windows in
+    their forward: they are refused, not silently rebuilt as global attention."""
+    with pytest.raises(AdaptbenchError, match="not a VisionTransformer|not supported"):
+        load_backbone("timm:samvit_base_patch16", weights="random", img_size=64)
+
+
+def test_unknown_timm_model_is_one_line():
+    with pytest.raises(AdaptbenchError, match="unknown timm model 'vit_nope'") as err:
+        load_backbone("timm:vit_nope")
+    assert "\n" not in str(err.value)
+
+
+def test_sites_a_backbone_lacks_are_refused_by_name():
+    backbone = load_backbone("vit_tiny_test")
+    assert "neck" not in backbone.anatomy.global_sites
+    with pytest.raises(AdaptbenchError, match="has no backbone-wide site 'neck'"):
+        backbone.site("neck")
+
+
+def test_qkv_sub_sites_are_thirds_of_the_fused_linear():
+    backbone = load_backbone("vit_tiny_test")
+    assert [backbone.target_rows(part, 0) for part in ("q", "k", "v")] == [
+        ("qkv", slice(0, 32)), ("qkv", slice(32, 64)), ("qkv", slice(64, 96))]
+    assert backbone.target_rows("mlp_in", 1) == ("mlp_in", slice(0, 64))
+
+
+def test_dense_features_at_two_resolutions():
+    backbone = load_backbone("vit_tiny_test", dynamic_img_size=True).eval()
+    for size in (32, 48):
+        dense = backbone.forward_dense(torch.randn(2, 3, size, size), blocks=(0, -1))
+        grid = size // 8
+        assert dense.final.shape == (2, 32, grid, grid)
+        assert set(dense.blocks) == {0, -1} and dense.blocks[0].shape == (2, 32, grid, grid)
+        tokens = backbone.forward_features(torch.randn(2, 3, size, size))
+        assert tokens.shape == (2, 1 + grid * grid, 32)
+
+
+def test_geometry_is_published_only_during_a_forward():
+    backbone = load_backbone("vit_tiny_test_reg")
+    seen = []
+    backbone.site("attn", 1).register_forward_hook(lambda *_: seen.append(backbone.geometry.current))
+    backbone(torch.randn(3, 3, 32, 32))
+    assert seen[0].batch == 3 and seen[0].grid == (4, 4) and seen[0].prefix == 2 and seen[0].layout == "BNC"
+    with pytest.raises(AdaptbenchError, match="no backbone forward is in progress"):
+        backbone.geometry.current
+
+
+def test_backbone_anatomy_does_not_load_weights():
+    from adaptbench.backbones import backbone_anatomy
+
+    anatomy = backbone_anatomy("timm:vit_large_patch16_224")
+    assert (anatomy.embed_dim, anatomy.num_blocks, anatomy.mlp_dim) == (1024, 24, 4096)

@@ -15,9 +15,11 @@ from adaptbench.adapters.bi_adaptformer import (
     BiAdaptFormerConfig,
     BinaryLinear,
 )
-from adaptbench.adapters.checkpoint import load_adapter, pack_bits, save_adapter, unpack_bits
+from adaptbench.adapters.bits import pack_bits, unpack_bits
+from adaptbench.adapters.checkpoint import load_adapter, save_adapter
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from adaptbench.adapters.accounting import parameter_report
 from helpers import images
 
 
@@ -169,14 +171,14 @@ def test_loading_bad_bits_is_refused(tmp_path):
 def test_checkpoint_bytes_is_the_real_file_size(tmp_path):
     _, adapter = adapted()
     path = save_adapter(adapter, tmp_path / "bi.safetensors")
-    assert adapter.parameter_report().checkpoint_bytes == path.stat().st_size
+    assert parameter_report(adapter).checkpoint_bytes == path.stat().st_size
 
 
 def test_saved_file_is_at_most_a_25th_of_fp32_at_vit_b_width(tmp_path):
     backbone = load_backbone("timm:vit_base_patch16_224", weights="random", img_size=32, depth=2)
     assert backbone.anatomy.embed_dim == 768 and backbone.anatomy.num_blocks == 2
     adapter = build_adapter("bi_adaptformer", backbone)
-    latent = adapter.parameter_report().trainable
+    latent = parameter_report(adapter).trainable
     assert latent == 2 * 2 * 768 * 32
     size = save_adapter(adapter, tmp_path / "bi.safetensors").stat().st_size
     assert size / (4 * latent) <= 1 / 25, f"{size} bytes for {latent} weights"

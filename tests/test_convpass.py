@@ -5,55 +5,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from adaptbench.adapters import build_adapter
 from adaptbench.adapters.convpass import ConvBypass, ConvpassConfig
 from adaptbench.backbones import load_backbone
+from adaptbench.backbones.geometry import GeometryContext
 from adaptbench.errors import AdaptbenchError
+from helpers import convpass_by_hand, declared_under, published, randomise
 
 GRID = (4, 4)  # 32x32 input, patch 8
 WIDTH = 32
 
 
-def quick_gelu(x):
-    return x * torch.sigmoid(1.702 * x)
-
-
-def conv_by_taps(grid, weight, bias):
-    """A 3x3 convolution with padding 1, written as a sum over its nine shifted taps."""
-    batch, _, height, width = grid.shape
-    padded = F.pad(grid, (1, 1, 1, 1))
-    out = bias.reshape(1, -1, 1, 1).expand(batch, -1, height, width).clone()
-    for i in range(3):
-        for j in range(3):
-            out = out + torch.einsum("oc,bchw->bohw", weight[:, :, i, j], padded[:, :, i:i + height, j:j + width])
-    return out
-
-
-def convpass_by_hand(z, p, prefix_count):
-    """Convpass(Z) = W_up q(Conv3x3(q(W_down Z + b))) + b_up, each prefix token a 1x1 image."""
-    hidden = quick_gelu(z @ p["down.weight"].T + p["down.bias"])
-    batch, _, channels = hidden.shape
-    grid = hidden[:, prefix_count:].reshape(batch, *GRID, channels).permute(0, 3, 1, 2)
-    patches = conv_by_taps(grid, p["conv.weight"], p["conv.bias"]).flatten(2).transpose(1, 2)
-    # a 1x1 image with padding 1: only the centre tap of the 3x3 kernel sees the token
-    prefix = hidden[:, :prefix_count] @ p["conv.weight"][:, :, 1, 1].T + p["conv.bias"]
-    hidden = quick_gelu(torch.cat([prefix, patches], dim=1))
-    return hidden @ p["up.weight"].T + p["up.bias"]
-
-
-def randomise(adapter, seed=0):
-    """Seeded non-zero values for every declared tensor, up-projections included."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in adapter.trainable_parameters().values():
-            param.copy_(0.3 * torch.randn(param.shape, generator=generator))
-
-
 def params_of(adapter, block, site):
-    prefix = f"blocks.{block}.{site}."
-    return {n[len(prefix):]: p.detach() for n, p in adapter.trainable_parameters().items() if n.startswith(prefix)}
+    return declared_under(adapter, f"blocks.{block}.{site}.")
 
 
 @pytest.mark.parametrize("backbone_name,prefix_count", [("vit_tiny_test", 1), ("vit_tiny_test_reg", 2)])
@@ -72,7 +37,8 @@ def test_block_forward_equals_the_paper_formula(backbone_name, prefix_count):
             x1 = x + attn(x) + 0.5 * bypass_attn
             bypass_mlp = convpass_by_hand(mlp.norm(x1), params_of(adapter, index, "mlp"), prefix_count)
             expected = x1 + mlp(x1) + 0.5 * bypass_mlp
-            got = block(x)
+            with published(backbone, batch=2, grid=GRID, prefix=prefix_count):
+                got = block(x)
             frozen = x + attn(x)
             frozen = frozen + mlp(frozen)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -89,11 +55,13 @@ def test_prefix_tokens_do_not_break_the_grid():
     randomise(adapter)
     bypass = backbone.blocks[0].attn.adapter.eval()
     tokens = torch.randn(2, 2 + 16, WIDTH)
-    with torch.no_grad():
+    with torch.no_grad(), published(backbone, batch=2, grid=GRID, prefix=2):
         out = bypass(tokens)
-        grid_alone = ConvBypass(WIDTH, 8, GRID).eval()
+        grid_alone = ConvBypass(WIDTH, 8, GeometryContext()).eval()
         grid_alone.load_state_dict(bypass.state_dict())
-        torch.testing.assert_close(out[:, 2:], grid_alone(tokens[:, 2:]), atol=1e-6, rtol=0)
+        with published(grid_alone.geometry, batch=2, grid=GRID, prefix=0):
+            alone = grid_alone(tokens[:, 2:])
+        torch.testing.assert_close(out[:, 2:], alone, atol=1e-6, rtol=0)
         moved = tokens.clone()
         moved[:, 0] += 5.0
         changed = bypass(moved)
@@ -104,11 +72,11 @@ def test_prefix_tokens_do_not_break_the_grid():
 def test_many_prefix_tokens_like_vpt_prompts_keep_the_grid():
     """Every token before the last H*W is a prefix token (class + prompts)."""
     torch.manual_seed(0)
-    bypass = ConvBypass(WIDTH, 8, GRID, dropout=0.0, conv_init="xavier")
+    bypass = ConvBypass(WIDTH, 8, GeometryContext(), dropout=0.0, conv_init="xavier")
     with torch.no_grad():
         bypass.up.weight.normal_()
     tokens = torch.randn(2, 7 + 16, WIDTH)
-    with torch.no_grad():
+    with torch.no_grad(), published(bypass.geometry, batch=2, grid=GRID, prefix=7):
         params = dict(bypass.named_parameters())
         torch.testing.assert_close(bypass(tokens), convpass_by_hand(tokens, params, 7), atol=1e-5, rtol=1e-5)
 
@@ -144,7 +112,7 @@ def test_xavier_conv_init_option():
 
 def test_parameter_count_matches_the_paper():
     """Table 1 of the paper: Convpass 0.33 M, Convpass-attn 0.16 M on ViT-B/16 (12 blocks)."""
-    per_bypass = sum(p.numel() for p in ConvBypass(768, 8, (14, 14)).parameters())
+    per_bypass = sum(p.numel() for p in ConvBypass(768, 8, GeometryContext()).parameters())
     assert round(12 * 2 * per_bypass / 1e6, 2) == 0.33
     assert round(12 * per_bypass / 1e6, 2) == 0.16
 
@@ -159,15 +127,18 @@ def test_attn_only_variant_wraps_only_attention():
 
 def test_bhwc_layout_equals_token_layout():
     torch.manual_seed(0)
-    tokens_module = ConvBypass(WIDTH, 8, GRID, dropout=0.0, conv_init="xavier")
+    tokens_module = ConvBypass(WIDTH, 8, GeometryContext(), dropout=0.0, conv_init="xavier")
     with torch.no_grad():
         tokens_module.up.weight.normal_()
-    grid_module = ConvBypass(WIDTH, 8, GRID, layout="BHWC", dropout=0.0)
+    grid_module = ConvBypass(WIDTH, 8, GeometryContext(), dropout=0.0)
     grid_module.load_state_dict(tokens_module.state_dict())
     grid = torch.randn(2, *GRID, WIDTH)
-    out = grid_module(grid)
+    with published(grid_module.geometry, batch=2, grid=GRID, layout="BHWC"):
+        out = grid_module(grid)
     assert out.shape == grid.shape
-    torch.testing.assert_close(out.flatten(1, 2), tokens_module(grid.flatten(1, 2)), atol=1e-6, rtol=0)
+    with published(tokens_module.geometry, batch=2, grid=GRID, prefix=0):
+        expected = tokens_module(grid.flatten(1, 2))
+    torch.testing.assert_close(out.flatten(1, 2), expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("options,named", [

@@ -5,61 +5,26 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from adaptbench.adapters import build_adapter
 from adaptbench.adapters.dd_adapter import DDAdapterConfig, DepthwiseDilatedBottleneck
 from adaptbench.backbones import load_backbone
+from adaptbench.backbones.geometry import GeometryContext
 from adaptbench.errors import AdaptbenchError
+from helpers import dd_by_hand, declared_under, published, randomise
 
 GRID = (4, 4)  # 32x32 input, patch 8
 WIDTH = 32
 
 
-def depthwise_by_taps(grid, weight, bias, dilation):
-    """A depthwise 3x3 convolution, padding = dilation, as a sum over its nine shifted taps."""
-    batch, channels, height, width = grid.shape
-    padded = F.pad(grid, (dilation,) * 4)
-    out = bias.reshape(1, -1, 1, 1).expand(batch, -1, height, width).clone()
-    for i in range(3):
-        for j in range(3):
-            window = padded[:, :, i * dilation:i * dilation + height, j * dilation:j * dilation + width]
-            out = out + weight[:, 0, i, j].reshape(1, -1, 1, 1) * window
-    return out
-
-
-def dd_by_hand(y, p, prefix_count, dilations=(1, 3)):
-    """GELU(W2 sum_r GELU(DWConv_r(GELU(W1 y + b1))) + b2), each prefix token a 1x1 image."""
-    hidden = F.gelu(y @ p["down.weight"].T + p["down.bias"])
-    batch, _, channels = hidden.shape
-    grid = hidden[:, prefix_count:].reshape(batch, *GRID, channels).permute(0, 3, 1, 2)
-    prefix = hidden[:, :prefix_count]
-    mixed_grid, mixed_prefix = 0, 0
-    for index, rate in enumerate(dilations):
-        weight, bias = p[f"branches.{index}.weight"], p[f"branches.{index}.bias"]
-        mixed_grid = mixed_grid + F.gelu(depthwise_by_taps(grid, weight, bias, rate))
-        # alone in a 1x1 image, a token meets only the centre tap of each dilated kernel
-        mixed_prefix = mixed_prefix + F.gelu(prefix * weight[:, 0, 1, 1] + bias)
-    mixed = torch.cat([mixed_prefix, mixed_grid.flatten(2).transpose(1, 2)], dim=1)
-    return F.gelu(mixed @ p["up.weight"].T + p["up.bias"])
-
-
-def randomise(adapter, seed=0):
-    """Seeded non-zero values for every declared tensor, the zero-initialised up included."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in adapter.trainable_parameters().values():
-            param.copy_(0.3 * torch.randn(param.shape, generator=generator))
-
-
 def params_of(adapter, block):
-    prefix = f"blocks.{block}.block."
-    return {n[len(prefix):]: p.detach() for n, p in adapter.trainable_parameters().items() if n.startswith(prefix)}
+    return declared_under(adapter, f"blocks.{block}.block.")
 
 
-def random_module(layout="BNC", dilations=(1, 3)):
+def random_module(dilations=(1, 3)):
+    """A standalone module with its own geometry context (publish a geometry to call it)."""
     torch.manual_seed(0)
-    module = DepthwiseDilatedBottleneck(WIDTH, WIDTH // 2, dilations, GRID, layout)
+    module = DepthwiseDilatedBottleneck(WIDTH, WIDTH // 2, dilations, GeometryContext())
     with torch.no_grad():
         module.up.weight.normal_(std=0.3)
         module.up.bias.normal_(std=0.3)
@@ -78,7 +43,8 @@ def test_block_forward_equals_the_official_structure(backbone_name, prefix_count
         with torch.no_grad():
             y = block.base_layer(x)
             expected = y + 0.5 * dd_by_hand(y, params_of(adapter, index), prefix_count)
-            got = block(x)
+            with published(backbone, batch=2, grid=GRID, prefix=prefix_count):
+                got = block(x)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
         assert (got - y).abs().max() > 1e-2  # the adapter really acts
         x = got
@@ -87,7 +53,7 @@ def test_block_forward_equals_the_official_structure(backbone_name, prefix_count
 def test_other_dilation_rates_are_summed_branches():
     module = random_module(dilations=(1, 2, 5)).eval()
     tokens = torch.randn(2, 1 + 16, WIDTH)
-    with torch.no_grad():
+    with torch.no_grad(), published(module.geometry, batch=2, grid=GRID, prefix=1):
         expected = dd_by_hand(tokens, dict(module.named_parameters()), 1, dilations=(1, 2, 5))
         torch.testing.assert_close(module(tokens), expected, atol=1e-5, rtol=1e-5)
 
@@ -101,11 +67,13 @@ def test_prefix_tokens_do_not_break_the_grid():
     randomise(adapter)
     module = backbone.blocks[0].adapter
     tokens = torch.randn(2, 2 + 16, WIDTH)
-    with torch.no_grad():
+    with torch.no_grad(), published(backbone, batch=2, grid=GRID, prefix=2):
         out = module(tokens)
-        grid_alone = DepthwiseDilatedBottleneck(WIDTH, WIDTH // 2, (1, 3), GRID)
+        grid_alone = DepthwiseDilatedBottleneck(WIDTH, WIDTH // 2, (1, 3), GeometryContext())
         grid_alone.load_state_dict(module.state_dict())
-        torch.testing.assert_close(out[:, 2:], grid_alone(tokens[:, 2:]), atol=1e-6, rtol=0)
+        with published(grid_alone.geometry, batch=2, grid=GRID, prefix=0):
+            alone = grid_alone(tokens[:, 2:])
+        torch.testing.assert_close(out[:, 2:], alone, atol=1e-6, rtol=0)
         moved = tokens.clone()
         moved[:, 1] -= 3.0
         changed = module(moved)
@@ -116,19 +84,27 @@ def test_prefix_tokens_do_not_break_the_grid():
 
 def test_bhwc_layout_equals_token_layout():
     """SAM's (B, H, W, C) grid gives what the (B, N, C) path gives on the same grid."""
-    tokens_module = random_module("BNC")
-    grid_module = random_module("BHWC")
+    tokens_module = random_module()
+    grid_module = random_module()
     torch.testing.assert_close(grid_module.state_dict(), tokens_module.state_dict())
     grid = torch.randn(2, *GRID, WIDTH)
     with torch.no_grad():
-        out = grid_module(grid)
+        with published(grid_module.geometry, batch=2, grid=GRID, layout="BHWC"):
+            out = grid_module(grid)
         assert out.shape == grid.shape
-        torch.testing.assert_close(out.flatten(1, 2), tokens_module(grid.flatten(1, 2)), atol=1e-6, rtol=0)
+        with published(tokens_module.geometry, batch=2, grid=GRID, prefix=0):
+            torch.testing.assert_close(out.flatten(1, 2), tokens_module(grid.flatten(1, 2)), atol=1e-6, rtol=0)
         # and the patch part of a sequence with a class token sees the same grid
         with_cls = torch.cat([torch.randn(2, 1, WIDTH), grid.flatten(1, 2)], dim=1)
-        torch.testing.assert_close(out.flatten(1, 2), tokens_module(with_cls)[:, 1:], atol=1e-6, rtol=0)
-        # a SAM grid that is not the anatomy's grid still works: BHWC reads it from the tensor
-        assert grid_module(torch.randn(1, 6, 5, WIDTH)).shape == (1, 6, 5, WIDTH)
+        with published(tokens_module.geometry, batch=2, grid=GRID, prefix=1):
+            torch.testing.assert_close(out.flatten(1, 2), tokens_module(with_cls)[:, 1:], atol=1e-6, rtol=0)
+        # a SAM grid other than the anatomy's works when it is this forward's geometry ...
+        with published(grid_module.geometry, batch=1, grid=(6, 5), layout="BHWC"):
+            assert grid_module(torch.randn(1, 6, 5, WIDTH)).shape == (1, 6, 5, WIDTH)
+        # ... and a grid that disagrees with the forward's geometry is refused, not guessed
+        with published(grid_module.geometry, batch=1, grid=GRID, layout="BHWC"):
+            with pytest.raises(AdaptbenchError, match="do not hold the 4x4 grid"):
+                grid_module(torch.randn(1, 6, 5, WIDTH))
 
 
 def test_defaults_are_the_official_codes():

@@ -12,6 +12,7 @@ from adaptbench.adapters import build_adapter
 from adaptbench.adapters.fact import FACT_TARGETS, FacTConfig, FacTLinear, fact_parts
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from adaptbench.adapters.accounting import parameter_report
 from helpers import images
 
 D = 32  # vit_tiny_test: d = 32, MLP width 64 (two d-wide chunks), 2 blocks
@@ -114,7 +115,7 @@ def test_u_and_v_are_shared_declared_once_and_counted_once():
     assert [k for k, t in state.items() if t.data_ptr() == shared.v.data_ptr()] == ["adapter_modules.fact.v"]
     # per block: q, k, v, o cores r x r; fc1 (d -> 2d) 2r x r; fc2 (2d -> d) r x 2r
     per_block = 4 * rank * rank + 2 * rank * rank + 2 * rank * rank
-    assert adapter.parameter_report().trainable == 2 * D * rank + 2 * per_block
+    assert parameter_report(adapter).trainable == 2 * D * rank + 2 * per_block
 
 
 def test_shared_u_receives_gradient_from_every_block():
@@ -138,7 +139,7 @@ def test_merge_is_exact_and_removes_the_shared_factors():
     assert type(backbone.site("qkv", 0)) is nn.Linear
     torch.testing.assert_close(backbone.site("qkv", 0).weight, expected_qkv, atol=1e-6, rtol=1e-6)
     assert "fact" not in backbone.adapter_modules
-    assert adapter.parameter_report().extra_inference == 0
+    assert parameter_report(adapter).extra_inference == 0
 
 
 def test_targets_restrict_the_updated_slices():

@@ -1,4 +1,5 @@
-"""Leaderboards from synthetic run records: exact numbers, failed cells, ranks, references, files, CLI.
+"""Leaderboards from synthetic run records: exact numbers, failed and n/a cells, ranks, references,
+files, CLI.
 
 The synthetic micro results (``write_synthetic_results``): four adapters on four tasks in two
 groups (natural: digits, texture, faces; structured: count), two seeds, with a failed seed,
@@ -45,8 +46,10 @@ TRAINABLE = {"lora": 12288, "linear": 0, "ssf": 3456, "bitfit": 1000}
 
 def make_record(task: str, adapter: str, seed: int, top1: float | None, *, backbone: str = "vit_micro",
                 stage: str = "final", created_at: str = "2026-03-01T12:00:00+0000", group: str | None = None,
-                label: str | None = None, trainable: int = 12288, task_info: bool = True) -> dict:
-    """A run record shaped like ``adaptbench/runner/train.py`` writes; ``top1=None``: a failed run."""
+                label: str | None = None, trainable: int = 12288, task_info: bool = True,
+                na: str | None = None) -> dict:
+    """A run record shaped like ``adaptbench/runner/train.py`` writes; ``top1=None``: a failed run;
+    ``na``: an n/a run with that reason (the adapter cannot run on the backbone)."""
     config = {"task": task, "backbone": backbone, "adapter": adapter, "adapter_options": {}, "weights": None,
               "seed": seed, "stage": stage, "epochs": 3}
     run_id = hashlib.sha256(json.dumps([config, created_at, label]).encode()).hexdigest()[:12]
@@ -57,7 +60,9 @@ def make_record(task: str, adapter: str, seed: int, top1: float | None, *, backb
                                  "num_classes": 10}
     if label:
         run_info["matrix"] = {"spec": "test", "adapter_label": label}
-    if top1 is None:
+    if na is not None:
+        train_info = {"status": "n/a", "error": f"{adapter} on {backbone}: n/a: {na}", "na_reason": na}
+    elif top1 is None:
         train_info = {"status": "failed", "error": "RuntimeError: loss is nan", "wall_time_s": 1.0}
     else:
         eval_split = "test" if stage == "final" else "val200"
@@ -190,6 +195,115 @@ def test_older_records_without_task_info_use_the_task_registry():
 
 def test_only_tune_records_give_no_board():
     assert build_leaderboards([make_record("micro/digits", "lora", 0, 50.0, stage="tune")]) == []
+
+
+# -- n/a cells -----------------------------------------------------------------------------
+SAM = "sam:vit_b"
+LAYOUT = "needs a token layout in ('BNC',); the backbone's is 'BHWC'"
+
+
+def na_records() -> list[dict]:
+    """digits (natural) and count (structured) for five rows of one micro board:
+
+    * lora on vit_micro and on SAM, vpt_shallow on vit_micro: every run succeeds;
+    * vpt_shallow on SAM: n/a on both tasks, both seeds;
+    * vpt_deep on vit_micro: count is n/a (an older record: its reason only in ``error``);
+    * ssf on SAM: digits is n/a, count failed.
+    """
+    ok = [("lora", "vit_micro", {"digits": 80, "count": 60}), ("lora", SAM, {"digits": 70, "count": 50}),
+          ("vpt_shallow", "vit_micro", {"digits": 75, "count": 55})]
+    records = [make_record(f"micro/{task}", adapter, 0, score, backbone=backbone, group=MICRO_GROUPS[task])
+               for adapter, backbone, scores in ok for task, score in scores.items()]
+    records += [make_record(f"micro/{task}", "vpt_shallow", seed, None, backbone=SAM, group=MICRO_GROUPS[task],
+                            na=LAYOUT) for task in ("digits", "count") for seed in (0, 1)]
+    records.append(make_record("micro/digits", "vpt_deep", 0, 77.0))
+    older = make_record("micro/count", "vpt_deep", 0, None, group="structured", na="deep prompts need blocks")
+    del older["train_info"]["na_reason"]
+    records.append(older)
+    records.append(make_record("micro/digits", "ssf", 0, None, backbone=SAM, na=LAYOUT))
+    records.append(make_record("micro/count", "ssf", 0, None, backbone=SAM, group="structured"))
+    return records
+
+
+@pytest.fixture(scope="module")
+def na_board():
+    [board] = build_leaderboards(na_records())
+    return board
+
+
+def our_row(board, adapter: str, backbone: str) -> pd.Series:
+    rows = board.table[(board.table["Adapter"] == adapter) & (board.table["Backbone"] == backbone)]
+    assert len(rows) == 1, board.table
+    return rows.iloc[0]
+
+
+def test_na_cells_read_na_and_so_do_the_means_over_them(na_board):
+    shallow = our_row(na_board, "vpt_shallow", SAM)
+    assert shallow["digits"] == shallow["count"] == "n/a"  # not "failed (2/2)"
+    assert (shallow["Natural (mean)"], shallow["Structured (mean)"], shallow["Mean (tasks)"],
+            shallow["Mean (groups)"], shallow["Rank"]) == ("n/a", "n/a", "n/a", "n/a", "–")
+    deep = our_row(na_board, "vpt_deep", "vit_micro")
+    assert (deep["digits"], deep["count"]) == ("77.00", "n/a")
+    assert deep["Natural (mean)"] == "77.00" and deep["Structured (mean)"] == deep["Mean (tasks)"] == "n/a"
+    ssf = our_row(na_board, "ssf", SAM)  # a failure is worse than n/a: the mean says failed
+    assert (ssf["digits"], ssf["count"], ssf["Mean (tasks)"]) == ("n/a", "failed (1/1)", "failed")
+    assert list(na_board.table["Rank"]) == ["1", "2", "3", "–", "–", "–"]
+    assert our_row(na_board, "lora", "vit_micro")["Mean (tasks)"] == "70.00"
+
+
+def test_na_reasons_are_notes_not_failure_warnings(na_board):
+    assert [w for w in na_board.warnings if "failed" in w] == [
+        "ssf | sam:vit_b | micro/count | seed 0 failed: RuntimeError: loss is nan"]
+    assert na_board.na_notes == [
+        "n/a: ssf | sam:vit_b: digits: " + LAYOUT,
+        "n/a: vpt_deep | vit_micro: count: deep prompts need blocks",
+        "n/a: vpt_shallow | sam:vit_b: " + LAYOUT,
+    ]
+    assert all(note in na_board.notes for note in na_board.na_notes)
+    summary = na_board.summary.set_index(["adapter", "backbone"])
+    assert bool(summary.loc[("vpt_shallow", SAM), "not_applicable"]) and not summary.loc[("lora", SAM), "na_reason"]
+
+
+def test_every_format_shows_na_and_its_reason(na_board, tmp_path):
+    from rich.console import Console
+
+    write_leaderboards([na_board], tmp_path, "lb", ["md", "csv", "tex", "html"])
+    markdown = (tmp_path / "lb.md").read_text()
+    assert "| – | vpt_shallow | sam:vit_b | ours | n/a | n/a | n/a | n/a | n/a | n/a |" in markdown
+    assert "- n/a: vpt_shallow \\| sam:vit_b: needs a token layout" in markdown
+    csv = pd.read_csv(tmp_path / "lb.csv", dtype=str, keep_default_na=False)
+    assert list(csv.columns) == [*na_board.table.columns, "n/a reason"]  # the table, plus the reasons
+    reasons = dict(zip(zip(csv["Adapter"], csv["Backbone"]), csv["n/a reason"]))
+    assert reasons[("vpt_shallow", SAM)] == LAYOUT and reasons[("lora", SAM)] == ""
+    latex = (tmp_path / "lb.tex").read_text()
+    assert "vpt\\_shallow & sam:vit\\_b & ours & n/a & n/a" in latex and "% n/a: vpt_shallow | sam:vit_b" in latex
+    page = (tmp_path / "lb.html").read_text()
+    assert re.search(r">n/a</td>", page) and "color: #777" in page
+    assert "n/a: vpt_shallow | sam:vit_b: needs a token layout in (&#x27;BNC&#x27;,)" in page
+    console = Console(width=250, record=True)
+    console.print(render_terminal([na_board]))
+    text = console.export_text()
+    assert "n/a: vpt_shallow | sam:vit_b: needs a token layout" in text
+
+
+def test_failed_csv_has_no_na_column(micro_board):
+    from adaptbench.leaderboard import render_csv
+
+    assert "n/a reason" not in render_csv(micro_board).splitlines()[0]
+
+
+def test_pareto_plot_skips_na_rows(na_board):
+    from adaptbench.leaderboard.plot import _points
+
+    ours, reported = _points(na_board.summary)
+    assert set(zip(ours["adapter"], ours["backbone"])) == {("lora", "vit_micro"), ("lora", SAM),
+                                                           ("vpt_shallow", "vit_micro")}
+    assert reported.empty
+    # even a row whose mean were a number is left out once any of its cells is n/a
+    summary = na_board.summary.copy()
+    summary.loc[summary["not_applicable"], ["mean_tasks", "params_m"]] = [50.0, 0.1]
+    assert len(_points(summary)[0]) == 3
+    pareto_figure(na_board)  # draws
 
 
 # -- published numbers ---------------------------------------------------------------------

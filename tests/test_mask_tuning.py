@@ -20,9 +20,10 @@ from adaptbench.adapters.mask_tuning import (
     general_knowledge_loss,
     gradient_dropout,
 )
-from adaptbench.adapters.checkpoint import pack_bits, unpack_bits
+from adaptbench.adapters.bits import pack_bits, unpack_bits
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from adaptbench.adapters.accounting import parameter_report
 from helpers import images
 
 THRESHOLD = 5e-3
@@ -206,7 +207,7 @@ def test_merge_writes_masked_weights_exactly_and_removes_wrappers_and_hooks():
         assert torch.equal(site.weight, weight)
     assert not backbone._forward_hooks
     assert adapter.extra_inference_params() == 0
-    assert adapter.parameter_report().extra_inference == 0
+    assert parameter_report(adapter).extra_inference == 0
 
 
 def test_checkpoint_stores_one_bit_per_weight(tmp_path):
@@ -227,7 +228,7 @@ def test_checkpoint_stores_one_bit_per_weight(tmp_path):
         assert torch.equal(wrapper.scores, torch.where(original > THRESHOLD, kept_value, 0.0))
     torch.testing.assert_close(fresh.eval()(images()), backbone.eval()(images()), atol=0, rtol=0)
     floats = sum(p.numel() * 4 for p in adapter.trainable_parameters().values())
-    assert adapter.parameter_report().checkpoint_bytes < floats / 16
+    assert parameter_report(adapter).checkpoint_bytes < floats / 16
 
 
 def test_pack_and_unpack_bits_round_trip_odd_sizes():

@@ -11,15 +11,10 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from adaptbench._catalogue import BACKBONES as CATALOGUE
-from adaptbench.backbones import load_backbone, micro_pretrain, timm_vit
-from adaptbench.backbones.micro_pretrain import (
-    PretrainSettings,
-    pretrain_micro,
-    read_pretrain_metadata,
-    sha256_of,
-)
-from adaptbench.backbones.timm_vit import (
+from adaptbench import _catalogue
+from adaptbench.backbones import load_backbone
+from adaptbench.backbones.families import micro as micro_backbone
+from adaptbench.backbones.families.micro import (
     MICRO_CONFIG,
     MICRO_TIMM_MODEL,
     MICRO_WEIGHTS,
@@ -30,6 +25,9 @@ from adaptbench.cli import main
 from adaptbench.datasets import glyphs
 from adaptbench.datasets.glyphs import SIZE, glyph_images, glyph_strokes
 from adaptbench.errors import AdaptbenchError
+from adaptbench.files import sha256_of
+from adaptbench.pretrain import micro as micro_pretrain
+from adaptbench.pretrain.micro import PretrainSettings, pretrain_micro, read_pretrain_metadata
 
 TINY_RUN = {"images": 192, "epochs": 1, "batch_size": 64, "num_classes": 10, "held_out": 64, "threads": 1}
 
@@ -119,14 +117,20 @@ def test_pretraining_writes_backbone_keys_that_load_strictly(tiny_weights):
 
 
 def test_pretraining_metadata_records_the_recipe(tiny_weights, tmp_path):
-    path, _ = tiny_weights
+    path, lines = tiny_weights
     recipe = read_pretrain_metadata(path)
     assert (recipe["seed"], recipe["images"], recipe["epochs"], recipe["num_classes"]) == (7, 192, 1, 10)
     # Settings the CLI has no flag for are spelled as the Python call that reproduces them.
     assert "pretrain_micro('micro.safetensors', images=192, epochs=1, seed=7, " in recipe["command"]
     assert "num_classes=10" in recipe["command"]
     assert recipe["versions"]["torch"] == torch.__version__ and recipe["versions"]["timm"] == timm.__version__
-    assert 0.0 <= recipe["held_out_accuracy"] <= 1.0
+    # The recorded accuracy is the last epoch's, a count out of the 64 held-out glyphs. No
+    # above-chance bound holds for TINY_RUN's 3 steps: seeds 0-11 measured 0.05-0.17 held-out
+    # (chance 0.10), and even 2 epochs of 2048 images stayed at 0.09-0.12, so that the recipe
+    # learns is checked on the shipped file's record (test_shipped_weights_learnt_the_glyphs).
+    accuracy = recipe["held_out_accuracy"]
+    assert f"held-out acc {accuracy:.4f}" in next(line for line in lines if line.startswith("epoch 1/1:"))
+    assert abs(accuracy * TINY_RUN["held_out"] - round(accuracy * TINY_RUN["held_out"])) < 0.01
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(1)}, plain)
     with pytest.raises(AdaptbenchError, match="plain.safetensors: no 'adaptbench.pretrain_micro' metadata"):
@@ -153,6 +157,14 @@ def test_shipped_weights_match_the_recorded_sha256():
     assert sha256_of(MICRO_WEIGHTS) == MICRO_WEIGHTS_SHA256
 
 
+def test_shipped_weights_learnt_the_glyphs():
+    recipe = read_pretrain_metadata(MICRO_WEIGHTS)
+    assert recipe["command"] == "adaptbench pretrain-micro --out vit_micro.safetensors --images 50000 --epochs 6 --seed 0"
+    # Recorded: 0.9045 on 2000 held-out glyphs of 50 classes (chance 0.02); a file that
+    # learnt less than 0.8 would not be the recipe the module docstring documents.
+    assert recipe["held_out_accuracy"] > max(0.8, 5 / recipe["num_classes"])
+
+
 def test_vit_micro_loads_the_shipped_pretrained_weights_by_default():
     pretrained, random = load_backbone("vit_micro"), vit_micro(weights="random")
     assert pretrained.weights_source == f"file:{MICRO_WEIGHTS}"
@@ -170,7 +182,7 @@ def test_a_corrupt_weights_file_is_refused_with_how_to_regenerate_it(tmp_path, m
     with open(corrupt, "r+b") as handle:
         handle.seek(-8, 2)
         handle.write(b"\x00" * 8)
-    monkeypatch.setattr(timm_vit, "MICRO_WEIGHTS", corrupt)
+    monkeypatch.setattr(micro_backbone, "MICRO_WEIGHTS", corrupt)
     with pytest.raises(AdaptbenchError, match=r"corrupt .*adaptbench pretrain-micro"):
         vit_micro()
     corrupt.unlink()
@@ -179,7 +191,7 @@ def test_a_corrupt_weights_file_is_refused_with_how_to_regenerate_it(tmp_path, m
 
 
 def test_catalogue_description_is_the_docstring_first_line():
-    assert vit_micro.__doc__.splitlines()[0].rstrip(".") == CATALOGUE["vit_micro"][1]
+    assert vit_micro.__doc__.splitlines()[0].rstrip(".") == _catalogue.builtins("backbone")["vit_micro"][1]
 
 
 # -- the command line ----------------------------------------------------------------------------

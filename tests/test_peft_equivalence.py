@@ -24,7 +24,7 @@ from torch import nn
 from adaptbench.adapters import build_adapter
 from adaptbench.adapters.lora import LoRALinear
 from adaptbench.backbones import load_backbone
-from adaptbench.backbones.timm_vit import _TINY
+from adaptbench.backbones.families.timm import _TINY
 from helpers import images
 
 peft = pytest.importorskip("peft")

@@ -114,6 +114,11 @@ def test_task_groups_cover_each_benchmark_and_vtab_group():
          r"demo.yaml:2: tasks\[1\]: unknown task or group 'vtab'"),
         ("backbones: [vit_tiny_tset]\ntasks: [micro]\nadapters: [linear]\n",
          r"demo.yaml:1: backbones\[0\].name: unknown backbone 'vit_tiny_tset' \(did you mean 'vit_tiny_test'"),
+        # only what the registry accepts: a bare timm name is not a backbone name (timm:<name> is)
+        ("tasks: [micro]\nadapters: [linear]\nbackbones: [vit_tiny_patch16_224]\n",
+         r"demo.yaml:3: backbones\[0\].name: unknown backbone 'vit_tiny_patch16_224'.*adaptbench ls backbones"),
+        ("tasks: [micro]\nadapters: [linear]\nbackbones:\n  - vit_tiny_test\n  - {name: 'timm:vit_nope'}\n",
+         r"demo.yaml:5: backbones\[1\].name: unknown timm model 'vit_nope'"),
         ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [linear]\ngrid: {lr: 0.1}\n",
          r"demo.yaml:4: grid.lr: expected a non-empty list of values, got 0.1"),
         ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [linear]\ngrid: {momentum: [0.9]}\n",
@@ -177,6 +182,16 @@ def test_grid_search_picks_the_best_val_score_and_ties_go_to_the_first(tmp_path)
     assert point == tune[1].annotations["grid_point"] == {"weight_decay": 0.0, "options.alpha": 4}
     assert selection["chosen_run_id"] == tune[1].cell_id
     assert [t["score"] for t in selection["tried"]] == [0.5, 0.7, 0.7]  # the failed point is not compared
+
+
+def test_backbone_names_are_the_registrys(tmp_path):
+    spec = load_spec(write(tmp_path / "demo.yaml", """
+        backbones: [vit_tiny_test, "timm:vit_tiny_patch16_224", {name: vit_micro, weights: "random:3"}]
+        tasks: [micro/digits]
+        adapters: [linear]
+    """))
+    assert [(b.name, b.weights) for b in spec.backbones] == [
+        ("vit_tiny_test", None), ("timm:vit_tiny_patch16_224", None), ("vit_micro", "random:3")]
 
 
 def test_shipped_specs_load(tmp_path):

@@ -23,6 +23,7 @@ from adaptbench.backbones import load_backbone
 from adaptbench.backbones.anatomy import ResidualBranch, TransformerBlock
 from adaptbench.cli import parse_adapter_args
 from adaptbench.errors import AdaptbenchError
+from adaptbench.adapters.accounting import parameter_report
 
 from test_peft_equivalence import ATOL, DEPTH, RTOL, THIRDS, WIDTH, assert_far, images, randomise
 
@@ -140,7 +141,7 @@ def test_per_site_rank_shapes_and_scaling():
             expected[f"blocks.{block}.{site}.lora_B.{part}"] = (WIDTH, rank)
             assert backbone.site(site, block).scaling[part] == ALPHA / rank
     assert {name: tuple(p.shape) for name, p in params.items()} == expected
-    assert adapter.parameter_report().trainable == DEPTH * sum(2 * r * WIDTH for r in (2, 4, 8, 3))
+    assert parameter_report(adapter).trainable == DEPTH * sum(2 * r * WIDTH for r in (2, 4, 8, 3))
 
 
 def test_only_listed_sites_are_adapted():

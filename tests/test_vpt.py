@@ -10,9 +10,11 @@ import torch
 from timm.models.vision_transformer import Block
 
 from adaptbench.adapters import build_adapter
-from adaptbench.adapters.vpt import VPTDeepConfig, VPTShallowConfig
+from adaptbench.adapters.base import NotApplicable
+from adaptbench.adapters.vpt import PromptedBlock, VPTDeepConfig, VPTShallowConfig
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
+from adaptbench.adapters.accounting import parameter_report
 from helpers import images
 
 P = 5  # the default number of prompt tokens
@@ -174,7 +176,7 @@ def test_defaults_are_the_official_ones():
     assert shallow.dropout == 0.0  # demo.ipynb: no dropout for VPT-shallow
     assert deep.dropout == 0.1  # demo.ipynb VTAB commands: MODEL.PROMPT.DROPOUT 0.1
     _, adapter = adapted("vpt_deep", "vit_tiny_test")
-    assert adapter.parameter_report().trainable == 2 * 5 * 32
+    assert parameter_report(adapter).trainable == 2 * 5 * 32
     assert not adapter.identity_at_init and not adapter.mergeable
 
 
@@ -200,5 +202,8 @@ def test_shallow_errors_name_vpt_shallow():
 def test_a_grid_layout_is_refused_naming_backbone_and_layout(name):
     backbone = load_backbone("vit_tiny_test")
     backbone.anatomy.token_layout = "BHWC"  # SAM's layout: tokens as a (B, H, W, C) grid
-    with pytest.raises(AdaptbenchError, match=rf"{name}: backbone 'vit_tiny_test' has token layout 'BHWC'"):
+    expected = f"{name} on vit_tiny_test: n/a: needs a token layout in ('BNC',); the backbone's is 'BHWC'"
+    with pytest.raises(NotApplicable, match=re.escape(expected)):
         build_adapter(name, backbone)
+    # refused before anything was wrapped: the backbone is left as it was
+    assert not any(isinstance(block, PromptedBlock) for block in backbone.blocks)

@@ -8,7 +8,7 @@ An adapter is a config dataclass plus an :class:`Adapter` subclass that
 * ``merge()``: folds itself into the backbone weights where the maths allows
   (``mergeable``), after which it costs no extra inference parameters;
 * saves and loads only its own tensors (``adaptbench.adapters.checkpoint``);
-* reports its parameters (:meth:`Adapter.parameter_report`).
+* reports its parameters (``adaptbench.adapters.accounting.parameter_report``).
 
 A site wrapper (:class:`SiteWrapper`) keeps the module it replaces as ``base_layer``
 (PEFT's convention) and knows how to fold itself into it.
@@ -151,6 +151,26 @@ class ParameterReport:
         return {**dataclasses.asdict(self), "trainable_with_head": self.trainable_with_head}
 
 
+@dataclass(frozen=True)
+class Needs:
+    """What an adapter needs of a backbone's anatomy (see :meth:`Adapter.unsupported`)."""
+
+    layouts: tuple[str, ...] = ("BNC", "BHWC")  # token layouts it can act on
+    class_token: bool = False
+    global_sites: tuple[str, ...] = ()
+
+
+class NotApplicable(AdaptbenchError):
+    """The adapter cannot run on this backbone: the pair is ``n/a`` (with this reason), not failed."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+    def __reduce__(self):  # both fields survive a worker process
+        return type(self), (self.args[0], self.reason)
+
+
 class Adapter:
     """Base of every adapter. Subclasses implement :meth:`_attach` (and ``_merge`` when
     the default, swapping every :class:`SiteWrapper` for its ``merged_module``, is not it)."""
@@ -165,6 +185,7 @@ class Adapter:
     # True when training runs a randomly drawn sub-network (MoSA) and evaluation the whole
     # one: a tensor may then miss the gradient of one training step without being dead.
     stochastic_training: ClassVar[bool] = False
+    needs: ClassVar[Needs] = Needs()
 
     def __init__(self, config: AdapterConfig | None = None):
         self.config = config if config is not None else self.config_class()
@@ -178,17 +199,40 @@ class Adapter:
     def attach(self, backbone) -> Adapter:
         if self.backbone is not None:
             raise RuntimeError(f"adapter {self.name!r} is already attached")
+        reason = self.unsupported(backbone.anatomy, self.config)
+        if reason is not None:
+            raise NotApplicable(f"{self.name} on {backbone.name}: n/a: {reason}", reason)
         self.backbone = backbone
-        self._backbone_params = sum(p.numel() for p in backbone.parameters())
+        self._backbone_params = sum(p.numel() for p in backbone.sealed_parameters())
         self._attach(backbone)
         # new modules are born in training mode: give them the backbone's mode, so that an
         # adapter attached to a backbone in eval mode runs no dropout or sampling
         backbone.train(backbone.training)
-        for param in backbone.parameters():
+        # Only the sealed backbone's own tensors are frozen: an adapter attached earlier
+        # keeps training (adapters compose).
+        for param in backbone.sealed_parameters():
             param.requires_grad_(False)
         for param in self._declared.values():
             param.requires_grad_(True)
         return self
+
+    # -- capabilities -------------------------------------------------------------------
+    @classmethod
+    def unsupported(cls, anatomy, config: AdapterConfig) -> str | None:
+        """Why this adapter (with ``config``) cannot run on a backbone with ``anatomy``, or
+        None. Checked before attaching, by ``validate`` and by the runner, so an impossible
+        pair is reported ``n/a`` with its reason instead of failing. The default reads
+        :attr:`needs`; methods with other constraints (FacT's widths) extend it."""
+        needs = cls.needs
+        if anatomy.token_layout not in needs.layouts:
+            return (f"needs a token layout in {needs.layouts}; the backbone's is {anatomy.token_layout!r}"
+                    f"{' (a grid of patches with no token sequence)' if anatomy.token_layout == 'BHWC' else ''}")
+        if needs.class_token and not anatomy.has_class_token:
+            return "needs a class token; the backbone has none"
+        missing = [site for site in needs.global_sites if site not in anatomy.global_sites]
+        if missing:
+            return f"needs the backbone-wide sites {missing}; the backbone has {list(anatomy.global_sites)}"
+        return None
 
     def _attach(self, backbone) -> None:
         raise NotImplementedError
@@ -259,6 +303,11 @@ class Adapter:
             target.copy_(tensors[name])
 
     # -- accounting ---------------------------------------------------------------------
+    @property
+    def backbone_params(self) -> int:
+        """Parameters of the sealed backbone, without any adapter's."""
+        return self._backbone_params
+
     def trainable_count(self) -> int:
         unique = {id(p): p for p in self._declared.values()}
         return sum(p.numel() for p in unique.values())
@@ -278,20 +327,6 @@ class Adapter:
         tensor; an adapter that folds some of them at evaluation (MoSA averages its
         per-module biases) counts what it really runs."""
         return self.trainable_count()
-
-    def parameter_report(self, head: nn.Module | None = None) -> ParameterReport:
-        from .checkpoint import checkpoint_bytes
-
-        extra = self.extra_inference_params()
-        return ParameterReport(
-            trainable=self.trainable_count(),
-            head=sum(p.numel() for p in head.parameters()) if head is not None else 0,
-            extra_inference=extra,
-            checkpoint_bytes=0 if self.merged else checkpoint_bytes(self),
-            backbone=self._backbone_params,
-            extra_inference_merged=0 if self.mergeable else extra,
-        )
-
 
 class InPlaceAdapter(Adapter):
     """An adapter that trains existing backbone tensors in place (BitFit, LN tuning, full,

@@ -53,7 +53,7 @@ from torch import nn
 from ..errors import AdaptbenchError
 from ..registry import register_adapter
 from .adaptformer import AdaptFormer, AdaptFormerConfig
-from .checkpoint import pack_bits, unpack_bits
+from .bits import pack_bits, unpack_bits
 from .layers import Bottleneck
 
 LEVEL = NormalDist().inv_cdf(0.75)  # the 1-bit code book is {-LEVEL, +LEVEL} (in units of sigma)

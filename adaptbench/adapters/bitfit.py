@@ -18,7 +18,7 @@ from torch import nn
 from ..registry import register_adapter
 from .base import AdapterConfig, InPlaceAdapter
 
-BIASED_MODULES = (nn.Linear, nn.Conv2d, nn.LayerNorm)
+BIASED_MODULES = (nn.Linear, nn.Conv2d)  # and the backbone's norm types (anatomy.norm_types)
 
 
 @dataclass
@@ -30,8 +30,10 @@ class BitFit(InPlaceAdapter):
     """BitFit (Ben Zaken et al. 2022): train only the bias terms."""
 
     def _attach(self, backbone) -> None:
+        biased = (*BIASED_MODULES, *backbone.anatomy.norm_types)
         for module_name, module in backbone.named_modules():
-            if isinstance(module, BIASED_MODULES) and module.bias is not None:
+            # the backbone's own biases only: an adapter attached earlier keeps its tensors
+            if isinstance(module, biased) and module.bias is not None and backbone.is_sealed(module.bias):
                 self.declare(f"{module_name}.bias", module.bias)
 
 

@@ -35,7 +35,7 @@ the released configs pick most often (5 tasks each).
 Departures from the official code, and why:
 
 * The official forward handles exactly one class token and a hard-coded 14x14 grid. Here the
-  grid comes from the backbone anatomy, and *every* prefix token (class, register tokens, VPT
+  grid and the prefix count come from the token geometry of each forward, and *every* prefix token (class, register tokens, VPT
   prompts: all tokens before the last H*W) is its own 1x1 image, as the paper treats [cls];
   on SAM's (B, H, W, C) layout there are no prefix tokens.
 * The official conv identity init adds ``torch.eye(8)`` whatever the hidden width; here the
@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from ..registry import register_adapter
+from ..backbones.geometry import GeometryContext
 from .base import Adapter, AdapterConfig, blocks_of, require
 from .layers import ACTIVATIONS, Bottleneck, ParallelBranch, convolve_tokens
 
@@ -102,19 +103,18 @@ class ConvpassConfig(AdapterConfig):
 class ConvBypass(Bottleneck):
     """``up(dropout(act(conv3x3(act(down(x))))))``, the conv on the patch grid."""
 
-    def __init__(self, dim: int, hidden: int, grid: tuple[int, int], layout: str = "BNC",
+    def __init__(self, dim: int, hidden: int, geometry: GeometryContext,
                  act: str = "quick_gelu", dropout: float = 0.1, conv_init: str = "identity",
                  device=None, dtype=None):
         # Bottleneck gives down (Xavier), up (zero) and zero biases: the official init.
         super().__init__(dim, hidden, act=act, dropout=dropout, init="xavier", device=device, dtype=dtype)
         self.conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, device=device, dtype=dtype)
         init_conv(self.conv, conv_init)
-        self.grid = tuple(grid)
-        self.layout = layout
+        self.geometry = geometry  # the backbone's: read at every forward, never frozen here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.act(self.down(x))
-        hidden = convolve_tokens(self.conv, hidden, self.grid, self.layout)
+        hidden = convolve_tokens(self.conv, hidden, self.geometry.current)
         return self.up(self.dropout(self.act(hidden)))
 
 
@@ -140,7 +140,7 @@ class Convpass(Adapter):
         for block in blocks_of(config.blocks, backbone):
             for site in config.sites:
                 bypass = ConvBypass(
-                    anatomy.embed_dim, config.hidden_dim, anatomy.grid, anatomy.token_layout,
+                    anatomy.embed_dim, config.hidden_dim, backbone.geometry,
                     act=config.act, dropout=config.dropout, conv_init=config.conv_init,
                     device=reference.device, dtype=reference.dtype,
                 )

@@ -60,6 +60,7 @@ from ..errors import AdaptbenchError
 from ..registry import register_adapter
 from .base import Adapter, AdapterConfig, blocks_of, require
 
+from ..backbones.geometry import GeometryContext
 from .layers import ACTIVATIONS, Bottleneck, SequentialBranch, convolve_tokens
 
 
@@ -99,8 +100,8 @@ class DDAdapterConfig(AdapterConfig):
 class DepthwiseDilatedBottleneck(Bottleneck):
     """``act(up(sum_r act(dwconv_r(act(down(x))))))``, the depthwise convs on the patch grid."""
 
-    def __init__(self, dim: int, hidden: int, dilations: tuple[int, ...], grid: tuple[int, int],
-                 layout: str = "BNC", act: str = "gelu", device=None, dtype=None):
+    def __init__(self, dim: int, hidden: int, dilations: tuple[int, ...], geometry: GeometryContext,
+                 act: str = "gelu", device=None, dtype=None):
         super().__init__(dim, hidden, act=act, dropout=0.0, device=device, dtype=dtype)
         # The official first pointwise conv keeps PyTorch's default init, bias included
         # (Bottleneck zeroes it); up stays zero so the adapter starts at exactly 0.
@@ -110,8 +111,7 @@ class DepthwiseDilatedBottleneck(Bottleneck):
                       device=device, dtype=dtype)
             for rate in dilations
         )
-        self.grid = tuple(grid)
-        self.layout = layout
+        self.geometry = geometry  # the backbone's: read at every forward, never frozen here
 
     def multi_scale(self, grid: torch.Tensor) -> torch.Tensor:
         """Sum of the activated dilated depthwise convolutions of a (B, h, H, W) grid."""
@@ -119,7 +119,7 @@ class DepthwiseDilatedBottleneck(Bottleneck):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.act(self.down(x))
-        hidden = convolve_tokens(self.multi_scale, hidden, self.grid, self.layout)
+        hidden = convolve_tokens(self.multi_scale, hidden, self.geometry.current)
         return self.act(self.up(hidden))
 
 
@@ -145,8 +145,8 @@ class DDAdapter(Adapter):
         reference = next(backbone.parameters())
         for block in chosen_blocks(config, backbone):
             adapter = DepthwiseDilatedBottleneck(
-                anatomy.embed_dim, hidden, tuple(int(r) for r in config.dilations), anatomy.grid,
-                anatomy.token_layout, act=config.act, device=reference.device, dtype=reference.dtype,
+                anatomy.embed_dim, hidden, tuple(int(r) for r in config.dilations), backbone.geometry,
+                act=config.act, device=reference.device, dtype=reference.dtype,
             )
             self.wrap_site("block", block, lambda base, m=adapter: SequentialBranch(base, m, config.scale))
             for name, param in adapter.named_parameters():

@@ -45,9 +45,9 @@ from torch import nn
 
 from ..errors import AdaptbenchError
 from ..registry import register_adapter
+from ..backbones.anatomy import QKV_PARTS
 from .base import Adapter, AdapterConfig, SiteWrapper, blocks_of, require
 
-QKV_PARTS = ("q", "k", "v")
 WHOLE_SITES = ("attn_out", "mlp_in", "mlp_out")
 FACT_TARGETS = QKV_PARTS + WHOLE_SITES
 SHARED_KEY = "fact"  # where the shared U, V live in backbone.adapter_modules
@@ -161,19 +161,28 @@ def _chunks(features: int, dim: int, side: str) -> int:
     return features // dim
 
 
-def fact_parts(target: str, linear: nn.Linear, dim: int) -> tuple[str, dict[str, range]]:
-    """(site, {part: output chunk range}); q, k, v are the three thirds of the fused qkv."""
-    if target in QKV_PARTS:
-        width = _chunks(linear.out_features, dim, "output") // 3
-        index = QKV_PARTS.index(target)
-        return "qkv", {target: range(index * width, (index + 1) * width)}
-    return target, {target: range(_chunks(linear.out_features, dim, "output"))}
+def fact_parts(target: str, backbone, block: int, dim: int) -> tuple[str, dict[str, range]]:
+    """(site, {part: output chunk range}); q, k, v are sub-sites of the fused qkv (its thirds)."""
+    site, rows = backbone.target_rows(target, block)
+    _chunks(rows.stop - rows.start, dim, "output")
+    return site, {target: range(rows.start // dim, rows.stop // dim)}
 
 
 class FacT(Adapter):
     """FacT-TT (Jie & Deng 2023): weight updates factorised with U, V shared across blocks"""
 
     mergeable = True
+
+    @classmethod
+    def unsupported(cls, anatomy, config) -> str | None:
+        """FacT cuts every adapted linear into d x d slices: the MLP width must be a multiple
+        of d when an MLP linear is a target (not so for ViT-bigG-14: 8192 / 1664)."""
+        reason = super().unsupported(anatomy, config)
+        mlp_targets = {"mlp_in", "mlp_out"} & set(config.targets)
+        if reason is None and mlp_targets and anatomy.mlp_dim % anatomy.embed_dim:
+            reason = (f"targets {sorted(mlp_targets)} need an MLP width that is a multiple of the embedding "
+                      f"width d = {anatomy.embed_dim}; the backbone's is {anatomy.mlp_dim}")
+        return reason
 
     def _attach(self, backbone) -> None:
         config: FacTConfig = self.config
@@ -188,7 +197,7 @@ class FacT(Adapter):
         for block in blocks_of(config.blocks, backbone):
             per_site: dict[str, dict[str, range]] = {}
             for target in config.targets:
-                site, parts = fact_parts(target, backbone.site(_site_of(target), block), dim)
+                site, parts = fact_parts(target, backbone, block, dim)
                 per_site.setdefault(site, {}).update(parts)
             for site, parts in per_site.items():
                 wrapper = self.wrap_site(site, block, lambda base, p=parts: FacTLinear(base, factors, p, config))
@@ -198,10 +207,6 @@ class FacT(Adapter):
     def _merge(self) -> None:
         super()._merge()  # every site reads the shared factors while it folds them in
         del self.backbone.adapter_modules[SHARED_KEY]
-
-
-def _site_of(target: str) -> str:
-    return "qkv" if target in QKV_PARTS else target
 
 
 register_adapter("fact", FacTConfig, FacT)

@@ -20,7 +20,7 @@ class FullFineTune(InPlaceAdapter):
     """Full fine-tuning: every backbone parameter is trained."""
 
     def _attach(self, backbone) -> None:
-        for name, param in backbone.named_parameters():
+        for name, param in backbone.named_sealed_parameters():  # not other adapters' tensors
             self.declare(name, param)
 
 

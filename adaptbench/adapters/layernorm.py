@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
 
 from ..registry import register_adapter
 from .base import AdapterConfig, InPlaceAdapter
@@ -26,9 +25,11 @@ class LayerNormTuning(InPlaceAdapter):
 
     def _attach(self, backbone) -> None:
         for module_name, module in backbone.named_modules():
-            if isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+            # the family's norm classes (SAM's LayerNorm2d too), affine ones only
+            if isinstance(module, backbone.anatomy.norm_types) and getattr(module, "elementwise_affine", True):
                 for param_name, param in module.named_parameters(recurse=False):
-                    self.declare(f"{module_name}.{param_name}", param)
+                    if backbone.is_sealed(param):  # not a norm another adapter added
+                        self.declare(f"{module_name}.{param_name}", param)
 
 
 register_adapter("ln", LayerNormTuningConfig, LayerNormTuning)

@@ -5,10 +5,10 @@
 * :class:`ParallelBranch` / :class:`SequentialBranch` — site wrappers that put a module beside
   or after a residual branch (the ``attn`` and ``mlp`` sites): ``base(x) + s * f(x)`` and
   ``y + s * f(y)`` with ``y = base(x)``;
-* :func:`tokens_to_grid` / :func:`grid_to_tokens` — the patch-grid view of a token sequence, so
-  that convolutional adapters work on (B, N, C) sequences with class / register tokens and on
-  SAM's (B, H, W, C) layout alike; :func:`convolve_tokens` runs a convolution over that view,
-  each prefix token as its own 1x1 image (Convpass, DD adapter).
+* :func:`convolve_tokens` — a convolution over the patch grid of the current forward's token
+  geometry (``backbones/geometry.py``), each prefix token as its own 1x1 image, so that
+  convolutional adapters (Convpass, DD adapter) work on (B, N, C) sequences with class,
+  register and prompt tokens, on SAM's (B, H, W, C) layout, and at any input size.
 
 Every adapter in this package that needs one of these uses it from here, so that a fix to the
 shared piece reaches every method.
@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..backbones.geometry import TokenGeometry, grid_to_tokens, tokens_to_grid
 from ..errors import AdaptbenchError
 from .base import SiteWrapper
 
@@ -120,45 +121,21 @@ class SequentialBranch(SiteWrapper):
         return y + self.scale * self.adapter(y)
 
 
-def tokens_to_grid(x: torch.Tensor, grid: tuple[int, int], layout: str = "BNC") -> tuple[torch.Tensor, torch.Tensor]:
-    """Split tokens into (prefix tokens (B, P, C), patch grid (B, C, H, W)).
-
-    ``layout="BNC"``: the last H*W tokens are the patches (row-major, timm / CLIP order) and
-    the P = N - H*W tokens before them are prefix tokens (class, register, prompts).
-    ``layout="BHWC"`` (SAM): every token is a patch, P = 0.
-    """
-    if layout == "BHWC":
-        return x.new_zeros(x.shape[0], 0, x.shape[-1]), x.permute(0, 3, 1, 2)
-    height, width = grid
-    batch, tokens, channels = x.shape
-    prefix = tokens - height * width
-    if prefix < 0:
-        raise AdaptbenchError(f"{tokens} tokens cannot hold a {height}x{width} patch grid")
-    patches = x[:, prefix:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-    return x[:, :prefix], patches
-
-
-def grid_to_tokens(prefix: torch.Tensor, patches: torch.Tensor, layout: str = "BNC") -> torch.Tensor:
-    """Inverse of :func:`tokens_to_grid`."""
-    if layout == "BHWC":
-        return patches.permute(0, 2, 3, 1)
-    tokens = patches.flatten(2).transpose(1, 2)
-    return torch.cat([prefix, tokens], dim=1)
-
-
 def convolve_tokens(conv: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                    grid: tuple[int, int], layout: str = "BNC") -> torch.Tensor:
+                    geometry: TokenGeometry) -> torch.Tensor:
     """Run a same-size convolution ``conv`` ((B, C, H, W) -> (B, C', H, W)) over the patch grid
     of ``x`` and over every prefix token as its own 1x1 image (Convpass's [cls] treatment).
 
+    ``geometry`` is the current forward's (``backbone.geometry.current``): the grid and the
+    prefix count (class, register and prompt tokens) are read from it, never guessed.
     A "same"-padded k x k convolution (any dilation) of a 1x1 image reads only its centre tap,
     so prefix tokens never mix with the grid nor with each other.
     """
-    prefix, patches = tokens_to_grid(x, grid, layout)
+    prefix, patches = tokens_to_grid(x, geometry)
     patches = conv(patches)
     batch, count, channels = prefix.shape
     if count:
         prefix = conv(prefix.reshape(batch * count, channels, 1, 1)).reshape(batch, count, -1)
     else:  # keep the channel count of the output so that the concatenation lines up
         prefix = patches.new_zeros(batch, 0, patches.shape[1])
-    return grid_to_tokens(prefix, patches, layout)
+    return grid_to_tokens(prefix, patches, geometry.layout)

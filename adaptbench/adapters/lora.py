@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_adapter
+from ..backbones.anatomy import QKV_PARTS
 from .base import Adapter, AdapterConfig, SiteWrapper, blocks_of, require
 
-QKV_PARTS = ("q", "k", "v")
 WHOLE_SITES = ("qkv", "attn_out", "mlp_in", "mlp_out")
 LORA_TARGETS = QKV_PARTS + WHOLE_SITES
 
@@ -144,15 +144,6 @@ class LoRALinear(SiteWrapper):
         return self.base_layer
 
 
-def lora_slices(target: str, linear: nn.Linear) -> tuple[str, dict[str, slice]]:
-    """(site, {part: output slice}) for a target; q/k/v are thirds of the fused qkv."""
-    if target in QKV_PARTS:
-        width = linear.out_features // 3
-        index = QKV_PARTS.index(target)
-        return "qkv", {target: slice(index * width, (index + 1) * width)}
-    return target, {target: slice(0, linear.out_features)}
-
-
 class LoRA(Adapter):
     """LoRA (Hu et al. 2022): W + (alpha/r) B A on q/k/v/out/mlp sites."""
 
@@ -170,16 +161,12 @@ class LoRA(Adapter):
 
 
 def _slices_per_site(targets, backbone, block: int) -> dict[str, dict[str, slice]]:
-    """{site: {part: output slice}}: q, k and v targets share the one fused qkv site."""
+    """{site: {part: output rows}}: q, k and v are sub-sites of the one fused qkv site."""
     per_site: dict[str, dict[str, slice]] = {}
     for target in targets:
-        site, slices = lora_slices(target, backbone.site(_site_of(target), block))
-        per_site.setdefault(site, {}).update(slices)
+        site, rows = backbone.target_rows(target, block)
+        per_site.setdefault(site, {})[target] = rows
     return per_site
-
-
-def _site_of(target: str) -> str:
-    return "qkv" if target in QKV_PARTS else target
 
 
 register_adapter("lora", LoRAConfig, LoRA)

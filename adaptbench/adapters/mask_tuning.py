@@ -95,7 +95,7 @@ from torch import nn
 from ..errors import AdaptbenchError
 from ..registry import register_adapter
 from .base import Adapter, AdapterConfig, SiteWrapper, blocks_of, require
-from .checkpoint import pack_bits, unpack_bits
+from .bits import pack_bits, unpack_bits
 
 MASKABLE_SITES = ("qkv", "attn_out", "mlp_in", "mlp_out")
 PAPER_SITES = ("qkv", "attn_out")  # the MHSA weights (official MASK_MLP: False)

@@ -9,7 +9,10 @@ shifted:
     y = gamma * o(x) + beta,      gamma ~ N(1, 0.02),  beta ~ N(0, 0.02)
 
 placed, as in the official implementation, after the patch embedding, both pre-norms,
-the fused qkv linear, the attention projection, both MLP linears and the final norm. The
+the fused qkv linear, the attention projection, both MLP linears and the final norm (by
+default only those the backbone has: SAM's encoder has no final norm, and its neck is not
+among the paper's operations). The patch embedding emits channels last on every family (the
+anatomy's contract), so the scale always acts on channels. The
 random initialisation is the paper's, so SSF is *not* the identity at initialisation (it is
 close to it). Because every ``o`` here is affine per output channel, ``merge()`` folds
 the scale and shift exactly into the preceding weights: for a linear ``W' = diag(gamma) W``,
@@ -90,6 +93,8 @@ def _fold_affine(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> 
 
 
 def _channels(module: nn.Module, backbone) -> int:
+    while not isinstance(module, nn.Linear) and hasattr(module, "base_layer"):
+        module = module.base_layer  # another adapter's wrapper (LoRA) around the linear
     if isinstance(module, nn.Linear):
         return module.out_features
     return backbone.anatomy.embed_dim  # norms and the patch embedding emit embed_dim channels
@@ -101,10 +106,21 @@ class SSF(Adapter):
     mergeable = True
     identity_at_init = False  # gamma ~ N(1, 0.02), beta ~ N(0, 0.02), as the paper says
 
+    @classmethod
+    def unsupported(cls, anatomy, config: SSFConfig) -> str | None:
+        """Sites named explicitly must exist; the default (the paper's "after every
+        operation") takes the backbone-wide ones the backbone has (SAM has no final norm)."""
+        reason = super().unsupported(anatomy, config)
+        missing = [s for s in config.sites if s in SSF_GLOBAL_SITES and s not in anatomy.global_sites]
+        if reason is None and missing and tuple(config.sites) != SSFConfig().sites:
+            reason = f"sites {missing} do not exist on this backbone (it has {list(anatomy.global_sites)})"
+        return reason
+
     def _attach(self, backbone) -> None:
         config: SSFConfig = self.config
         device = next(backbone.parameters()).device
-        for site in config.sites:
+        present = set(SSF_BLOCK_SITES) | set(backbone.anatomy.global_sites)
+        for site in (s for s in config.sites if s in present):
             blocks = [None] if site in SSF_GLOBAL_SITES else range(backbone.anatomy.num_blocks)
             for block in blocks:
                 channels = _channels(backbone.site(site, block), backbone)

@@ -35,8 +35,8 @@ wrapper class covers insertion, replacement and removal, which the backbone-wide
 site could not do (it only sees the sequence before the first block), and inserting at the
 block input puts the prompts exactly where the paper's VPT-Shallow equation does: after every
 embedding step (including a pre-norm such as CLIP's ``ln_pre``), at the input of ``L_1``. Inside the blocks
-the prompts sit between prefix and patch tokens, so ``layers.tokens_to_grid`` (which takes
-the last H*W tokens as the grid) still finds the patch grid for convolutional adapters.
+the prompts sit between prefix and patch tokens; each prompted block updates the backbone's
+token geometry (the prefix count), so convolutional adapters and dense features find the grid.
 
 Departures from the official code: (1) it keeps the prompt outputs through the final norm and
 reads ``x[:, 0]``; removing them before the (per-token) final norm gives the same class-token
@@ -58,9 +58,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..errors import AdaptbenchError
 from ..registry import register_adapter
-from .base import Adapter, AdapterConfig, SiteWrapper, require
+from ..backbones.geometry import GeometryContext
+from .base import Adapter, AdapterConfig, Needs, SiteWrapper, require
 
 
 @dataclass
@@ -103,12 +103,15 @@ def splice(tokens: torch.Tensor, start: int, remove: int, insert: torch.Tensor |
 class PromptedBlock(SiteWrapper):
     """A block whose input gets this block's prompts after the prefix tokens (in place of the
     ``arriving`` prompt tokens the previous block left there), and whose output loses the
-    prompt tokens when ``strip`` is set (the last block)."""
+    prompt tokens when ``strip`` is set (the last block). It tells the backbone's token
+    geometry how many tokens now precede the patches, so that grid readers (Convpass, dense
+    features of intermediate blocks) see the prompts as prefix tokens."""
 
-    def __init__(self, base_layer: nn.Module, num_prefix: int, num_tokens: int, arriving: int,
-                 strip: bool, new_prompts: bool, dim: int, bound: float, dropout: float,
+    def __init__(self, base_layer: nn.Module, geometry: GeometryContext, num_prefix: int, num_tokens: int,
+                 arriving: int, strip: bool, new_prompts: bool, dim: int, bound: float, dropout: float,
                  device=None, dtype=None):
         super().__init__(base_layer)
+        self.geometry = geometry
         self.num_prefix = num_prefix
         self.num_tokens = num_tokens
         self.arriving = arriving
@@ -124,26 +127,22 @@ class PromptedBlock(SiteWrapper):
         if self.prompts is not None:
             prompts = self.prompts.to(x.dtype).expand(x.shape[0], -1, -1)
             x = splice(x, self.num_prefix, self.arriving, self.dropout(prompts))
+            self._count_prefix(self.num_tokens - self.arriving)
         x = self.base_layer(x)
         if self.strip:
             x = splice(x, self.num_prefix, self.num_tokens)
+            self._count_prefix(-self.num_tokens)
         return x
+
+    def _count_prefix(self, added: int) -> None:
+        if added and self.geometry.active:
+            self.geometry.update(prefix=self.geometry.current.prefix + added)
 
 
 def prompt_init_bound(backbone) -> float:
     """``v = sqrt(6 / (3 * patch_h * patch_w + d))``: Xavier-uniform for a patch embedding."""
-    (height, width), (grid_h, grid_w) = backbone.data_config.input_size, backbone.anatomy.grid
-    patch_area = (height // grid_h) * (width // grid_w)
-    return math.sqrt(6.0 / (3 * patch_area + backbone.anatomy.embed_dim))
-
-
-def require_token_sequence(backbone, adapter_name: str) -> None:
-    if backbone.anatomy.token_layout != "BNC":
-        raise AdaptbenchError(
-            f"{adapter_name}: backbone {backbone.name!r} has token layout "
-            f"{backbone.anatomy.token_layout!r} (a (B, H, W, C) patch grid), which has no token "
-            f"sequence to insert prompts into; VPT needs a (B, N, C) layout"
-        )
+    patch_h, patch_w = backbone.anatomy.patch_size
+    return math.sqrt(6.0 / (3 * patch_h * patch_w + backbone.anatomy.embed_dim))
 
 
 class PromptTuning(Adapter):
@@ -151,9 +150,10 @@ class PromptTuning(Adapter):
 
     identity_at_init = False  # the prompts change the output from the start, as the paper intends
     deep: ClassVar[bool] = False
+    # prompts extend a token sequence: SAM's (B, H, W, C) grid has none
+    needs: ClassVar[Needs] = Needs(layouts=("BNC",))
 
     def _attach(self, backbone) -> None:
-        require_token_sequence(backbone, self.name)
         last = backbone.anatomy.num_blocks - 1
         for block in range(backbone.anatomy.num_blocks):
             if not (self.adds_prompts(block) or block == last):
@@ -171,7 +171,7 @@ class PromptTuning(Adapter):
         anatomy = backbone.anatomy
         reference = next(base.parameters())
         return PromptedBlock(
-            base, anatomy.num_prefix_tokens, config.num_tokens,
+            base, backbone.geometry, anatomy.num_prefix_tokens, config.num_tokens,
             arriving=0 if block == 0 else config.num_tokens,  # every later block receives p prompt outputs
             strip=block == anatomy.num_blocks - 1, new_prompts=self.adds_prompts(block),
             dim=anatomy.embed_dim, bound=prompt_init_bound(backbone), dropout=config.dropout,

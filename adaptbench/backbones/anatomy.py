@@ -1,42 +1,43 @@
-"""The backbone anatomy: one map from canonical site names to modules, for every backbone.
+"""The backbone anatomy: the contract every backbone family fulfils.
 
 Adapters are written against this anatomy, never against a model class, so that the
-adapters x backbones matrix costs n + m code instead of n x m.
+adapters x backbones matrix costs n + m code instead of n x m. Each *family* (timm, open_clip,
+segment-anything, plugins) canonicalises its library's blocks at load time, re-homing the very
+same submodules (no weight is copied), accepts block classes from an explicit list, and says
+in its :class:`Anatomy` where each site lives and which backbone-wide sites exist.
 
-A transformer block is canonicalised into two (later: three) *residual branches*::
+A canonical block holds an ordered set of named *residual branches*::
 
-    x = x + attn(x)        attn = post(core(norm(x))), core = self-attention
-    x = x + mlp(x)         mlp  = post(core(norm(x))), core = the MLP
+    for name, branch in block.branches.items():   # "attn", "mlp"; a video family adds "temporal"
+        x = x + branch(x)                          # branch = post(core(norm(x)))
 
-Per block the sites are:
+Per block the sites are (paths from the block, as the canonical families lay them out; a
+family whose core differs, e.g. SAM's windowed attention, gives its own paths):
 
-==========  ================================================  =========================
-site        meaning                                           module
-==========  ================================================  =========================
-qkv         fused q,k,v projection (Linear d -> 3d)           ``attn.core.qkv``
-attn_out    attention output projection                       ``attn.core.proj``
-mlp_in      first MLP linear                                  ``mlp.core.fc1``
-mlp_out     second MLP linear                                 ``mlp.core.fc2``
-norm1       pre-norm of the attention branch                  ``attn.norm``
-norm2       pre-norm of the MLP branch                        ``mlp.norm``
-attn        the attention residual branch (input x, output    ``attn``
-            the residual update; for parallel adapters)
-mlp         the MLP residual branch                           ``mlp``
+==========  ================================================  ==========================
+site        meaning                                           canonical path
+==========  ================================================  ==========================
+qkv         fused q,k,v projection (Linear d -> 3d, rows      ``branches.attn.core.qkv``
+            [q; k; v]); ``q``, ``k``, ``v`` are its sub-sites
+attn_out    attention output projection                       ``branches.attn.core.proj``
+mlp_in      first MLP linear                                  ``branches.mlp.core.fc1``
+mlp_out     second MLP linear                                 ``branches.mlp.core.fc2``
+norm1       pre-norm of the attention branch                  ``branches.attn.norm``
+norm2       pre-norm of the MLP branch                        ``branches.mlp.norm``
+<branch>    each residual branch (input x, output the         ``branches.<name>``
+            residual update; for parallel adapters)
 block       the whole block                                   the block
-==========  ================================================  =========================
+==========  ================================================  ==========================
 
-Backbone-wide sites: ``patch_embed`` (image -> tokens), ``final_norm`` (after the last block)
-and ``tokens`` (the module the embedded token sequence passes through just before the first
-block; prompts are inserted there).
+Backbone-wide sites, each with a contract (``Anatomy.global_sites`` lists those that exist):
+``patch_embed`` (images -> patch tokens, channels last: (B, N, C) or (B, H', W', C)),
+``tokens`` (the module the embedded sequence passes just before the first block),
+``final_norm`` (a per-token norm over C after the last block, or after pooling for timm's
+``fc_norm``) and ``neck`` (SAM's conv neck, (B, C, H', W') -> (B, C', H', W')).
 
-Backbone-wide facts: ``embed_dim``, ``num_blocks``, ``num_prefix_tokens``, ``grid`` and
-``token_layout`` ("BNC" for timm/CLIP; "BHWC" for SAM, whose attention core partitions
-windows itself, so the branch sites still see whole grids). A video backbone adds a
-``temporal`` branch to its blocks; adapters that do not name it never touch it.
-
-Adapters replace sites with wrappers (``backbone.replace_site``); the wrapper keeps the
-original as ``base_layer`` (PEFT's convention), so wrappers compose and ``merge()`` can put
-the original module back.
+Adapters replace sites with wrappers (``backbone.replace_site``); a wrapper keeps the original
+as ``base_layer`` (PEFT's convention), so wrappers compose and ``merge()`` can put the original
+module back.
 """
 
 from __future__ import annotations
@@ -46,22 +47,25 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-BLOCK_SITES = ("qkv", "attn_out", "mlp_in", "mlp_out", "norm1", "norm2", "attn", "mlp", "block")
-GLOBAL_SITES = ("patch_embed", "tokens", "final_norm")
+from ..errors import AdaptbenchError
+
 LINEAR_SITES = ("qkv", "attn_out", "mlp_in", "mlp_out")
 NORM_SITES = ("norm1", "norm2")
+BRANCH_SITES = ("attn", "mlp")  # the branches every image family has
+QKV_PARTS = ("q", "k", "v")  # sub-sites of the fused qkv: its three thirds of output rows
+GLOBAL_SITES = ("patch_embed", "tokens", "final_norm", "neck")
+LAYOUTS = ("BNC", "BHWC")
 
-# Where each block site lives, as an attribute path from the block.
-_SITE_PATHS = {
-    "qkv": "attn.core.qkv",
-    "attn_out": "attn.core.proj",
-    "mlp_in": "mlp.core.fc1",
-    "mlp_out": "mlp.core.fc2",
-    "norm1": "attn.norm",
-    "norm2": "mlp.norm",
-    "attn": "attn",
-    "mlp": "mlp",
+CANONICAL_SITE_PATHS = {
+    "qkv": "branches.attn.core.qkv",
+    "attn_out": "branches.attn.core.proj",
+    "mlp_in": "branches.mlp.core.fc1",
+    "mlp_out": "branches.mlp.core.fc2",
+    "norm1": "branches.attn.norm",
+    "norm2": "branches.mlp.norm",
 }
+# kept for the adapters that name every block site (e.g. in their option help)
+BLOCK_SITES = (*CANONICAL_SITE_PATHS, *BRANCH_SITES, "block")
 
 
 class ResidualBranch(nn.Module):
@@ -72,7 +76,7 @@ class ResidualBranch(nn.Module):
         self.norm = norm
         self.core = core
         # post holds what the original block applied after the core (LayerScale,
-        # DropPath); kept as one module so site paths stay the same for every backbone.
+        # DropPath), so that every family has the same branch shape.
         self.post = post if post is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,29 +84,93 @@ class ResidualBranch(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """A canonical pre-norm block: ``x + attn(x)``, then ``x + mlp(x)``."""
+    """A canonical pre-norm block: ``x = x + branch(x)`` for each branch, in order."""
 
-    def __init__(self, attn: ResidualBranch, mlp: ResidualBranch):
+    def __init__(self, branches: dict[str, nn.Module]):
         super().__init__()
-        self.attn = attn
-        self.mlp = mlp
+        self.branches = nn.ModuleDict(branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        return x + self.mlp(x)
+        for branch in self.branches.values():
+            x = x + branch(x)
+        return x
+
+    def __getattr__(self, name: str):
+        # block.attn / block.mlp read the branches (a convenience for people and tests;
+        # site resolution always goes through "branches.<name>")
+        branches = self.__dict__["_modules"].get("branches")
+        if branches is not None and name in branches:
+            return branches[name]
+        return super().__getattr__(name)
+
+
+class Mlp(nn.Module):
+    """``fc2(act(fc1(x)))``: the canonical MLP core, made of a family's own modules (open_clip's
+    ``c_fc``/``c_proj``, SAM's ``lin1``/``lin2``) re-homed under canonical names."""
+
+    def __init__(self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear):
+        super().__init__()
+        self.fc1 = fc1
+        self.act = act
+        self.fc2 = fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 @dataclass
 class Anatomy:
-    """Block-independent facts about a backbone's token stream."""
+    """What a family says about its backbone: widths, tokens, and where every site lives."""
 
-    embed_dim: int
+    embed_dim: int  # width of the tokens inside the blocks
     num_blocks: int
     num_prefix_tokens: int  # class / register tokens before the patch tokens
     grid: tuple[int, int]  # patch grid (H', W') at the configured input size
+    patch_size: tuple[int, int] = (16, 16)
+    mlp_dim: int = 0  # hidden width of the MLPs (0: 4 x embed_dim)
     token_layout: str = "BNC"  # "BNC" (timm, CLIP) or "BHWC" (SAM)
     has_class_token: bool = True
+    feature_dim: int | None = None  # width of forward()'s pooled features (default: embed_dim)
+    site_paths: dict[str, str] = field(default_factory=lambda: dict(CANONICAL_SITE_PATHS))
+    branches: tuple[str, ...] = BRANCH_SITES
+    global_sites: tuple[str, ...] = ("patch_embed", "tokens", "final_norm")
+    family: str = "timm"
+    # the family's layer-norm classes (segment-anything's LayerNorm2d is not an nn.LayerNorm):
+    # BitFit and LN tuning find norms by these types, so counts do not depend on the library
+    norm_types: tuple[type, ...] = (nn.LayerNorm,)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.token_layout not in LAYOUTS:
+            raise AdaptbenchError(f"token layout {self.token_layout!r}: expected one of {LAYOUTS}")
+        unknown = set(self.global_sites) - set(GLOBAL_SITES)
+        if unknown:
+            raise AdaptbenchError(f"unknown backbone-wide sites {sorted(unknown)}; expected some of {GLOBAL_SITES}")
+        if self.feature_dim is None:
+            self.feature_dim = self.embed_dim
+        if not self.mlp_dim:
+            self.mlp_dim = 4 * self.embed_dim
+
+    @property
+    def block_sites(self) -> tuple[str, ...]:
+        return (*self.site_paths, *self.branches, "block")
+
+    def path_of(self, site: str) -> str:
+        """Attribute path of a block site, from the block."""
+        if site in self.branches:
+            return f"branches.{site}"
+        return self.site_paths[site]
+
+
+def qkv_rows(part: str, out_features: int) -> slice:
+    """The output rows of ``part`` (q, k or v) in a fused qkv linear with rows [q; k; v]."""
+    if part not in QKV_PARTS:
+        raise AdaptbenchError(f"unknown qkv part {part!r}; expected one of {QKV_PARTS}")
+    if out_features % 3:
+        raise AdaptbenchError(f"a fused qkv linear with {out_features} outputs cannot hold three equal parts")
+    width = out_features // 3
+    index = QKV_PARTS.index(part)
+    return slice(index * width, (index + 1) * width)
 
 
 def _resolve(root: nn.Module, path: str) -> tuple[nn.Module, str]:
@@ -124,9 +192,3 @@ def _through_wrappers(module: nn.Module, wanted: str) -> nn.Module:
     while not hasattr(module, wanted) and hasattr(module, "base_layer"):
         module = module.base_layer
     return module
-
-
-def site_path(site: str) -> str:
-    if site not in _SITE_PATHS:
-        raise KeyError(site)
-    return _SITE_PATHS[site]

@@ -1,16 +1,28 @@
-"""The :class:`Backbone`: a frozen model plus its anatomy (see ``anatomy.py``)."""
+"""The :class:`Backbone`: a frozen model plus its anatomy (see ``anatomy.py``).
+
+A family subclass supplies three stages of the forward, in its library's own terms:
+
+* ``embed(images)`` -> (tokens, :class:`TokenGeometry`): patch embedding, prefix tokens,
+  positions and any pre-norm, with the geometry measured from the real patch-embed output;
+* the canonical blocks (at ``blocks_path``), which this class runs while the geometry is
+  published on ``self.geometry`` for the wrappers inside them;
+* ``finish(tokens)``: what follows the blocks per token (the final norm; SAM's neck).
+
+``forward`` pools and (for CLIP, when kept) projects; ``forward_dense`` returns maps.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import AdaptbenchError
-from .anatomy import BLOCK_SITES, GLOBAL_SITES, Anatomy, TransformerBlock, _resolve, site_path
+from .anatomy import GLOBAL_SITES, QKV_PARTS, Anatomy, _resolve, qkv_rows
+from .geometry import GeometryContext, TokenGeometry, tokens_to_grid
 
 POOL_MODES = ("cls", "mean")
 
@@ -25,52 +37,101 @@ class DataConfig:
     interpolation: str = "bicubic"
 
 
+@dataclass
+class DenseFeatures:
+    """``forward_dense``'s output: the final map and the maps after chosen blocks, (B, C, H', W')."""
+
+    final: torch.Tensor
+    blocks: dict[int, torch.Tensor]
+
+
 class Backbone(nn.Module):
     """A frozen feature extractor whose every adaptable place is a named *site*.
 
-    ``forward(images)`` returns pooled features (B, embed_dim); ``forward_features``
-    returns the token sequence after the final norm. Subclasses (one per model family)
-    build ``blocks`` as :class:`TransformerBlock` and say where the global sites live.
+    ``forward(images)`` returns pooled features (B, anatomy.feature_dim);
+    ``forward_features`` the token sequence after ``finish``; ``forward_dense`` maps for
+    dense heads. Families subclass it (see the module docstring).
     """
 
-    def __init__(
-        self,
-        name: str,
-        blocks: nn.ModuleList | nn.Sequential,
-        anatomy: Anatomy,
-        data_config: DataConfig,
-        weights_source: str,
-        default_pool: str = "cls",
-    ):
+    def __init__(self, name: str, anatomy: Anatomy, data_config: DataConfig, weights_source: str,
+                 blocks_path: str, default_pool: str = "cls"):
         super().__init__()
         self.name = name
         self.anatomy = anatomy
         self.data_config = data_config
         self.weights_source = weights_source
         self.default_pool = default_pool
+        # The blocks are registered once, where the family's model keeps them; the
+        # backbone only knows their path (state_dict and weights hash see one copy).
+        self.blocks_path = blocks_path
+        self.geometry = GeometryContext()
         # Parameters an adapter owns outside any site (e.g. tensors shared across
         # blocks) live here so that .to(device) and state handling see them.
         self.adapter_modules = nn.ModuleDict()
-        self._blocks = blocks
         self._weights_id: str | None = None
+        self._sealed: tuple[nn.Parameter, ...] = ()
+        self._sealed_ids: frozenset[int] = frozenset()
 
-    # -- the token stream (subclasses) -------------------------------------------------
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+    # -- the family's stages ------------------------------------------------------------
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, TokenGeometry]:
         raise NotImplementedError
+
+    def finish(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """What follows pooling (CLIP's kept projection); the identity by default."""
+        return pooled
 
     def global_site_path(self, site: str) -> str:
         """Attribute path (from ``self``) of a backbone-wide site."""
         raise NotImplementedError
 
+    # -- the forward --------------------------------------------------------------------
+    def run(self, images: torch.Tensor, keep: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor], TokenGeometry]:
+        """(final tokens, {block index: tokens after it}, geometry after the blocks)."""
+        tokens, geometry = self.embed(images)
+        kept: dict[int, torch.Tensor] = {}
+        with self.geometry.publish(geometry):
+            for index, block in enumerate(self.blocks):
+                tokens = block(tokens)
+                if index in keep:
+                    kept[index] = self.to_map(tokens)
+            final_geometry = self.geometry.current
+            return self.finish(tokens), kept, final_geometry
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images)[0]
+
+    def forward(self, images: torch.Tensor, pool: str | None = None) -> torch.Tensor:
+        return self.project(self.pool(self.forward_features(images), pool))
+
+    def forward_dense(self, images: torch.Tensor, blocks: Sequence[int] = ()) -> DenseFeatures:
+        """The final feature map and the maps after ``blocks`` (negative: from the end), each
+        (B, C, H', W') with prefix and prompt tokens removed (read from this forward's geometry)."""
+        total = self.anatomy.num_blocks
+        for index in blocks:
+            if not -total <= index < total:
+                raise AdaptbenchError(f"block {index} out of range; backbone {self.name!r} has {total} blocks")
+        wanted = [index % total for index in blocks]
+        tokens, kept, geometry = self.run(images, wanted)
+        return DenseFeatures(self.dense_map(tokens, geometry), {index: kept[index % self.anatomy.num_blocks]
+                                                                for index in blocks})
+
+    def to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens in the current forward's geometry -> the patch map (B, C, H', W')."""
+        return tokens_to_grid(tokens, self.geometry.current)[1]
+
+    def dense_map(self, tokens: torch.Tensor, geometry: TokenGeometry) -> torch.Tensor:
+        return tokens_to_grid(tokens, geometry)[1]
+
     # -- pooling ------------------------------------------------------------------------
     def pool(self, tokens: torch.Tensor, mode: str | None = None) -> torch.Tensor:
-        """(B, N, C) tokens -> (B, C): the class token ("cls") or the mean of patch tokens."""
+        """Tokens -> (B, C): the class token ("cls") or the mean of the patch tokens."""
         mode = mode or self.default_pool
         if mode == "cls":
             if not self.anatomy.has_class_token:
-                raise AdaptbenchError(
-                    f"backbone {self.name!r} has no class token; use pool 'mean'"
-                )
+                raise AdaptbenchError(f"backbone {self.name!r} has no class token; use pool 'mean'")
             return tokens[:, 0]
         if mode == "mean":
             if tokens.dim() == 4:  # (B, H, W, C) layouts
@@ -78,31 +139,30 @@ class Backbone(nn.Module):
             return tokens[:, self.anatomy.num_prefix_tokens :].mean(dim=1)
         raise AdaptbenchError(f"unknown pool mode {mode!r}; expected one of {POOL_MODES}")
 
-    def forward(self, images: torch.Tensor, pool: str | None = None) -> torch.Tensor:
-        return self.pool(self.forward_features(images), pool)
-
     # -- sites --------------------------------------------------------------------------
     @property
-    def blocks(self) -> list[TransformerBlock]:
-        return list(self._blocks)
+    def blocks(self) -> nn.Module:
+        """The canonical blocks (an ``nn.Sequential`` or ``nn.ModuleList``), in order."""
+        return self.get_submodule(self.blocks_path)
 
     def _site_location(self, site: str, block: int | None) -> tuple[nn.Module, str]:
+        anatomy = self.anatomy
         if block is None:
-            if site not in GLOBAL_SITES:
-                raise AdaptbenchError(
-                    f"unknown backbone-wide site {site!r}; expected one of {GLOBAL_SITES}"
-                )
+            if site not in anatomy.global_sites:
+                other = "" if site not in GLOBAL_SITES else f" ({site!r} is not part of this backbone)"
+                raise AdaptbenchError(f"backbone {self.name!r} has no backbone-wide site {site!r}{other}; "
+                                      f"expected one of {anatomy.global_sites}")
             return _resolve(self, self.global_site_path(site))
-        if site not in BLOCK_SITES:
-            raise AdaptbenchError(f"unknown block site {site!r}; expected one of {BLOCK_SITES}")
-        if not 0 <= block < self.anatomy.num_blocks:
-            raise AdaptbenchError(
-                f"block {block} out of range; backbone {self.name!r} has "
-                f"{self.anatomy.num_blocks} blocks"
-            )
+        if site not in anatomy.block_sites:
+            raise AdaptbenchError(f"backbone {self.name!r} has no block site {site!r}; "
+                                  f"expected one of {anatomy.block_sites}")
+        if not 0 <= block < anatomy.num_blocks:
+            raise AdaptbenchError(f"block {block} out of range; backbone {self.name!r} has "
+                                  f"{anatomy.num_blocks} blocks")
+        blocks = self.blocks
         if site == "block":
-            return self._blocks, str(block)
-        return _resolve(self._blocks[block], site_path(site))
+            return blocks, str(block)
+        return _resolve(blocks[block], anatomy.path_of(site))
 
     def site(self, site: str, block: int | None = None) -> nn.Module:
         """The module now at ``site`` (of ``block``, or backbone-wide when block is None)."""
@@ -124,7 +184,14 @@ class Backbone(nn.Module):
         for index in range(self.anatomy.num_blocks):
             yield index, self.site(site, index)
 
-    # -- identity of the weights -------------------------------------------------------
+    def target_rows(self, target: str, block: int) -> tuple[str, slice]:
+        """(linear site, output rows) of an adapter target: ``q``, ``k``, ``v`` are the
+        sub-sites of the fused ``qkv`` (its thirds), any other linear site is all its rows."""
+        if target in QKV_PARTS:
+            return "qkv", qkv_rows(target, _out_features(self.site("qkv", block)))
+        return target, slice(0, _out_features(self.site(target, block)))
+
+    # -- identity and freezing of the weights ------------------------------------------
     @property
     def weights_id(self) -> str:
         """A short content hash of the pretrained weights (taken before any adaptation).
@@ -136,14 +203,38 @@ class Backbone(nn.Module):
         return self._weights_id
 
     def seal_weights(self) -> None:
-        """Freeze every parameter and record the weights hash; factories call this last."""
+        """Freeze every parameter, remember them as the backbone's own and record the
+        weights hash; factories call this last."""
         for param in self.parameters():
             param.requires_grad_(False)
+        self._sealed = tuple(self.parameters())
+        self._sealed_ids = frozenset(id(p) for p in self._sealed)
         self._weights_id = state_hash(self.state_dict())
+
+    def sealed_parameters(self) -> tuple[nn.Parameter, ...]:
+        """The frozen backbone's own parameters (not those adapters added since)."""
+        return self._sealed
+
+    def named_sealed_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, param in self.named_parameters():
+            if id(param) in self._sealed_ids:
+                yield name, param
+
+    def is_sealed(self, param: nn.Parameter) -> bool:
+        return id(param) in self._sealed_ids
+
+
+def _out_features(module: nn.Module) -> int:
+    while not hasattr(module, "out_features") and hasattr(module, "base_layer"):
+        module = module.base_layer
+    return module.out_features
 
 
 def state_hash(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, shapes, dtypes and bytes of every tensor, in name order."""
+    """sha256 over names, shapes, dtypes and bytes of every tensor, in name order ("meta" for a
+    backbone built on the meta device, which has shapes but no weights)."""
+    if any(tensor.is_meta for tensor in state.values()):
+        return "meta"
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()

@@ -1,11 +1,13 @@
 """Readers for the real on-disk formats (VTAB-1k, FGVC) and the generated micro tasks.
 
 ``vtab.py`` and ``fgvc.py`` read the layouts the community ships (see DESIGN.md, "Data
-formats"); ``images.py`` turns (path, label) lists into a torch Dataset; ``micro.py``
-generates the embedded tasks into the VTAB-1k layout, so the same readers serve both.
+formats"), whose fixed facts (folders, class counts, splits) are in ``formats.py``;
+``images.py`` turns (path, label) lists into a torch Dataset; ``micro.py`` generates the
+embedded tasks into the VTAB-1k layout, so the same readers serve both.
 
 The names below are exported lazily (PEP 562): ``adaptbench.tasks.catalog`` imports this
-package for the micro task table, and ``adaptbench ls`` must not pay for torch or numpy.
+package for the format facts and the micro task table, and ``adaptbench ls`` must not pay
+for torch or numpy. Nothing here imports ``adaptbench.tasks``: tasks depend on datasets.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ _EXPORTS = {
     "Sample": "images",
     "ImageListDataset": "images",
     "check_images_exist": "images",
-    "VTAB_SPLITS": "vtab",
-    "VTAB1K_TASKS": "vtab",
+    "VTAB_SPLITS": "formats",
+    "VTAB1K_TASKS": "formats",
     "read_split_file": "vtab",
     "vtab_samples": "vtab",
-    "FGVC_DATASETS": "fgvc",
-    "FGVC_SPLITS": "fgvc",
+    "FGVC_DATASETS": "formats",
+    "FGVC_SPLITS": "formats",
     "fgvc_samples": "fgvc",
     "MICRO_TASKS": "micro",
     "MicroTask": "micro",

@@ -8,9 +8,9 @@ ids found in ``train.json`` (the training split holds every class, so val and te
 same mapping; an id that only val or test knows is an error). ``trainval`` is train.json
 followed by val.json.
 
-The folder names, image sub-folders and class counts (``FGVC_DATASETS``) live in
-``adaptbench.tasks.catalog``, which must stay importable without torch; they are
-re-exported here.
+The folder names, image sub-folders, class counts and split names (``FGVC_DATASETS``,
+``FGVC_SPLITS``) live in ``formats.py``, plain data that ``adaptbench ls`` reads without
+torch; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import json
 from pathlib import Path
 
 from ..errors import AdaptbenchError, did_you_mean
-from ..tasks.catalog import FGVC_DATASETS, SPLITS
+from .formats import FGVC_DATASETS, FGVC_SPLITS
 from .images import Sample, check_images_exist
 
 __all__ = ["FGVC_DATASETS", "FGVC_SPLITS", "fgvc_samples", "read_annotations"]
 
-FGVC_SPLITS: tuple[str, ...] = SPLITS["fgvc"]  # ("train", "val", "trainval", "test")
 LAYOUT = '<root>/<dataset folder>/{train,val,test}.json, each {"<image path>": <class id>}'
 
 

@@ -26,7 +26,7 @@ import numpy as np
 __all__ = ["GLYPH_CLASSES", "SIZE", "glyph_images", "glyph_strokes"]
 
 SIZE = 32  # images are SIZE x SIZE grayscale, as the procedural micro tasks
-GLYPH_CLASSES = 50  # what the micro ViT is pretrained on (see backbones/micro_pretrain.py)
+GLYPH_CLASSES = 50  # what the micro ViT is pretrained on (see adaptbench/pretrain/micro.py)
 CLASS_SEED = 20_240_817  # the glyph designs: fixed, so every pretraining run sees the same classes
 MAX_STROKES = 4
 SEGMENTS = 8  # line segments per Bezier stroke when rendering (smooth enough at 32x32)

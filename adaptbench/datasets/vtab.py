@@ -8,8 +8,9 @@ each split file holding lines ``images/<split>/000123.jpg <int label>``, paths r
 ``<root>/<task>/``. Every split has its own image folder (train800val200's images are a
 second copy). The embedded micro tasks are written in this layout too (``micro.py``).
 
-The folder names and class counts (``VTAB1K_TASKS``) live in ``adaptbench.tasks.catalog``,
-which must stay importable without torch; they are re-exported here.
+The folder names, class counts and split names (``VTAB1K_TASKS``, ``VTAB_SPLITS``) live in
+``formats.py``, plain data that ``adaptbench ls`` reads without torch; they are re-exported
+here.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AdaptbenchError
-from ..tasks.catalog import SPLITS, VTAB1K_TASKS
+from .formats import VTAB1K_TASKS, VTAB_SPLITS
 from .images import Sample, check_images_exist
 
 __all__ = ["VTAB_SPLITS", "VTAB1K_TASKS", "read_split_file", "vtab_samples"]
 
-VTAB_SPLITS: tuple[str, ...] = SPLITS["vtab1k"]  # ("train800", "val200", "train800val200", "test")
 LAYOUT = ('<root>/<task>/{train800,val200,train800val200,test}.txt with lines '
           '"images/<split>/<name>.jpg <label>"')
 LINE_FORMAT = "'<image path> <int label>'"

@@ -23,14 +23,17 @@ same model) and keeps non-default weights (``[random:0]``, a file name), which a
 * one column per task (benchmark prefix dropped), grouped natural / specialized / structured /
   fgvc in the catalogue's order: 100 x top-1 on the evaluation split (``test`` for final runs),
   ``mean ± std`` over seeds with the *sample* std (ddof=1); one seed shows the mean alone.
-  A task with any failed seed reads ``failed (k/n)`` and is never a number; ``–`` is a task
-  this row did not run.
+  A task with any failed seed reads ``failed (k/n)`` and is never a number; ``n/a`` is a task
+  whose records say the adapter cannot run on the backbone (status ``n/a``; the reasons are
+  notes under the table, and the ``n/a reason`` column of the CSV); ``–`` is a task this row
+  did not run.
 * ``<Group> (mean)`` per group, only when the tasks span more than one group (or published
   group means are shown).
 * ``Mean (tasks)``: the plain mean of the task means (VTAB's "mean19", FGVC's "mean5"), and
   ``Mean (groups)``: the mean of the group means (NOAH's convention). Papers mix the two, so
   both are shown, labelled. A mean is a number only when every task in it succeeded, else it
-  reads ``failed`` (a task failed) or ``incomplete`` (a task was not run). Its ``±`` is the
+  reads ``failed`` (a task failed), ``n/a`` (a task is n/a) or ``incomplete`` (a task was not
+  run). Rows without a numeric mean are not ranked nor plotted. Its ``±`` is the
   sample std over seeds of the per-seed means, when every task ran the same >= 2 seeds.
 * ``Seeds`` (per task; a range when tasks differ), ``Params w/o head (M)`` (trainable
   parameters without the task head), ``Extra inf. params`` (added at inference; the merged

@@ -6,9 +6,10 @@ The steps, each a small function below:
    (they are the hyper-parameter search, not results) and counted in the warnings;
 2. a repeated (benchmark, backbone, adapter label, task, seed) keeps its newest record by
    ``created_at`` (also a warning);
-3. per (adapter label, backbone, task): seeds run, seeds failed, mean and sample std (ddof=1);
+3. per (adapter label, backbone, task): seeds run, seeds failed, seeds n/a, mean and sample
+   std (ddof=1);
 4. per row: group means, the mean over tasks and the mean of group means -- numbers only when
-   every task of the row succeeded -- the rank, and the costs;
+   every task of the row succeeded -- the rank, the costs, and why any cell is n/a;
 5. published numbers (``references.py``) are appended as "reported" rows when the backbone and
    benchmark match.
 
@@ -29,6 +30,7 @@ from .records import record_facts
 from .references import MEAN_COLUMN_OF_KIND, REFERENCE_BACKBONE, references_for
 
 MISSING = "–"  # a cell that has no run (en dash)
+NOT_APPLICABLE = "n/a"  # a cell whose adapter cannot run on the row's backbone
 MEAN_TASKS = "Mean (tasks)"
 MEAN_GROUPS = "Mean (groups)"
 PARAMS = "Params w/o head (M)"
@@ -51,14 +53,17 @@ class Leaderboard:
 
     benchmark: str
     table: pd.DataFrame  # strings: what md / csv / tex / html / terminal show
-    summary: pd.DataFrame  # numbers per row: adapter, backbone, source, reported, means, params_m, rank
+    # numbers per row: adapter, backbone, source, reported, means, params_m, rank, and
+    # not_applicable / na_reason (why the row's n/a cells cannot run; "" when none)
+    summary: pd.DataFrame
     tasks: list[str]  # full task names, in column order
     groups: list[str]
     metric: str = "top1"
     higher_is_better: bool = True
     records_used: int = 0
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the n/a reasons are among them (na_notes)
     warnings: list[str] = field(default_factory=list)
+    na_notes: list[str] = field(default_factory=list)  # "n/a: <adapter> | <backbone>: <reason>", per row
 
     @property
     def has_reported_rows(self) -> bool:
@@ -85,6 +90,7 @@ def _facts_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                "images_per_s", "peak_memory_bytes"]
     facts[numeric] = facts[numeric].apply(pd.to_numeric, errors="coerce")  # None -> NaN
     facts["ok"] = facts["ok"].astype(bool)
+    facts["na"] = facts["na"].astype(bool)
     return facts
 
 
@@ -111,8 +117,9 @@ def _newest_per_seed(final: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _failure_warnings(final: pd.DataFrame, shown: int = 20) -> list[str]:
-    """Each failed run with its error (the first ``shown``), so a failed cell can be traced."""
-    failed = final[~final["ok"]].sort_values(["adapter", "backbone", "task", "seed"])
+    """Each failed run with its error (the first ``shown``), so a failed cell can be traced.
+    n/a runs are not failures: their reasons are notes."""
+    failed = final[~final["ok"] & ~final["na"]].sort_values(["adapter", "backbone", "task", "seed"])
     warnings = [f"{row.adapter} | {row.backbone} | {row.task} | seed {row.seed} failed: {row.error}"
                 for row in failed.head(shown).itertuples()]
     if len(failed) > shown:
@@ -147,7 +154,8 @@ def _board(benchmark: str, final: pd.DataFrame, warnings: list[str]) -> Leaderbo
         tasks=tasks, groups=groups, metric=metric, higher_is_better=higher_is_better,
         records_used=len(final), warnings=warnings,
     )
-    board.notes = _notes(board, final, show_groups=bool(column_groups))
+    board.na_notes = _na_notes(board.summary)
+    board.notes = _notes(board, final, show_groups=bool(column_groups)) + board.na_notes
     return board
 
 
@@ -176,11 +184,13 @@ def _direction(final: pd.DataFrame, warnings: list[str]) -> tuple[str, bool]:
 
 
 def _cells(final: pd.DataFrame) -> pd.DataFrame:
-    """Per (adapter, backbone, task): seeds run, seeds failed, mean and sample std of the score."""
-    grouped = final.groupby([*ROW_KEY, "task"], sort=True)
+    """Per (adapter, backbone, task): seeds run, failed, n/a, mean and sample std of the score."""
+    failed = final.assign(failed=~final["ok"] & ~final["na"])
+    grouped = failed.groupby([*ROW_KEY, "task"], sort=True)
     return pd.DataFrame({
         "runs": grouped.size(),
-        "failed": grouped["ok"].apply(lambda ok: int((~ok).sum())),
+        "failed": grouped["failed"].sum().astype(int),
+        "na": grouped["na"].sum().astype(int),
         "mean": grouped["score"].mean(),
         "std": grouped["score"].std(ddof=1),  # NaN for one seed: shown as the mean alone
     })
@@ -200,8 +210,23 @@ def _our_row(key: tuple[str, str], rows: pd.DataFrame, cells: pd.DataFrame, task
     shown.update(costs.pop("shown"))
     numbers = {"adapter": adapter, "backbone": backbone, "source": "ours", "reported": False,
                "mean_tasks": means[MEAN_TASKS][0], "mean_groups": means.get(MEAN_GROUPS, (np.nan,))[0],
-               **costs}
+               **costs, **_na_facts(rows, cells, tasks)}
     return numbers, shown
+
+
+def _na_facts(rows: pd.DataFrame, cells: pd.DataFrame, tasks: list[str]) -> dict[str, Any]:
+    """Whether any cell of the row is n/a, and why: one reason, or ``task: reason`` each when
+    the tasks' reasons differ (they rarely do: a pair is impossible whatever the task)."""
+    na_tasks = [task for task in tasks if cells.loc[task, "na"] > 0]
+    na_rows = rows[rows["na"]].drop_duplicates("task").set_index("task")["na_reason"]
+    reasons = {task: str(na_rows[task]) for task in na_tasks}
+    if len(set(reasons.values())) == 1:
+        reason = next(iter(reasons.values()))
+        if len(na_tasks) < len(tasks):
+            reason = f"{', '.join(map(_task_column, na_tasks))}: {reason}"
+    else:
+        reason = "; ".join(f"{_task_column(task)}: {text}" for task, text in reasons.items())
+    return {"not_applicable": bool(na_tasks), "na_reason": reason if na_tasks else ""}
 
 
 def _task_column(task: str) -> str:
@@ -213,6 +238,8 @@ def _cell_text(cell: pd.Series) -> str:
         return MISSING
     if cell["failed"]:
         return f"failed ({int(cell['failed'])}/{int(cell['runs'])})"
+    if cell["na"]:
+        return NOT_APPLICABLE
     return _mean_std_text(cell["mean"], cell["std"])
 
 
@@ -227,7 +254,8 @@ def _row_means(rows: pd.DataFrame, cells: pd.DataFrame, tasks: list[str], group_
     """Group means, mean over tasks and mean of group means: (value or NaN, text) each.
 
     A mean is a number only when all its tasks succeeded; otherwise it reads ``failed`` (a
-    task failed) or ``incomplete`` (a task has no run). Its ± is the sample std over seeds of
+    task failed), ``n/a`` (a task cannot run on the backbone) or ``incomplete`` (a task has no
+    run), in that order. Its ± is the sample std over seeds of
     the per-seed means, given when every task in it ran the same two or more seeds.
     """
     per_seed = rows[rows["ok"]].pivot_table(index="seed", columns="task", values="score")
@@ -255,6 +283,8 @@ def _mean_of(cells: pd.DataFrame, per_seed: pd.DataFrame, reduce) -> tuple[float
     """``reduce`` (a frame of scores, one column per task -> one value per row) of the cell means."""
     if cells["failed"].fillna(0).any():
         return np.nan, "failed"
+    if cells["na"].fillna(0).any():  # never a number: no re-run will fill it in
+        return np.nan, NOT_APPLICABLE
     if cells["runs"].isna().any():
         return np.nan, "incomplete"
     value = float(reduce(cells[["mean"]].T).iloc[0])
@@ -353,7 +383,8 @@ def _reported_row(ref, tasks: list[str], groups: list[str]) -> tuple[dict, dict]
     numbers = {"adapter": ref.adapter, "backbone": REFERENCE_BACKBONE, "source": source, "reported": True,
                "mean_tasks": ref.value if column == MEAN_TASKS else np.nan,
                "mean_groups": ref.value if column == MEAN_GROUPS else np.nan,
-               "params_m": params, "images_per_s": np.nan, "peak_memory_mb": np.nan, "rank": np.nan}
+               "params_m": params, "images_per_s": np.nan, "peak_memory_mb": np.nan, "rank": np.nan,
+               "not_applicable": False, "na_reason": ""}
     return numbers, shown
 
 
@@ -382,8 +413,9 @@ def _notes(board: Leaderboard, final: pd.DataFrame, show_groups: bool) -> list[s
         (f"Cells: 100 x {board.metric} on the evaluation split of final runs (test, never used to "
          "pick an epoch or a hyper-parameter), mean ± sample std (ddof=1) over seeds; one seed shows "
          "the mean alone."),
-        ("failed (k/n): k of n seeds failed; – : not run. A mean is a number only when every task "
-         "in it succeeded, otherwise it reads failed or incomplete."),
+        ("failed (k/n): k of n seeds failed; n/a: the adapter cannot run on this backbone (the "
+         "reasons are listed below); – : not run. A mean is a number only when every task in it "
+         "succeeded, otherwise it reads failed, n/a or incomplete."),
         f"{MEAN_TASKS}: plain mean over the {len(board.tasks)} tasks.{groups}",
         (f"Rank: by {MEAN_TASKS}, {direction} is better, at {DECIMALS} decimals (equal means share a "
          "rank); rows without a complete mean and reported rows are not ranked."),
@@ -396,6 +428,12 @@ def _notes(board: Leaderboard, final: pd.DataFrame, show_groups: bool) -> list[s
     if board.has_reported_rows:
         notes.append(_reported_note(board))
     return notes
+
+
+def _na_notes(summary: pd.DataFrame) -> list[str]:
+    """One note per row with n/a cells: which row, and why the adapter cannot run there."""
+    rows = summary[summary["not_applicable"].fillna(False).astype(bool)]
+    return [f"n/a: {row.adapter} | {row.backbone}: {row.na_reason}" for row in rows.itertuples()]
 
 
 def _reported_note(board: Leaderboard) -> str:

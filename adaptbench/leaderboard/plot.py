@@ -5,9 +5,10 @@ tasks. A log axis cannot show 0, and the linear probe trains nothing but the hea
 with 0 parameters are drawn at a floor one decade below the smallest positive count, and
 that tick is labelled "0" (the axis label says so). The Pareto front of our rows (no other
 row has fewer-or-equal parameters and a higher-or-equal mean) is joined by a step line, per
-backbone. Published numbers that are means over tasks (``mean19`` / ``mean5``) are drawn
-with another marker; those that are means of group means are left out, since the y axis is
-the mean over tasks and mixing the two is the error this project exists to avoid.
+backbone; rows with an ``n/a`` cell have no mean and are left out. Published numbers that
+are means over tasks (``mean19`` / ``mean5``) are drawn with another marker; those that are
+means of group means are left out, since the y axis is the mean over tasks and mixing the two
+is the error this project exists to avoid.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def pareto_figure(board: Leaderboard):
 
 
 def _points(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    # A row with an n/a cell has no mean (and no parameter count when all its cells are n/a);
+    # it is dropped by name too, so that a partly n/a row never becomes a point.
+    if "not_applicable" in summary:
+        summary = summary[~summary["not_applicable"].fillna(False).astype(bool)]
     plottable = summary.dropna(subset=["mean_tasks", "params_m"])
     return plottable[~plottable["reported"]], plottable[plottable["reported"]]
 

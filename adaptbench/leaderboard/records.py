@@ -3,9 +3,11 @@
 A *run record* is the JSON that ``adaptbench train`` / ``adaptbench run`` write, one per run
 (see ``adaptbench/runner/records.py``). :func:`load_records` collects them from files and
 folders; :func:`record_facts` turns one record into a flat dict (one row of the long table
-that ``aggregate.py`` pivots). Only this module knows the record's nesting, and it falls back
-for older records: without ``run_info.task_info`` the task's benchmark is the part of its
-name before the ``/`` and its group comes from the task registry.
+that ``aggregate.py`` pivots). Only this module knows the record's nesting (the outcome
+through ``runner/records.py``, which writes it), and it falls back for older records: without
+``run_info.task_info`` the task's benchmark is the part of its name before the ``/`` and its
+group comes from the task registry. An ``n/a`` record (the adapter cannot run on the backbone)
+has no score and is not a failure: ``na`` and ``na_reason`` say so.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdaptbenchError
+from ..runner.records import SUCCESS, not_applicable_reason
 
 #: Keys every record must have below ``run_info.config`` (the rest may be missing).
 REQUIRED_CONFIG_KEYS = ("task", "backbone", "adapter")
@@ -90,6 +93,7 @@ def record_facts(record: dict[str, Any]) -> dict[str, Any]:
     benchmark, group = _benchmark_and_group(run_info)
     params = train.get("params") or {}
     score, error = _score(train)
+    na_reason = not_applicable_reason(record)  # the adapter cannot run on this backbone: no score, not failed
     return {
         "benchmark": benchmark,
         "group": group,
@@ -99,6 +103,8 @@ def record_facts(record: dict[str, Any]) -> dict[str, Any]:
         "seed": config.get("seed", run_info.get("seed")),
         "stage": config.get("stage") or train.get("stage") or "final",
         "ok": score is not None,
+        "na": na_reason is not None,
+        "na_reason": na_reason,
         "error": error,
         "score": score,
         "metric": train.get("primary_metric") or "top1",
@@ -147,7 +153,7 @@ def _registered_group(task: str) -> str:
 
 def _score(train: dict[str, Any]) -> tuple[float | None, str | None]:
     """(100 x primary metric on the evaluation split, None) or (None, why there is none)."""
-    if train.get("status") != "success":
+    if train.get("status") != SUCCESS:
         return None, train.get("error") or f"status {train.get('status')!r}"
     metric = train.get("primary_metric") or "top1"
     split = (train.get("data") or {}).get("eval_split") or "test"

@@ -1,7 +1,10 @@
 """Leaderboards -> Markdown, CSV, LaTeX, one self-contained HTML page, PNG plots, terminal.
 
 Every format shows the same strings (``Leaderboard.table``), so a failed cell reads
-``failed`` everywhere and never turns into a number.
+``failed`` everywhere and never turns into a number, and a cell whose adapter cannot run on
+the row's backbone reads ``n/a``. Why it is n/a is a note under the table (Markdown and HTML
+lists, LaTeX comments, lines under the terminal table) and, in CSV, the extra last column
+``n/a reason`` (present only when some cell is n/a, empty on the other rows).
 
 Files (:func:`write_leaderboards`): Markdown, LaTeX and HTML hold every benchmark in one
 file, ``<out>/<name>.md|.tex|.html``. CSV and PNG hold one benchmark each: ``<name>.csv`` and
@@ -26,10 +29,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..files import atomic_write
-from .aggregate import MISSING, Leaderboard
+from .aggregate import MISSING, NOT_APPLICABLE, Leaderboard
 
 FORMATS = ("md", "csv", "tex", "html")
 FAILED_CSS = "color:#b00020;font-weight:600"
+NA_CSS = "color:#777;font-style:italic"
+NA_REASON_COLUMN = "n/a reason"
 REPORTED_CSS = "color:#555;font-style:italic;background:#f6f6f6"
 PROTOCOL = (
     "Hyper-parameters are chosen on train800 -> val200 (tune records, not shown); the final model "
@@ -78,7 +83,11 @@ def _markdown_escape(text: str) -> str:
 
 
 def render_csv(board: Leaderboard) -> str:
-    return board.table.to_csv(index=False, lineterminator="\n")
+    """The table; with an ``n/a reason`` column when some cell is n/a (a CSV has no notes)."""
+    table = board.table
+    if board.summary["not_applicable"].any():
+        table = table.assign(**{NA_REASON_COLUMN: board.summary["na_reason"].fillna("").to_numpy()})
+    return table.to_csv(index=False, lineterminator="\n")
 
 
 def render_latex(boards: Sequence[Leaderboard]) -> str:
@@ -161,7 +170,7 @@ def _html_section(board: Leaderboard, png: bytes) -> str:
     anchor = _file_safe(board.benchmark)
     styler = board.table.style.hide(axis="index")
     styler = styler.format(escape="html").format_index(escape="html", axis=1)
-    styler = styler.map(lambda value: FAILED_CSS if str(value).startswith("failed") else "")
+    styler = styler.map(_html_cell_css)
     styler = styler.apply(lambda row: [REPORTED_CSS if row["Source"].startswith("reported") else ""] * len(row),
                           axis=1)
     styler = styler.set_table_attributes(f'class="leaderboard" id="table-{anchor}"').set_uuid(anchor)
@@ -181,6 +190,13 @@ the dashed line is the Pareto front of our rows.</figcaption>
 <ul class="notes">{notes}</ul>
 {f'<ul class="warnings">{warnings}</ul>' if warnings else ""}
 </section>"""
+
+
+def _html_cell_css(value) -> str:
+    text = str(value)
+    if text.startswith("failed"):
+        return FAILED_CSS
+    return NA_CSS if text == NOT_APPLICABLE else ""
 
 
 # -- terminal ---------------------------------------------------------------------------------
@@ -203,6 +219,7 @@ def render_terminal(boards: Sequence[Leaderboard]):
             reported = str(source).startswith("reported")
             table.add_row(*(Text(str(value), style=_terminal_style(str(value), reported)) for value in row))
         parts.append(table)
+        parts.extend(Text(note, style="dim") for note in board.na_notes)
         parts.extend(Text(f"warning: {warning}", style="yellow") for warning in board.warnings)
     return Group(*parts)
 
@@ -210,7 +227,7 @@ def render_terminal(boards: Sequence[Leaderboard]):
 def _terminal_style(value: str, reported: bool) -> str:
     if value.startswith("failed"):
         return "bold red"
-    return "dim italic" if reported else ""
+    return "dim italic" if reported or value == NOT_APPLICABLE else ""
 
 
 # -- files ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import read_record, run_id
+from .records import SUCCESS, read_record, run_id, status_of
 from .spec import GRID_OPTION_PREFIX, AdapterEntry, BackboneEntry, MatrixSpec
 from .train import RunConfig, record_path_for, resolved_config
 
@@ -103,9 +103,9 @@ def search_groups(spec: MatrixSpec) -> list[SearchGroup]:
 
 # -- records on disk -----------------------------------------------------------------------
 def record_status(out_dir: Path, cell: Cell) -> str | None:
-    """'success' / 'failed' from the cell's record, or None when it has none (or it is unreadable)."""
+    """'success' / 'failed' / 'n/a' from the cell's record, or None when it has none (or it is unreadable)."""
     record = load_cell_record(out_dir, cell)
-    return None if record is None else record.get("train_info", {}).get("status")
+    return None if record is None else status_of(record)
 
 
 def load_cell_record(out_dir: Path, cell: Cell) -> dict[str, Any] | None:
@@ -126,7 +126,7 @@ def choose_grid_point(group: SearchGroup, out_dir: Path) -> tuple[dict[str, Any]
     tried = []
     for cell in group.tune_cells():
         record = load_cell_record(out_dir, cell)
-        if record is None or record["train_info"].get("status") != "success":
+        if record is None or status_of(record) != SUCCESS:
             continue
         info = record["train_info"]
         score = info["metrics"][info["data"]["eval_split"]][info["primary_metric"]]

@@ -2,7 +2,8 @@
 
 :func:`execute_cell` is the one function every executor runs on its worker, whatever the
 worker is (a local process now; a Ray task or a Slurm job later). It never raises: a
-failing cell comes back as an outcome with its error, and its record says ``failed``.
+failing cell comes back as an outcome with its error, and its record says ``failed``; a cell
+whose adapter turns out not to apply to its backbone comes back (and is recorded) ``n/a``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class CellEvent:
 @dataclass(frozen=True)
 class CellOutcome:
     cell_id: str
-    status: str  # "success" | "failed"
+    status: str  # "success" | "failed" | "n/a" (records.STATUSES)
     error: str | None = None
     score: float | None = None  # the primary metric on the evaluation split
     wall_time_s: float = 0.0
@@ -52,7 +53,8 @@ Report = Callable[[CellEvent], None]
 def execute_cell(job: CellJob, report: Report) -> CellOutcome:
     """Run one cell and write its record; any failure is recorded and returned, not raised."""
     from ..errors import one_line
-    from .train import run
+    from .records import FAILED, NOT_APPLICABLE, SUCCESS
+    from .train import is_not_applicable, run
 
     started = time.perf_counter()
     report(CellEvent(job.cell_id, "start", os.getpid()))
@@ -60,10 +62,12 @@ def execute_cell(job: CellJob, report: Report) -> CellOutcome:
         result = run(job.config, job.place, annotations=job.annotations,
                      callbacks=[_epoch_reporter(job.cell_id, report)], record_setup_failures=True)
     except Exception as err:
-        return CellOutcome(job.cell_id, "failed", one_line(err), wall_time_s=time.perf_counter() - started)
+        # The runner skips the pairs it knows are impossible; this catches one it could not tell.
+        status = NOT_APPLICABLE if is_not_applicable(err) else FAILED
+        return CellOutcome(job.cell_id, status, one_line(err), wall_time_s=time.perf_counter() - started)
     info = result.record["train_info"]
     score = info["metrics"][info["data"]["eval_split"]][info["primary_metric"]]
-    return CellOutcome(job.cell_id, "success", score=score, wall_time_s=time.perf_counter() - started)
+    return CellOutcome(job.cell_id, SUCCESS, score=score, wall_time_s=time.perf_counter() - started)
 
 
 def _epoch_reporter(cell_id: str, report: Report):

@@ -1,10 +1,14 @@
 """Run a matrix spec: tune cells, then final cells, then the leaderboard.
 
 Resuming is the normal case, not a special one: every cell's record is looked up by its id
-before anything runs. A cell whose record says ``success`` is never run again; one whose
-record says ``failed`` is run again only with ``retry_failed``; a cell without a record (never
-run, or lost in flight when the runner was killed) runs. Records are written atomically by
-the worker that ran the cell, so a kill at any moment loses at most the cells in flight.
+before anything runs. A cell whose record says ``success`` or ``n/a`` is never run again; one
+whose record says ``failed`` is run again only with ``retry_failed``; a cell without a record
+(never run, or lost in flight when the runner was killed) runs. Records are written atomically
+by the worker that ran the cell, so a kill at any moment loses at most the cells in flight.
+
+A cell whose adapter cannot run on its backbone (``capabilities.py``) is not run: its ``n/a``
+record is written at once, by the same atomic writer, and counted apart from successes and
+failures. When every tune cell of a grid search is n/a, so are its final cells.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .cells import Cell, SearchGroup, choose_grid_point, record_status, search_groups
+from .capabilities import Capabilities
+from .cells import Cell, SearchGroup, choose_grid_point, load_cell_record, record_status, search_groups
 from .executors import Executor, LocalExecutor
 from .jobs import CellJob, CellOutcome
 from .progress import MatrixProgress
+from .records import FAILED, NOT_APPLICABLE, SUCCESS, not_applicable_line, reason_of
 from .spec import MatrixSpec
-from .train import RunPlace, record_path_for, record_unrun_failure
+from .train import RunPlace, record_not_applicable, record_path_for, record_unrun_failure
 
 
 @dataclass
@@ -44,7 +50,8 @@ class MatrixSummary:
     cells: int = 0
     succeeded: int = 0
     failed: int = 0
-    skipped: int = 0  # found done (or failed, without retry_failed) from an earlier run
+    not_applicable: int = 0  # the adapter cannot run on the backbone: recorded n/a, never run
+    skipped: int = 0  # found done (success, n/a, or failed without retry_failed) from an earlier run
     ran: int = 0
     wall_time_s: float = 0.0
     final_records: list[Path] = field(default_factory=list)
@@ -62,6 +69,7 @@ class MatrixRun:
         self.groups = search_groups(spec)
         self.console = console or Console()
         self.executor = executor or LocalExecutor(options.workers, plugin_files=options.plugin_files)
+        self.capabilities = Capabilities()
         self.summary = MatrixSummary()
 
     # -- planning -----------------------------------------------------------------------------
@@ -85,29 +93,37 @@ class MatrixRun:
     def cell_count(self) -> int:
         return len(self.tune_cells()) + len(self.groups) * len(self.spec.seeds)
 
+    def not_applicable(self, cell: Cell) -> str | None:
+        """The cell's n/a line: from its n/a record, else from the capabilities; None if it can run."""
+        record = load_cell_record(self.out, cell)
+        found = None if record is None else not_applicable_line(record)
+        return found or self.capabilities.cell_message(cell)
+
+    def search_not_applicable(self, group: SearchGroup) -> str | None:
+        """The n/a line of a grid search whose every tune cell is n/a (its finals are n/a too)."""
+        lines = [self.not_applicable(cell) for cell in group.tune_cells()]
+        return lines[0] if lines and all(lines) else None
+
     # -- running ------------------------------------------------------------------------------
     def run(self) -> MatrixSummary:
         started = time.perf_counter()
         self.summary.cells = self.cell_count()
         tune = self.tune_cells()
-        tune_todo, done, failed = self._todo(tune)
         described = {cell.cell_id: f"{cell.describe()} | tune" for cell in tune}
         # The final cells of a grid search are known once its tune runs are done; the total counts them.
         progress = MatrixProgress(f"{self.spec.name}: {self.summary.cells} cells", self.summary.cells,
-                                  done=done, failed=failed, describe=described, console=self.console)
+                                  describe=described, console=self.console)
         try:
             with progress:
-                self._execute(tune_todo, progress)
+                self._execute(self._todo(tune, progress), progress)
                 finals = self.final_cells()
                 final_todo = []
                 for group, cells, known in finals:
                     described.update({cell.cell_id: cell.describe() for cell in cells})
-                    if not known:
-                        self._record_failed_search(group, cells, progress)
-                        continue
-                    todo, done, failed = self._todo(cells)
-                    progress.add_skipped(done, failed)
-                    final_todo.extend(todo)
+                    if known:
+                        final_todo.extend(self._todo(cells, progress))
+                    else:
+                        self._settle_unchosen(group, cells, progress)
                 self._execute(final_todo, progress)
         finally:
             self.executor.close()
@@ -118,21 +134,26 @@ class MatrixRun:
             self.summary.leaderboard_files = self._leaderboard()
         return self.summary
 
-    def _todo(self, cells: list[Cell]) -> tuple[list[Cell], int, int]:
-        """(cells to run, skipped as done, skipped as failed): failed ones run only with retry_failed."""
-        todo, done, failed = [], 0, 0
+    def _todo(self, cells: list[Cell], progress: MatrixProgress, not_applicable=None) -> list[Cell]:
+        """The cells to run. The others are counted: found finished by an earlier run (success,
+        n/a, or failed without retry_failed), or found n/a now and recorded so, unrun.
+        ``not_applicable(cell)``: the cell's n/a line or None (default: ask the capabilities)."""
+        not_applicable = not_applicable or self.capabilities.cell_message
+        todo, found = [], {SUCCESS: 0, FAILED: 0, NOT_APPLICABLE: 0}
         for cell in cells:
             status = record_status(self.out, cell)
-            if status == "success":
-                done += 1
-            elif status == "failed" and not self.options.retry_failed:
-                failed += 1
+            if status in (SUCCESS, NOT_APPLICABLE) or (status == FAILED and not self.options.retry_failed):
+                found[status] += 1
+            elif (line := not_applicable(cell)) is not None:
+                self._record_not_applicable(cell, line, progress)
             else:
                 todo.append(cell)
-        self.summary.skipped += done + failed
-        self.summary.succeeded += done
-        self.summary.failed += failed
-        return todo, done, failed
+        self.summary.skipped += sum(found.values())
+        self.summary.succeeded += found[SUCCESS]
+        self.summary.failed += found[FAILED]
+        self.summary.not_applicable += found[NOT_APPLICABLE]
+        progress.add_skipped(found[SUCCESS], found[FAILED], found[NOT_APPLICABLE])
+        return todo
 
     def _execute(self, cells: list[Cell], progress: MatrixProgress) -> None:
         if not cells:
@@ -146,10 +167,28 @@ class MatrixRun:
 
     def _count(self, outcome: CellOutcome, ran: bool = True) -> None:
         self.summary.ran += ran
-        if outcome.status == "success":
+        if outcome.status == SUCCESS:
             self.summary.succeeded += 1
+        elif outcome.status == NOT_APPLICABLE:
+            self.summary.not_applicable += 1
         else:
             self.summary.failed += 1
+
+    def _record_not_applicable(self, cell: Cell, line: str, progress: MatrixProgress) -> None:
+        """Write the cell's n/a record now (nothing runs) and report it like a finished cell."""
+        record_not_applicable(cell.config, self.out, line, cell.annotations)
+        outcome = CellOutcome(cell.cell_id, NOT_APPLICABLE, line)
+        self._count(outcome, ran=False)
+        progress.on_outcome(outcome)
+
+    def _settle_unchosen(self, group: SearchGroup, cells: list[Cell], progress: MatrixProgress) -> None:
+        """The search chose no grid point: its final cells are n/a when every tune cell was
+        (the same reason), and failed otherwise."""
+        line = self.search_not_applicable(group)
+        if line is None:
+            self._record_failed_search(group, cells, progress)
+        else:
+            self._todo(cells, progress, lambda cell: line)  # runs nothing: every cell gets the line
 
     def _record_failed_search(self, group: SearchGroup, cells: list[Cell], progress: MatrixProgress) -> None:
         """No tune run of the grid succeeded: the final cells cannot run; record them as failed."""
@@ -158,7 +197,7 @@ class MatrixRun:
         for cell in cells:
             if record_status(self.out, cell) is None or self.options.retry_failed:
                 record_unrun_failure(cell.config, self.out, error, cell.annotations, "none (not run)")
-            outcome = CellOutcome(cell.cell_id, "failed", error)
+            outcome = CellOutcome(cell.cell_id, FAILED, error)
             self._count(outcome, ran=False)
             progress.on_outcome(outcome)
 
@@ -195,25 +234,37 @@ def dry_run_table(run: MatrixRun) -> Table:
     for column in ("cell id", "stage", "task", "backbone", "adapter", "seed", "settings", "status"):
         table.add_column(column)
     for cell in run.tune_cells():
-        table.add_row(*_row(run, cell, cell.cell_id, _settings(cell.annotations.get("grid_point", {}))))
-    for _group, cells, known in run.final_cells():
+        table.add_row(*_row(cell, cell.cell_id, _settings(cell.annotations.get("grid_point", {})),
+                            _status_text(run, cell)))
+    for group, cells, known in run.final_cells():
+        # A search whose every point is n/a has final cells known now: the default point's, n/a.
+        search_line = None if known else run.search_not_applicable(group)
         for cell in cells:
-            cell_id = cell.cell_id if known else "(after search)"
-            chosen = cell.annotations.get("selection", {}).get("chosen", {})
-            table.add_row(*_row(run, cell, cell_id, _settings(chosen) if known else "best of the search"))
+            if known or search_line:
+                chosen = cell.annotations.get("selection", {}).get("chosen", {})
+                table.add_row(*_row(cell, cell.cell_id, _settings(chosen), _status_text(run, cell, search_line)))
+            else:
+                table.add_row(*_row(cell, "(after search)", "best of the search", "to run"))
     return table
 
 
-def _row(run: MatrixRun, cell: Cell, cell_id: str, settings: str) -> list[str]:
-    status = record_status(run.out, cell) if cell_id == cell.cell_id else None
-    if status == "failed" and run.options.retry_failed:
-        status = "failed: will retry"
-    elif status == "failed":
-        status = "failed: skip (--retry-failed)"
+def _row(cell: Cell, cell_id: str, settings: str, status: str) -> list[str]:
     return [cell_id, cell.stage, cell.config.task, cell.config.backbone, escape(cell.label),
-            str(cell.config.seed), escape(settings), status or "to run"]
+            str(cell.config.seed), escape(settings), escape(status)]
+
+
+def _status_text(run: MatrixRun, cell: Cell, not_applicable: str | None = None) -> str:
+    """What a run would do with the cell, in the order ``MatrixRun._todo`` decides it."""
+    status = record_status(run.out, cell)
+    if status == SUCCESS:
+        return "success"
+    if status == FAILED and not run.options.retry_failed:
+        return "failed: skip (--retry-failed)"
+    line = not_applicable or run.not_applicable(cell)
+    if line is not None:
+        return f"n/a: {reason_of(line)}"
+    return "failed: will retry" if status == FAILED else "to run"
 
 
 def _settings(point: dict[str, Any]) -> str:
     return " ".join(f"{key}={value}" for key, value in point.items()) or "-"
-

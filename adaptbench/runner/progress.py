@@ -1,5 +1,5 @@
-"""The live display of a running matrix (rich): cells done / failed / left, ETA, and each
-running cell's epoch. Every finished cell also prints one line, so a log that is not a
+"""The live display of a running matrix (rich): cells done / failed / n/a / left, ETA, and
+each running cell's epoch. Every finished cell also prints one line, so a log that is not a
 terminal (CI, ``nohup``) still shows the matrix advancing.
 """
 
@@ -23,20 +23,22 @@ from .jobs import CellEvent, CellOutcome
 class MatrixProgress:
     """Use as a context manager; feed it events and outcomes from the executor."""
 
-    def __init__(self, title: str, total: int, done: int, failed: int, describe: dict[str, str],
-                 console: Console | None = None):
+    def __init__(self, title: str, total: int, done: int = 0, failed: int = 0,
+                 describe: dict[str, str] | None = None, console: Console | None = None,
+                 not_applicable: int = 0):
         self.console = console or Console()
-        self.describe = describe  # cell id -> "task | backbone | adapter | seed"
+        self.describe = describe if describe is not None else {}  # cell id -> "task | backbone | adapter | seed"
         self.total = total
         self.succeeded = done
         self.failed = failed
+        self.not_applicable = not_applicable  # cells whose adapter cannot run on their backbone
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
-        self._overall = self._progress.add_task(escape(title), total=total, completed=done + failed,
-                                                status=self._status())
+        self._overall = self._progress.add_task(escape(title), total=total,
+                                                completed=done + failed + not_applicable, status=self._status())
         self._running: dict[str, TaskID] = {}
 
     def __enter__(self) -> MatrixProgress:
@@ -67,17 +69,22 @@ class MatrixProgress:
             self.succeeded += 1
             self._progress.console.print(f"[green]done[/]   {what} | score {100 * outcome.score:.2f} | "
                                          f"{outcome.wall_time_s:.1f} s | {outcome.cell_id}")
+        elif outcome.status == "n/a":
+            self.not_applicable += 1
+            self._progress.console.print(f"[yellow]n/a[/]    {what} | {outcome.cell_id} | "
+                                         f"{escape(outcome.error or '')}")
         else:
             self.failed += 1
             self._progress.console.print(f"[red]failed[/] {what} | {outcome.cell_id} | {escape(outcome.error or '')}")
         self._progress.update(self._overall, advance=1, status=self._status())
 
-    def add_skipped(self, done: int, failed: int) -> None:
+    def add_skipped(self, done: int, failed: int, not_applicable: int = 0) -> None:
         """Cells found finished by an earlier run."""
         self.succeeded += done
         self.failed += failed
-        self._progress.update(self._overall, advance=done + failed, status=self._status())
+        self.not_applicable += not_applicable
+        self._progress.update(self._overall, advance=done + failed + not_applicable, status=self._status())
 
     def _status(self) -> str:
-        left = self.total - self.succeeded - self.failed
-        return f"done {self.succeeded} · failed {self.failed} · left {left}"
+        left = self.total - self.succeeded - self.failed - self.not_applicable
+        return f"done {self.succeeded} · failed {self.failed} · {self.not_applicable} n/a · left {left}"

@@ -11,6 +11,12 @@ Layout (DESIGN.md, "Run record"; PEFT's ``method_comparison`` convention)::
       "meta_info":  {host, platform, python, device, cpu_count}
     }
 
+``train_info.status`` is ``success``, ``failed`` (``error`` says why) or ``n/a``: the adapter
+cannot run on the backbone at all (VPT on SAM's grid of patches). An n/a record is written
+without running anything; its ``error`` is the one line ``"<adapter> on <backbone>: n/a:
+<reason>"`` (what :class:`~adaptbench.adapters.base.NotApplicable` says) and ``na_reason``
+the bare reason, for tables. It is a result, not a failure: never retried.
+
 A record is written to a temporary file in the same folder and renamed into place, so a
 reader (or a killed run) never sees half a record.
 """
@@ -30,7 +36,9 @@ from typing import Any
 from ..files import atomic_write
 
 SCHEMA_VERSION = 1
-STATUSES = ("success", "failed")
+SUCCESS, FAILED, NOT_APPLICABLE = "success", "failed", "n/a"
+STATUSES = (SUCCESS, FAILED, NOT_APPLICABLE)
+_NA_SEPARATOR = ": n/a: "
 
 
 def run_id(config: dict[str, Any]) -> str:
@@ -100,3 +108,38 @@ def new_record(config: dict[str, Any], seed: int) -> dict[str, Any]:
         "train_info": {"status": None, "error": None},
         "meta_info": {},
     }
+
+
+# -- outcomes --------------------------------------------------------------------------------
+def status_of(record: dict[str, Any]) -> str | None:
+    """``success`` / ``failed`` / ``n/a``, or None when the record has no outcome yet."""
+    return (record.get("train_info") or {}).get("status")
+
+
+def not_applicable_message(adapter: str, backbone: str, reason: str) -> str:
+    """The one line an impossible pair reads as (the shape of NotApplicable's message)."""
+    return f"{adapter} on {backbone}{_NA_SEPARATOR}{reason}"
+
+
+def reason_of(message: str) -> str:
+    """The bare reason in an n/a line (the whole line when it is not shaped like one)."""
+    _, separator, reason = message.partition(_NA_SEPARATOR)
+    return reason if separator else message
+
+
+def mark_not_applicable(record: dict[str, Any], message: str) -> None:
+    """Set ``record``'s outcome to n/a; ``message`` as :func:`not_applicable_message` makes it."""
+    record["train_info"].update(status=NOT_APPLICABLE, error=message, na_reason=reason_of(message))
+
+
+def not_applicable_line(record: dict[str, Any]) -> str | None:
+    """The n/a line of an n/a record (None for any other status)."""
+    if status_of(record) != NOT_APPLICABLE:
+        return None
+    return record["train_info"].get("error") or "n/a"
+
+
+def not_applicable_reason(record: dict[str, Any]) -> str | None:
+    """The bare reason of an n/a record (None for any other status)."""
+    line = not_applicable_line(record)
+    return None if line is None else record["train_info"].get("na_reason") or reason_of(line)

@@ -11,7 +11,7 @@ Keys (all but ``backbones``, ``adapters`` and ``tasks`` optional)::
     name: micro                      # default: the file's stem; names the leaderboard files
     description: ...
     include: base.yaml               # or a list; paths relative to this file; this file wins
-    backbones: [vit_micro]           # names, or {name, weights} mappings
+    backbones: [vit_micro]           # registered names (adaptbench ls backbones), or {name, weights}
     tasks: [micro]                   # task names or groups: micro, vtab1k, vtab1k/natural, fgvc
     adapters:                        # names, or mappings:
       - linear
@@ -356,10 +356,10 @@ def _backbone_entry(item: Any, index: int, where: _Where) -> BackboneEntry:
         raise where.error(keys, f"expected a backbone name or a mapping with 'name', got {item!r}")
     _check_known_keys(item, BACKBONE_KEYS, keys, where)
     name = item["name"]
-    family, sep, _ = name.partition(":")
-    if name not in BACKBONES and not (sep and family in BACKBONES) and not _is_timm_name(name):
-        raise where.error((*keys, "name"), f"unknown backbone {name!r}{did_you_mean(name, BACKBONES.names())}"
-                                           f" (timm ViTs: timm:<name>)")
+    try:
+        BACKBONES.require(name)  # the one check: registered names and family members alike
+    except AdaptbenchError as err:
+        raise where.error((*keys, "name"), err.message) from None
     weights = item.get("weights")
     if weights is not None and not isinstance(weights, str):
         raise where.error((*keys, "weights"), f"expected 'pretrained', 'random[:seed]' or a file path, got {weights!r}")
@@ -367,11 +367,6 @@ def _backbone_entry(item: Any, index: int, where: _Where) -> BackboneEntry:
         weights = str(Path(weights).expanduser())
     return BackboneEntry(name, weights)
 
-
-def _is_timm_name(name: str) -> bool:
-    import timm  # only for names that are not registered: a bare timm ViT name is allowed
-
-    return timm.is_model(name)
 
 
 def task_groups() -> dict[str, list[str]]:

@@ -5,7 +5,9 @@ Bad input (names, data, checkpoints) is checked before anything is trained and r
 runner (``record_setup_failures``) records it, since every cell of a matrix must end with a
 record. A run that starts and then fails (NaN loss, out of memory, an unreadable image met
 mid-epoch) is recorded with status ``failed`` and its error, and the error is raised again
-for the caller.
+for the caller. An adapter that cannot run on the backbone at all
+(:class:`~adaptbench.adapters.base.NotApplicable`) is a result, not bad input: it is always
+recorded, with status ``n/a`` and the reason, then raised.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from ..errors import AdaptbenchError, one_line
 from .protocol import STAGES, split_plan
-from .records import meta_info, new_record, write_record
+from .records import FAILED, SUCCESS, mark_not_applicable, meta_info, new_record, write_record
 
 
 @dataclass
@@ -111,7 +113,9 @@ def run(
     try:
         prepared = _prepare(config, place, spec, resolved)  # all bad input surfaces here
     except Exception as err:
-        if record_setup_failures:
+        if is_not_applicable(err):
+            _write_not_applicable(record, record_path, err, _device_name(place.accelerator))
+        elif record_setup_failures:
             _write_failure(record, record_path, err, started, _device_name(place.accelerator))
         raise
     try:
@@ -121,7 +125,7 @@ def run(
         raise
     checkpoint = _save_checkpoint(prepared, place, record_path) if place.save_adapter else None
     record["train_info"].update(
-        status="success",
+        status=SUCCESS,
         wall_time_s=time.perf_counter() - started,
         checkpoint=str(checkpoint) if checkpoint else None,
         **outcome,
@@ -144,20 +148,49 @@ def task_info(spec) -> dict[str, Any]:
 def record_unrun_failure(config: RunConfig, out_dir: Path, error: str, annotations: dict[str, Any],
                          device: str) -> Path:
     """Record a cell that could not run (its worker died, or its search chose nothing) as failed."""
+    record = _unrun_record(config, annotations, device)
+    record["train_info"].update(status=FAILED, error=error)
+    return write_record(record, record_path_for(out_dir, record["run_info"]["run_id"]))
+
+
+def record_not_applicable(config: RunConfig, out_dir: Path, message: str, annotations: dict[str, Any]) -> Path:
+    """Record a cell whose adapter cannot run on its backbone as n/a, without running it.
+
+    ``message``: ``"<adapter> on <backbone>: n/a: <reason>"`` (``records.not_applicable_message``).
+    """
+    record = _unrun_record(config, annotations, "none (not applicable, not run)")
+    mark_not_applicable(record, message)
+    return write_record(record, record_path_for(out_dir, record["run_info"]["run_id"]))
+
+
+def _unrun_record(config: RunConfig, annotations: dict[str, Any], device: str) -> dict[str, Any]:
+    """A record with the cell's identity and no outcome yet, as ``run`` would have started it."""
     from ..registry import TASKS
 
     spec = TASKS.get(config.task)
     record = new_record(resolved_config(config, spec), config.seed)
     record["run_info"]["task_info"] = task_info(spec)
     record["run_info"]["matrix"] = dict(annotations)
-    record["train_info"].update(status="failed", error=error)
     record["meta_info"] = meta_info(device)
-    return write_record(record, record_path_for(out_dir, record["run_info"]["run_id"]))
+    return record
 
 
 def _write_failure(record: dict[str, Any], path: Path, err: BaseException, started: float, device: str) -> None:
-    record["train_info"].update(status="failed", error=_error_line(err),
+    record["train_info"].update(status=FAILED, error=_error_line(err),
                                 wall_time_s=time.perf_counter() - started)
+    record["meta_info"] = meta_info(device)
+    write_record(record, path)
+
+
+def is_not_applicable(err: BaseException) -> bool:
+    """True for the adapter's "cannot run on this backbone" (an n/a result, not a failure)."""
+    from ..adapters.base import NotApplicable
+
+    return isinstance(err, NotApplicable)
+
+
+def _write_not_applicable(record: dict[str, Any], path: Path, err: BaseException, device: str) -> None:
+    mark_not_applicable(record, _error_line(err))
     record["meta_info"] = meta_info(device)
     write_record(record, path)
 
@@ -203,6 +236,7 @@ def _fit_and_evaluate(prepared: dict[str, Any], resolved: dict[str, Any], place:
     import lightning as L
 
     from ..tasks.classification import HIGHER_IS_BETTER, PRIMARY_METRIC
+    from ..adapters.accounting import parameter_report
     from .measure import ThroughputMeter, peak_memory, reset_peak_memory
 
     plan, module, loaders = prepared["plan"], prepared["module"], prepared["loaders"]
@@ -231,7 +265,7 @@ def _fit_and_evaluate(prepared: dict[str, Any], resolved: dict[str, Any], place:
         "metrics": metrics,
         "primary_metric": PRIMARY_METRIC,
         "higher_is_better": HIGHER_IS_BETTER,
-        "params": prepared["adapter"].parameter_report(module.head).to_dict(),
+        "params": parameter_report(prepared["adapter"], module.head).to_dict(),
         "adapter_stats": prepared["adapter"].stats(),
         "train_images_per_s": meter.images_per_second(),
         "peak_memory_bytes": memory_bytes,
@@ -269,7 +303,6 @@ def _device_name(accelerator: str) -> str:
 
 def _error_line(err: BaseException) -> str:
     return one_line(err)
-
 
 
 def quiet_lightning() -> None:

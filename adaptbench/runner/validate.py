@@ -1,36 +1,81 @@
 """``adaptbench validate SPEC``: check a spec, its adapters' options, its weights and its data,
 without training anything. ``adaptbench run`` runs the same checks first, so a matrix never
 starts only to fail every cell on a missing folder.
+
+Weights are checked where they would come from, never loaded nor downloaded; anatomies come
+from backbones built on the meta device (``capabilities.py``). A pair whose adapter cannot run
+on its backbone is listed as ``n/a`` with the reason: a fact about the pair, not a problem
+(its cells are recorded n/a by ``adaptbench run``, not run).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import AdaptbenchError
+from .capabilities import Capabilities
+from .cells import search_groups
 from .protocol import split_plan
 from .spec import GRID_OPTION_PREFIX, AdapterEntry, BackboneEntry, MatrixSpec
 
 
 @dataclass(frozen=True)
 class Check:
-    kind: str  # "adapter" | "backbone" | "task"
+    kind: str  # "adapter" | "backbone" | "task" | "pair"
     subject: str
     ok: bool
     detail: str
+    not_applicable: bool = False  # a pair that cannot run: listed, not a problem
 
 
-def validate_spec(spec: MatrixSpec, data_root: str | None = None) -> list[Check]:
-    """One check per adapter, backbone and task of the spec."""
+def validate_spec(spec: MatrixSpec, data_root: str | None = None,
+                  capabilities: Capabilities | None = None) -> list[Check]:
+    """One check per adapter, backbone and task of the spec, then one per n/a pair."""
+    capabilities = capabilities or Capabilities()
     root = data_root or spec.data_root
     tuned = any(entry.grid for entry in spec.adapters)
     return ([_checked("adapter", entry.label, _adapter_detail, entry) for entry in spec.adapters]
-            + [_checked("backbone", entry.name, _backbone_detail, entry) for entry in spec.backbones]
-            + [_checked("task", task, _task_detail, task, root, tuned) for task in spec.tasks])
+            + [_checked("backbone", entry.name, _backbone_detail, entry, capabilities) for entry in spec.backbones]
+            + [_checked("task", task, _task_detail, task, root, tuned) for task in spec.tasks]
+            + not_applicable_pairs(spec, capabilities))
 
 
 def problems(checks: list[Check]) -> list[str]:
     return [f"{check.kind} {check.subject}: {check.detail}" for check in checks if not check.ok]
+
+
+def not_applicable_pairs(spec: MatrixSpec, capabilities: Capabilities) -> list[Check]:
+    """Each (backbone, adapter with one of its option sets) that cannot run, with the reason.
+
+    Pairs whose backbone or options are broken are not judged: those are problems of the
+    backbone or adapter check.
+    """
+    pairs = []
+    for backbone in spec.backbones:
+        for entry in spec.adapters:
+            option_sets = _option_sets(entry)
+            for options in option_sets:
+                reason = capabilities.reason(backbone.name, entry.name, options)
+                if reason is not None:
+                    subject = _pair_subject(entry, backbone, options if len(option_sets) > 1 else None)
+                    pairs.append(Check("pair", subject, True, f"n/a: {reason}", not_applicable=True))
+    return pairs
+
+
+def not_applicable_cells(spec: MatrixSpec, capabilities: Capabilities) -> int:
+    """How many cells ``adaptbench run`` would record n/a without running them (as the runner
+    decides it: a tune cell by its own options; final cells by theirs, or all n/a when every
+    tune cell of their search is)."""
+    count = 0
+    for group in search_groups(spec):
+        tune = [capabilities.cell_message(cell) for cell in group.tune_cells()]
+        count += sum(line is not None for line in tune)
+        if group.has_grid:
+            count += len(spec.seeds) if all(tune) else 0
+        else:
+            count += sum(capabilities.cell_message(cell) is not None for cell in group.final_cells({}))
+    return count
 
 
 def _checked(kind: str, subject: str, detail, *args) -> Check:
@@ -40,6 +85,27 @@ def _checked(kind: str, subject: str, detail, *args) -> Check:
         return Check(kind, subject, False, err.message)
 
 
+def _grid_options(entry: AdapterEntry, point: dict[str, Any]) -> dict[str, Any]:
+    """The adapter options at one grid point (the entry's, overridden by ``options.*`` keys)."""
+    return {**entry.options, **{key.removeprefix(GRID_OPTION_PREFIX): value
+                                for key, value in point.items() if key.startswith(GRID_OPTION_PREFIX)}}
+
+
+def _option_sets(entry: AdapterEntry) -> list[dict[str, Any]]:
+    """The distinct option sets the grid produces (a grid over lr alone gives one)."""
+    distinct: list[dict[str, Any]] = []
+    for point in entry.grid_points():
+        options = _grid_options(entry, point)
+        if options not in distinct:
+            distinct.append(options)
+    return distinct
+
+
+def _pair_subject(entry: AdapterEntry, backbone: BackboneEntry, options: dict[str, Any] | None) -> str:
+    shown = "" if options is None else " (" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+    return f"{entry.label}{shown} on {backbone.name}"
+
+
 def _adapter_detail(entry: AdapterEntry) -> str:
     """Every option set the grid can produce must be accepted by the adapter's config."""
     from ..adapters import adapter_class
@@ -47,26 +113,20 @@ def _adapter_detail(entry: AdapterEntry) -> str:
     config_class = adapter_class(entry.name).config_class
     points = entry.grid_points()
     for point in points:
-        options = {**entry.options, **{key.removeprefix(GRID_OPTION_PREFIX): value
-                                       for key, value in point.items() if key.startswith(GRID_OPTION_PREFIX)}}
-        config_class.from_dict(options, adapter=entry.name)
+        config_class.from_dict(_grid_options(entry, point), adapter=entry.name)
     search = f"grid of {len(points)} points" if entry.grid else "no grid"
     return f"{entry.name} options ok; {search}"
 
 
-def _backbone_detail(entry: BackboneEntry) -> str:
-    """Weights present (never downloaded here); registered backbones are built to prove it."""
-    from ..backbones.weights import check_timm_weights
-    from ..registry import BACKBONES
+def _backbone_detail(entry: BackboneEntry, capabilities: Capabilities) -> str:
+    """Weights present (asked of the backbone's family, never loaded nor downloaded here) and
+    an anatomy that can be read (the backbone built on the meta device)."""
+    from ..backbones import check_backbone_weights
 
-    if entry.name.startswith("timm:"):
-        return f"weights {check_timm_weights(entry.name.partition(':')[2], entry.weights)}"
-    if entry.name not in BACKBONES:  # a bare timm name
-        return f"weights {check_timm_weights(entry.name, entry.weights)}"
-    from ..backbones import load_backbone
-
-    backbone = load_backbone(entry.name, weights=entry.weights)
-    return f"weights {backbone.weights_source}"
+    weights = check_backbone_weights(entry.name, entry.weights)
+    anatomy = capabilities.anatomy(entry.name)
+    return (f"weights {weights}; {anatomy.token_layout} tokens, {anatomy.num_blocks} blocks, "
+            f"d={anatomy.embed_dim}")
 
 
 def _task_detail(task: str, data_root: str | None, tuned: bool) -> str:

@@ -1,51 +1,18 @@
 """Task specifications: which data a task reads, in which format, with how many classes.
 
 A :class:`TaskSpec` is plain data (no torch), so ``adaptbench ls tasks`` stays light.
-The tables below are the single source of the VTAB-1k / FGVC folder names and class
-counts (as the community dumps ship them: see DESIGN.md, "Data formats").
+The VTAB-1k / FGVC folder names, class counts and split names are facts of the on-disk
+formats, so they live with the readers, in :mod:`adaptbench.datasets.formats` (tasks depend
+on datasets, never the reverse); this module only turns them into task specifications.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: VTAB-1k folder -> (group, number of classes), NOAH's layout.
-VTAB1K_TASKS: dict[str, tuple[str, int]] = {
-    "cifar": ("natural", 100),
-    "caltech101": ("natural", 102),
-    "dtd": ("natural", 47),
-    "oxford_flowers102": ("natural", 102),
-    "oxford_iiit_pet": ("natural", 37),
-    "svhn": ("natural", 10),
-    "sun397": ("natural", 397),
-    "patch_camelyon": ("specialized", 2),
-    "eurosat": ("specialized", 10),
-    "resisc45": ("specialized", 45),
-    "diabetic_retinopathy": ("specialized", 5),
-    "clevr_count": ("structured", 8),
-    "clevr_dist": ("structured", 6),
-    "dmlab": ("structured", 6),
-    "kitti": ("structured", 4),
-    "dsprites_loc": ("structured", 16),
-    "dsprites_ori": ("structured", 16),
-    "smallnorb_azi": ("structured", 18),
-    "smallnorb_ele": ("structured", 9),
-}
+from ..datasets.formats import FGVC_DATASETS, SPLITS, VTAB1K_TASKS
 
-#: FGVC key -> (folder, image sub-folder, number of classes), VPT's json layout.
-FGVC_DATASETS: dict[str, tuple[str, str, int]] = {
-    "cub": ("CUB_200_2011", "images", 200),
-    "nabirds": ("nabirds", "images", 555),
-    "stanford_dogs": ("Stanford-dogs", "Images", 120),
-    "stanford_cars": ("Stanford-cars", "", 196),
-    "oxford_flowers": ("OxfordFlower", "", 102),
-}
-
-#: The protocol's split pairs, per format: (tune-train, tune-eval, final-train, final-eval).
-SPLITS = {
-    "vtab1k": ("train800", "val200", "train800val200", "test"),
-    "fgvc": ("train", "val", "trainval", "test"),
-}
+__all__ = ["FGVC_DATASETS", "SPLITS", "TaskSpec", "VTAB1K_TASKS", "builtin_task_specs"]
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class ClassificationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "adapter"])
         self.backbone = backbone
         self.adapter = adapter
-        self.head = nn.Linear(backbone.anatomy.embed_dim, num_classes)
+        self.head = nn.Linear(backbone.anatomy.feature_dim, num_classes)
         metrics = MetricCollection({PRIMARY_METRIC: MulticlassAccuracy(num_classes, average="micro")})
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")

@@ -14,8 +14,9 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
+from ..datasets.formats import FGVC_DATASETS
 from ..errors import AdaptbenchError
-from .catalog import FGVC_DATASETS, TaskSpec
+from .catalog import TaskSpec
 
 DATA_ROOT_ENV = "ADAPTBENCH_DATA_ROOT"
 

@@ -2,12 +2,14 @@
 
 The real backbones are pretrained with supervision on a large source domain (ImageNet-21k)
 and adapted to other domains (VTAB-1k). ``vit_micro`` follows that recipe at micro scale:
-its architecture (``MICRO_CONFIG`` in ``timm_vit.py``) is trained here with a linear
-classifier on the procedural glyph classes of :mod:`adaptbench.datasets.glyphs`, a domain
-unlike any micro task, and only the backbone is kept (timm's ``state_dict`` keys of the
-model with ``num_classes=0``), as a safetensors file whose metadata (one JSON value under
-``METADATA_KEY``) records the command, the settings, the library versions and the held-out
-source-domain accuracy.
+its architecture (``MICRO_CONFIG`` in ``adaptbench/backbones/families/micro.py``) is
+trained here with a linear classifier on the procedural glyph classes of
+:mod:`adaptbench.datasets.glyphs`, a domain unlike any micro task, and only the backbone is
+kept (timm's ``state_dict`` keys of the model with ``num_classes=0``), as a safetensors
+file whose metadata (one JSON value under ``METADATA_KEY``) records the command, the
+settings, the library versions and the held-out source-domain accuracy. The backbone
+module never imports this one: pretraining depends on backbones and datasets, not the
+reverse.
 
 Training: AdamW (no weight decay on norms, biases, position embedding and class token,
 timm's convention), a linear warm-up then cosine decay per step, cross-entropy with label
@@ -27,7 +29,6 @@ as 128 on 2 cores, with twice the steps).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -39,8 +40,9 @@ import torch
 from torch import nn
 
 from ..errors import AdaptbenchError
+from ..files import atomic_write, sha256_of
 
-__all__ = ["PretrainSettings", "pretrain_micro", "read_pretrain_metadata", "sha256_of", "shipping_note"]
+__all__ = ["PretrainSettings", "pretrain_micro", "read_pretrain_metadata", "shipping_note"]
 
 METADATA_KEY = "adaptbench.pretrain_micro"
 HELD_OUT_STREAM = 1_000_003  # the held-out glyphs' epoch index: never one the training uses
@@ -77,7 +79,7 @@ class PretrainSettings:
         if not others:
             return f"adaptbench pretrain-micro --out {out.name} " + " ".join(f"--{k} {v}" for k, v in cli.items())
         arguments = ", ".join(f"{k}={v!r}" for k, v in {**cli, **others}.items())
-        return (f"python -c \"from adaptbench.backbones.micro_pretrain import pretrain_micro; "
+        return (f"python -c \"from adaptbench.pretrain.micro import pretrain_micro; "
                 f"pretrain_micro('{out.name}', {arguments})\"")
 
 
@@ -147,7 +149,7 @@ def _train(settings: PretrainSettings, log: Callable[[str], None]) -> tuple[nn.M
 def _micro_classifier(num_classes: int) -> nn.Module:
     import timm
 
-    from .timm_vit import MICRO_CONFIG, MICRO_TIMM_MODEL
+    from ..backbones.families.micro import MICRO_CONFIG, MICRO_TIMM_MODEL
 
     return timm.create_model(MICRO_TIMM_MODEL, num_classes=num_classes, **MICRO_CONFIG)
 
@@ -199,8 +201,6 @@ def _save_backbone(model: nn.Module, metadata: dict[str, str], out: Path) -> Non
     """Write the backbone's tensors (the classifier head dropped) to ``out``, atomically."""
     from safetensors.torch import save
 
-    from ..files import atomic_write
-
     head = model.default_cfg.get("classifier", "head")
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
              if not name.startswith(f"{head}.")}
@@ -219,17 +219,10 @@ def read_pretrain_metadata(path: Path) -> dict:
     return json.loads(recorded)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def shipping_note(out: Path) -> str:
-    """How to make ``out`` the weights ``vit_micro`` loads by default."""
-    from .timm_vit import MICRO_WEIGHTS
+    """How to make ``out`` the weights ``vit_micro`` loads by default: the file and its pin
+    both live with the backbone (``backbones/families/micro.py``), which never imports this."""
+    from ..backbones.families.micro import MICRO_WEIGHTS
 
     return (f"to ship it: copy {out} to {MICRO_WEIGHTS} and set MICRO_WEIGHTS_SHA256 = "
-            f"\"{sha256_of(out)}\" in adaptbench/backbones/timm_vit.py")
+            f"\"{sha256_of(out)}\" in adaptbench/backbones/families/micro.py")

@@ -36,13 +36,13 @@ def resolve_timm_weights(model_name: str, weights: str | None) -> WeightsPlan:
     """Turn ``--weights`` (None/"pretrained", "random[:seed]" or a path) into a load plan."""
     weights = weights or "pretrained"
     if weights == "random" or weights.startswith("random:"):
-        return _random_plan(weights)
+        return random_plan(weights)
     if weights == "pretrained":
         return _pretrained_plan(model_name)
     return _file_plan(Path(weights).expanduser())
 
 
-def _random_plan(weights: str) -> WeightsPlan:
+def random_plan(weights: str) -> WeightsPlan:
     seed_text = weights.partition(":")[2] or "0"
     if not seed_text.isdigit():
         raise AdaptbenchError(f"--weights {weights!r}: expected 'random' or 'random:<int seed>'")
@@ -76,7 +76,7 @@ def _pretrained_plan(model_name: str) -> WeightsPlan:
     if cached is not None:
         overlay = {"file": str(cached), "custom_load": cached.suffix == ".npz"}
         return WeightsPlan(f"cache:{cached}", {"pretrained": True, "pretrained_cfg_overlay": overlay})
-    if _hub_reachable():
+    if hub_reachable():
         return WeightsPlan(f"download:{cfg.hf_hub_id or cfg.url}", {"pretrained": True})
     raise AdaptbenchError(_missing_weights_message(model_name, cfg))
 
@@ -124,7 +124,7 @@ def _cached_url_file(url: str | None) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _hub_reachable() -> bool:
+def hub_reachable() -> bool:
     """False at once when offline is declared, else whether the hub answers in seconds."""
     from huggingface_hub import constants
 

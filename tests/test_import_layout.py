@@ -1,0 +1,66 @@
+"""The package's layers import one way: tasks -> datasets, pretrain -> backbones and datasets.
+
+A reverse import is a cycle waiting to happen, and makes the lower layer pay for the upper
+one (loading a backbone must not import the code that trained it). The sources are read with
+``ast``, so an import inside a function counts as much as one at the top.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import adaptbench
+
+PACKAGE = Path(adaptbench.__file__).parent
+
+
+def imports_under(subpackage: str) -> dict[str, set[str]]:
+    """Module -> the absolute names of the modules it imports, for every file under it."""
+    found = {}
+    for path in sorted((PACKAGE / subpackage).rglob("*.py")):
+        parts = ("adaptbench", *path.relative_to(PACKAGE).with_suffix("").parts)
+        package = parts[:-1]  # __init__.py's parts end with "__init__", so this is right for both
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found[".".join(parts)] = {name for node in ast.walk(tree) for name in imported(node, package)}
+    return found
+
+
+def imported(node: ast.AST, package: tuple[str, ...]) -> list[str]:
+    """The modules (and, for ``from x import y``, the candidates ``x.y``) one node imports."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        base = ".".join((*package[: len(package) - node.level + 1], *([node.module] if node.module else [])))
+    return [base, *(f"{base}.{alias.name}" for alias in node.names)]
+
+
+@pytest.mark.parametrize("lower,upper", [("backbones", "pretrain"), ("datasets", "tasks")])
+def test_a_lower_layer_never_imports_an_upper_one(lower, upper):
+    offenders = {module: sorted(name for name in names if name == f"adaptbench.{upper}"
+                                or name.startswith(f"adaptbench.{upper}."))
+                 for module, names in imports_under(lower).items()}
+    reversed_imports = {module: names for module, names in offenders.items() if names}
+    assert not reversed_imports, f"adaptbench.{lower} must not import adaptbench.{upper}: {reversed_imports}"
+
+
+def test_the_reader_follows_relative_imports():
+    # the checker above is only as good as this: each spelling resolves to the same module
+    package = ("adaptbench", "backbones", "families")
+    for source in ("from ...pretrain import micro", "from ... import pretrain", "import adaptbench.pretrain"):
+        assert "adaptbench.pretrain" in imported(ast.parse(source).body[0], package), source
+
+
+@pytest.mark.parametrize("module", ["adaptbench.datasets.formats", "adaptbench.tasks.catalog"])
+def test_format_facts_and_task_specs_import_without_torch(module):
+    # `adaptbench ls` and spec parsing read them; torch would cost seconds per command
+    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
