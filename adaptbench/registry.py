@@ -165,7 +165,7 @@ class Registry(Generic[T]):
             return False
 
     def families(self) -> list[Family]:
-        self._load_builtins()
+        self._load_known_entries()  # plugin families come from entry points
         return list(self._families.values())
 
     def members(self, family: Family) -> list[Entry]:

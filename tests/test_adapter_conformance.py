@@ -65,10 +65,15 @@ def adapted(adapter_name: str, backbone_name: str, seed: int = 0):
 
 @pytest.mark.parametrize("adapter_name,backbone_name", CASES)
 def test_not_applicable_pairs_are_exactly_the_declared_ones(adapter_name, backbone_name):
+    """Built-in adapters: n/a exactly on EXPECTED_NA. A plugin's n/a pairs are its own to
+    declare; they are still checked to be refused at attach (``adapted``)."""
     anatomy = load_backbone(backbone_name).anatomy
     cls = adapter_class(adapter_name)
     reason = cls.unsupported(anatomy, cls.config_class())
-    assert (reason is not None) == ((adapter_name, backbone_name) in EXPECTED_NA), reason
+    if reason is not None:
+        assert reason.strip() and "\n" not in reason
+    if ADAPTERS.require(adapter_name).source == "builtin" or adapter_name.startswith("peft:"):
+        assert (reason is not None) == ((adapter_name, backbone_name) in EXPECTED_NA), reason
 
 
 def train_steps(backbone, adapter, steps: int = STEPS) -> nn.Linear:

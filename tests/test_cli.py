@@ -17,6 +17,10 @@ import pytest
 from PIL import Image
 
 TINY_RUN = ["--backbone", "vit_tiny_test", "--epochs", "1", "--batch-size", "64"]
+# Enough steps for the random-init tiny backbone to learn micro/digits (10 classes): 1 epoch
+# at batch 64 (16 steps) stays at chance (test top1 0.09-0.11, seeds 0-2), 5 epochs at batch
+# 16 and lr 0.01 (313 steps, a few seconds) reach 0.65-0.69 for seeds 0-4 (seed 0: 0.694).
+LEARNING_RUN = ["--backbone", "vit_tiny_test", "--epochs", "5", "--batch-size", "16", "--lr", "0.01"]
 
 
 def adaptbench(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -59,7 +63,7 @@ def make_vtab_task(root: Path, task: str = "eurosat", classes: int = 10, per_spl
 def lora_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     env = {"ADAPTBENCH_CACHE": str(tmp_path_factory.getbasetemp() / "adaptbench-cache")}
-    result = adaptbench("train", "--task", "micro/digits", "--adapter", "lora", *TINY_RUN,
+    result = adaptbench("train", "--task", "micro/digits", "--adapter", "lora", *LEARNING_RUN,
                         "--out", str(out), env=env)
     return result, out
 
@@ -73,11 +77,11 @@ def test_train_prints_metrics_and_writes_a_record(lora_run):
     assert record["schema_version"] == 1
     run_info, train_info = record["run_info"], record["train_info"]
     assert record_path.stem == run_info["run_id"]
-    assert run_info["config"]["adapter"] == "lora" and run_info["config"]["epochs"] == 1
+    assert run_info["config"]["adapter"] == "lora" and run_info["config"]["epochs"] == 5
     assert run_info["seed"] == 0 and "torch" in run_info["versions"] and "commit" in run_info["git"]
     assert train_info["status"] == "success" and train_info["error"] is None
     assert set(train_info["metrics"]) == {"train800val200", "test"}
-    assert 0.0 <= train_info["metrics"]["test"]["top1"] <= 1.0
+    assert train_info["metrics"]["test"]["top1"] > 5 / 10  # learnt: 5x chance (measured >= 0.65)
     assert train_info["params"]["trainable"] == 2 * 2 * (8 * 32 + 32 * 8)  # 2 blocks x (q, v) x (A + B)
     assert train_info["train_images_per_s"] > 0 and train_info["peak_memory_bytes"] > 0
     assert train_info["data"]["train_size"] == 1000 and record["meta_info"]["device"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 from torch import nn
 
 from adaptbench.adapters import build_adapter
-from adaptbench.adapters.fact import FACT_TARGETS, FacTConfig, FacTLinear, fact_parts
+from adaptbench.adapters.fact import FACT_TARGETS, FacT, FacTConfig, FacTLinear, _chunks
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
 from adaptbench.adapters.accounting import parameter_report
@@ -168,7 +170,12 @@ def test_dropout_sits_between_core_and_v():
 
 def test_widths_not_multiple_of_d_are_refused():
     with pytest.raises(AdaptbenchError, match="50 output features"):
-        fact_parts("mlp_in", nn.Linear(D, 50), D)
+        _chunks(50, D, "output")
+    # a backbone whose MLP width is no multiple of d (ViT-bigG-14: 8192 / 1664) is n/a, not a failure
+    anatomy = dataclasses.replace(load_backbone("vit_tiny_test").anatomy, mlp_dim=50)
+    reason = FacT.unsupported(anatomy, FacTConfig(targets=("q", "mlp_in")))
+    assert "multiple of the embedding width d = 32" in reason and "50" in reason
+    assert FacT.unsupported(anatomy, FacTConfig(targets=("q", "v"))) is None
 
 
 @pytest.mark.parametrize("options,bad", [

@@ -37,8 +37,8 @@ DEPTH, WIDTH = _TINY["depth"], _TINY["embed_dim"]
 # our site -> the timm module PEFT targets, relative to a block
 SITE_TO_TIMM = {"qkv": "attn.qkv", "attn_out": "attn.proj", "mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2"}
 # our canonical block paths -> timm's (state-dict names)
-_CANONICAL_TO_TIMM = ((".attn.norm.", ".norm1."), (".attn.core.", ".attn."),
-                      (".mlp.norm.", ".norm2."), (".mlp.core.", ".mlp."))
+_CANONICAL_TO_TIMM = ((".branches.attn.norm.", ".norm1."), (".branches.attn.core.", ".attn."),
+                      (".branches.mlp.norm.", ".norm2."), (".branches.mlp.core.", ".mlp."))
 
 
 def plain_timm() -> nn.Module:

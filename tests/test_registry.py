@@ -320,3 +320,57 @@ def test_the_peft_family_is_builtin_for_adapters_only():
     assert [f.prefix for f in Registry("adapter").families()] == ["peft:"]
     assert [f.prefix for f in Registry("backbone").families()] == ["timm:", "clip:", "sam:"]
     assert Registry("task").families() == []
+
+
+# -- a backbone family from a plugin ------------------------------------------------------------
+
+
+def plugin_family_lister():
+    return {"small": "a small member", "large": "a large member"}, {"huge": "too big for this test"}
+
+
+def plugin_family_resolver(member):
+    return lambda weights=None, **options: ("built", member, weights)
+
+
+def plugin_family_weights(member, weights):
+    return f"{member} weights {weights or 'pretrained'} (checked, not loaded)"
+
+
+PLUGIN_FAMILY = registry_module.Family(
+    prefix="mine:", resolver=f"{__name__}:plugin_family_resolver", lister=f"{__name__}:plugin_family_lister",
+    weights_check=f"{__name__}:plugin_family_weights", description="a plugin's backbone family")
+
+
+def test_a_plugin_adds_a_backbone_family_through_its_entry_point(monkeypatch, plugins_enabled):
+    with_entry_points(monkeypatch, EntryPoint("family.mine", f"{__name__}:PLUGIN_FAMILY", "adaptbench.backbones"))
+    reg = Registry("backbone")
+    monkeypatch.setattr(registry_module, "BACKBONES", reg)
+    [family] = [f for f in reg.families() if f.prefix == "mine:"]
+    assert family.source.startswith("entry point") and "mine:small" in reg
+    assert reg.get("mine:small")(weights="random") == ("built", "small", "random")
+    with pytest.raises(AdaptbenchError, match="'mine:huge' cannot be used here: too big"):
+        reg.require("mine:huge")
+    with pytest.raises(AdaptbenchError, match=r"did you mean 'mine:small'"):
+        reg.require("mine:smal")
+    assert family.check_weights("large", None) == "large weights pretrained (checked, not loaded)"
+    # the built-in families are still there, once each
+    assert [f.prefix for f in reg.families()].count("timm:") == 1
+
+
+def test_a_family_entry_point_must_name_a_family(monkeypatch, plugins_enabled, capsys):
+    with_entry_points(monkeypatch, EntryPoint("family.bad", f"{__name__}:plugin_family_lister", "adaptbench.backbones"))
+    reg = Registry("backbone")
+    reg.names()
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    assert "is a function, expected an adaptbench.registry.Family" in warning
+
+
+def test_backbone_family_members_resolve_through_load_backbone():
+    from adaptbench.backbones import check_backbone_weights, load_backbone
+
+    assert check_backbone_weights("timm:vit_tiny_patch16_224", "random") == "random:0"
+    assert load_backbone("timm:vit_tiny_patch16_224", weights="random", img_size=32, patch_size=8,
+                         embed_dim=32, depth=1, num_heads=2).anatomy.num_blocks == 1
+    with pytest.raises(AdaptbenchError, match="unknown timm model 'not_a_model'"):
+        check_backbone_weights("timm:not_a_model")

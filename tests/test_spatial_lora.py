@@ -3,7 +3,9 @@ block's temporal branch left exactly as it was (the temporal prior is kept).
 
 No video backbone exists yet, so a tiny image backbone gets a ``temporal`` attention branch
 (its own norm, qkv and proj) in every block, between the attention and the MLP branches, as
-the anatomy describes a video block.
+the anatomy describes a video block; it is a real anatomy site (``site("temporal", b)``), so
+an adapter that wrapped branches indiscriminately would be caught. (The AIM-style case of a
+temporal pass sharing the spatial attention module waits for the video issue.)
 """
 
 from __future__ import annotations
@@ -31,32 +33,23 @@ RANKS = ("q=2", "k=4", "v=8", "attn_out=3")
 ALPHA = 8.0
 
 
-class TemporalBlock(TransformerBlock):
-    """A video-style block: spatial attention, then temporal attention, then the MLP."""
-
-    def __init__(self, attn: ResidualBranch, mlp: ResidualBranch, temporal: ResidualBranch):
-        super().__init__(attn, mlp)
-        self.temporal = temporal
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(x)
-        x = x + self.temporal(x)
-        return x + self.mlp(x)
-
-
 def temporal_backbone(name: str = "vit_tiny_test"):
-    """A tiny backbone whose every block has a seeded temporal attention branch."""
+    """A tiny backbone whose every block gets a seeded ``temporal`` attention branch between
+    its attention and MLP branches: a block is an ordered set of named branches, so the
+    anatomy takes the new branch as a site without any edit (as a video family will)."""
     backbone = load_backbone(name).eval()
     torch.manual_seed(123)
     for index, block in enumerate(backbone.blocks):
         temporal = ResidualBranch(nn.LayerNorm(WIDTH), Attention(WIDTH, num_heads=2, qkv_bias=True))
-        backbone._blocks[index] = TemporalBlock(block.attn, block.mlp, temporal)
+        backbone.blocks[index] = TransformerBlock(
+            {"attn": block.branches["attn"], "temporal": temporal, "mlp": block.branches["mlp"]})
+    backbone.anatomy.branches = ("attn", "temporal", "mlp")
     backbone.seal_weights()
     return backbone.eval()
 
 
 def temporal_modules(backbone) -> list[nn.Module]:
-    return [block.temporal for block in backbone.blocks]
+    return [backbone.site("temporal", index) for index in range(backbone.anatomy.num_blocks)]
 
 
 def adapted_temporal(ranks=RANKS, seed: int = 3):

@@ -9,9 +9,9 @@ from typing import Any
 
 from ..errors import AdaptbenchError
 from ..registry import ADAPTERS
-from .base import Adapter, AdapterConfig, InPlaceAdapter, ParameterReport, SiteWrapper
+from .base import Adapter, AdapterConfig, InPlaceAdapter, Needs, NotApplicable, ParameterReport, SiteWrapper
 
-__all__ = ["Adapter", "AdapterConfig", "InPlaceAdapter", "ParameterReport", "SiteWrapper", "adapter_class", "build_adapter"]
+__all__ = ["Adapter", "AdapterConfig", "InPlaceAdapter", "Needs", "NotApplicable", "ParameterReport", "SiteWrapper", "adapter_class", "build_adapter"]
 
 
 def adapter_class(name: str) -> type[Adapter]:

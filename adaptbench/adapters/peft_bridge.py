@@ -262,6 +262,12 @@ class PeftBridge(Adapter):
         self._refuse_rewritten_weights(frozen_before)
         for name, param in self._new_tensors(backbone, existing, names).items():
             self.declare(name, param)
+        if backbone.anatomy.token_layout != "BNC":
+            # SAM's linears see (B, H, W, C) grids and windows; some PEFT layers reshape
+            # assuming (B, N, C): give them rows of tokens, which every linear-site method
+            # treats alike (each acts on the last dimension)
+            for site, block in self._sites:
+                backbone.replace_site(site, block, TokenRows(backbone.site(site, block)))
 
     def _inject(self, backbone, peft_config) -> None:
         try:
@@ -309,8 +315,21 @@ class PeftBridge(Adapter):
     def _merge(self) -> None:
         for site, block in self._sites:
             layer = self.backbone.site(site, block)
+            layer = layer.base_layer if isinstance(layer, TokenRows) else layer
             layer.merge(adapter_names=[ADAPTER_NAME])
             self.backbone.replace_site(site, block, layer.get_base_layer())
+
+
+class TokenRows(nn.Module):
+    """Runs a PEFT layer on the tokens as rows, (..., C) -> (N, C) -> (..., C')."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.base_layer(x.reshape(-1, x.shape[-1]))
+        return rows.reshape(*x.shape[:-1], rows.shape[-1])
 
 
 def _module_names(backbone: nn.Module) -> dict[int, str]:

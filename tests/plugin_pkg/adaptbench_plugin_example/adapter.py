@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from adaptbench.adapters import Adapter, AdapterConfig, SiteWrapper
+from adaptbench.adapters import Adapter, AdapterConfig, Needs, SiteWrapper
 from adaptbench.errors import AdaptbenchError
 
 
@@ -73,6 +73,8 @@ class ScaledHeadBias(Adapter):
 
     config_class = ScaledHeadBiasConfig
     mergeable = True
+    # SAM's encoder has no final norm (it ends in its neck): that pair is n/a, not a failure
+    needs = Needs(global_sites=("final_norm",))
 
     def _attach(self, backbone) -> None:
         norm = backbone.site("final_norm", None)
