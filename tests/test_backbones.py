@@ -199,3 +199,17 @@ def test_backbone_anatomy_does_not_load_weights():
 
     anatomy = backbone_anatomy("timm:vit_large_patch16_224")
     assert (anatomy.embed_dim, anatomy.num_blocks, anatomy.mlp_dim) == (1024, 24, 4096)
+
+
+def test_a_deep_copy_keeps_its_own_sealed_parameters():
+    """Benchmarks copy one loaded backbone per adapter: the copy's own tensors are its sealed ones."""
+    import copy
+
+    from adaptbench.adapters import build_adapter
+
+    original = load_backbone("vit_tiny_test")
+    clone = copy.deepcopy(original)
+    assert all(clone.is_sealed(p) for p in clone.parameters())
+    assert not any(clone.is_sealed(p) for p in original.parameters())
+    assert len(build_adapter("bitfit", clone).trainable_parameters()) == len(
+        build_adapter("bitfit", original).trainable_parameters()) > 0

@@ -162,6 +162,18 @@ class Anatomy:
         return self.site_paths[site]
 
 
+def require_block_class(block: nn.Module, accepted: tuple[type, ...], model: str, index: int,
+                        hint: str = "") -> None:
+    """Families accept blocks by class, from an explicit list, never by attribute names: a
+    block with the same part names but another forward (timm's windowed SAM blocks) would be
+    rebuilt wrong without a word."""
+    if type(block) in accepted:
+        return
+    names = [f"{c.__module__}.{c.__name__}" for c in accepted]
+    raise AdaptbenchError(f"{model}: block {index} is a {type(block).__module__}.{type(block).__name__}, "
+                          f"expected one of {names}{hint}; this block class is not supported")
+
+
 def qkv_rows(part: str, out_features: int) -> slice:
     """The output rows of ``part`` (q, k or v) in a fused qkv linear with rows [q; k; v]."""
     if part not in QKV_PARTS:

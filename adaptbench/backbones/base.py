@@ -70,7 +70,6 @@ class Backbone(nn.Module):
         self.adapter_modules = nn.ModuleDict()
         self._weights_id: str | None = None
         self._sealed: tuple[nn.Parameter, ...] = ()
-        self._sealed_ids: frozenset[int] = frozenset()
 
     # -- the family's stages ------------------------------------------------------------
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, TokenGeometry]:
@@ -208,7 +207,6 @@ class Backbone(nn.Module):
         for param in self.parameters():
             param.requires_grad_(False)
         self._sealed = tuple(self.parameters())
-        self._sealed_ids = frozenset(id(p) for p in self._sealed)
         self._weights_id = state_hash(self.state_dict())
 
     def sealed_parameters(self) -> tuple[nn.Parameter, ...]:
@@ -216,12 +214,14 @@ class Backbone(nn.Module):
         return self._sealed
 
     def named_sealed_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        # ids are taken now, not stored: a deep copy of the backbone has new parameters
+        sealed = {id(p) for p in self._sealed}
         for name, param in self.named_parameters():
-            if id(param) in self._sealed_ids:
+            if id(param) in sealed:
                 yield name, param
 
     def is_sealed(self, param: nn.Parameter) -> bool:
-        return id(param) in self._sealed_ids
+        return any(param is own for own in self._sealed)
 
 
 def _out_features(module: nn.Module) -> int:

@@ -43,7 +43,7 @@ from torch import nn
 
 from ...errors import AdaptbenchError, did_you_mean
 from ...registry import register_backbone
-from ..anatomy import Anatomy, Mlp, ResidualBranch, TransformerBlock
+from ..anatomy import Anatomy, Mlp, ResidualBranch, TransformerBlock, require_block_class
 from ..base import Backbone, DataConfig
 from ..geometry import TokenGeometry
 from ..timm_weights import WEIGHT_FILE_SUFFIXES, hub_reachable, random_plan
@@ -192,13 +192,7 @@ def _check_visual(name: str, visual: nn.Module) -> None:
 
 
 def _canonical_block(name: str, index: int, block: nn.Module) -> TransformerBlock:
-    accepted = accepted_block_classes()
-    if type(block) not in accepted:
-        raise AdaptbenchError(
-            f"open_clip model {name!r}: block {index} is a {type(block).__module__}.{type(block).__name__}, "
-            f"expected one of {[c.__module__ + '.' + c.__name__ for c in accepted]} (custom blocks with "
-            f"qk_norm, scaled cosine attention or scale_attn/scale_fc are not supported)"
-        )
+    require_block_class(block, accepted_block_classes(), f"open_clip model {name!r}", index, " (custom blocks with qk_norm, scaled cosine attention or scale_attn/scale_fc are not supported)")
     for extra in ("ln_attn", "ln_inner"):  # older open_clip: scale_attn / scale_fc on this class
         if not isinstance(getattr(block, extra, nn.Identity()), nn.Identity):
             raise _refuse(name, f"block {index}'s extra norm {extra} (scale_attn/scale_fc)")

@@ -36,7 +36,7 @@ from torch import nn
 
 from ...errors import AdaptbenchError
 from ...registry import register_backbone
-from ..anatomy import Anatomy, Mlp, ResidualBranch, TransformerBlock
+from ..anatomy import Anatomy, Mlp, ResidualBranch, TransformerBlock, require_block_class
 from ..base import Backbone, DataConfig
 from ..geometry import GeometryContext, TokenGeometry
 from .sam_names import INSTALL_HINT, random_seed, sam_variant, weights_source
@@ -181,12 +181,7 @@ def _check_encoder(name: str, encoder: nn.Module) -> None:
 
 
 def _canonical_block(model_name: str, index: int, block: nn.Module) -> TransformerBlock:
-    accepted = accepted_block_classes()
-    if type(block) not in accepted:
-        raise AdaptbenchError(
-            f"SAM encoder {model_name!r}: block {index} is a {type(block).__module__}.{type(block).__name__}, "
-            f"expected one of {[c.__module__ + '.' + c.__name__ for c in accepted]}; this block class is not supported"
-        )
+    require_block_class(block, accepted_block_classes(), f"SAM encoder {model_name!r}", index, "")
     attn = ResidualBranch(block.norm1, WindowedAttention(block.attn, block.window_size))
     mlp = ResidualBranch(block.norm2, Mlp(block.mlp.lin1, block.mlp.act, block.mlp.lin2))
     return TransformerBlock({"attn": attn, "mlp": mlp})

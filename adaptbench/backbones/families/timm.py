@@ -19,7 +19,7 @@ from torch import nn
 
 from ...errors import AdaptbenchError
 from ...registry import register_backbone
-from ..anatomy import Anatomy, ResidualBranch, TransformerBlock
+from ..anatomy import Anatomy, ResidualBranch, TransformerBlock, require_block_class
 from ..base import Backbone, DataConfig
 from ..geometry import TokenGeometry
 from ..timm_weights import check_timm_weights, resolve_timm_weights
@@ -103,13 +103,7 @@ def _check_model(name: str, model: nn.Module) -> None:
 
 
 def _canonical_block(model_name: str, index: int, block: nn.Module) -> TransformerBlock:
-    accepted = accepted_block_classes()
-    if type(block) not in accepted:
-        raise AdaptbenchError(
-            f"timm model {model_name!r}: block {index} is a {type(block).__module__}.{type(block).__name__}, "
-            f"expected one of {[c.__module__ + '.' + c.__name__ for c in accepted]} (pre-norm ViT blocks); "
-            f"this block class is not supported"
-        )
+    require_block_class(block, accepted_block_classes(), f"timm model {model_name!r}", index, " (pre-norm ViT blocks)")
     attn = ResidualBranch(block.norm1, block.attn, nn.Sequential(block.ls1, block.drop_path1))
     mlp = ResidualBranch(block.norm2, block.mlp, nn.Sequential(block.ls2, block.drop_path2))
     return TransformerBlock({"attn": attn, "mlp": mlp})
