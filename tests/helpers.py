@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -101,3 +104,12 @@ def dd_by_hand(y: torch.Tensor, p: dict[str, torch.Tensor], prefix_count: int, d
         mixed_prefix = mixed_prefix + F.gelu(prefix * weight[:, 0, 1, 1] + bias)
     mixed = torch.cat([mixed_prefix, mixed_grid.flatten(2).transpose(1, 2)], dim=1)
     return F.gelu(mixed @ p["up.weight"].T + p["up.bias"])
+
+
+def adaptbench(*args: str, cwd: Path, check_rc: int | None = 0) -> subprocess.CompletedProcess:
+    """Run the CLI in a subprocess (as a user would); assert its exit code unless ``check_rc`` is None."""
+    result = subprocess.run([sys.executable, "-m", "adaptbench.cli", *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=600)
+    if check_rc is not None:
+        assert result.returncode == check_rc, result.stdout + result.stderr
+    return result

@@ -10,8 +10,6 @@ on it, while the linear probe can: the matrix has both kinds of cell, on tiny CP
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from adaptbench.runner.capabilities import Capabilities
 from adaptbench.runner.records import new_record, write_record
 from adaptbench.runner.spec import load_spec
 from adaptbench.runner.train import record_path_for, resolved_config
+from helpers import adaptbench
 
 PLUGIN = '''
 """bhwc_test: vit_tiny_test declaring the BHWC token layout, so that VPT is n/a on it."""
@@ -77,14 +76,6 @@ def write_spec(folder: Path, body: str = SPEC) -> Path:
     path = folder / "spec.yaml"
     path.write_text(textwrap.dedent(body).lstrip())
     return path
-
-
-def adaptbench(*args: str, cwd: Path, check_rc: int | None = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "adaptbench.cli", *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=600)
-    if check_rc is not None:
-        assert result.returncode == check_rc, result.stdout + result.stderr
-    return result
 
 
 def records(folder: Path) -> dict[tuple[str, str, str], dict]:

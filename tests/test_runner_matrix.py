@@ -18,16 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import adaptbench
 
 FAULTY_PLUGIN = Path(__file__).parent / "plugins" / "faulty_plugin.py"
-
-
-def adaptbench(*args: str, cwd: Path, check_rc: int | None = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "adaptbench.cli", *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=600)
-    if check_rc is not None:
-        assert result.returncode == check_rc, result.stdout + result.stderr
-    return result
 
 
 def write_spec(folder: Path, body: str, name: str = "spec.yaml") -> Path:
