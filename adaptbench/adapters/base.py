@@ -27,6 +27,9 @@ from torch import nn
 
 from ..errors import AdaptbenchError
 
+if typing.TYPE_CHECKING:
+    from .hooks import LossContext
+
 
 @dataclass
 class AdapterConfig:
@@ -186,6 +189,9 @@ class Adapter:
     # one: a tensor may then miss the gradient of one training step without being dead.
     stochastic_training: ClassVar[bool] = False
     needs: ClassVar[Needs] = Needs()
+    # Bumped whenever the method's maths changes: it enters every run's cell id, so a resumed
+    # matrix re-runs the cells an older version produced (lm-eval's task VERSION).
+    version: ClassVar[int] = 1
 
     def __init__(self, config: AdapterConfig | None = None):
         self.config = config if config is not None else self.config_class()
@@ -252,6 +258,17 @@ class Adapter:
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self._declared)
+
+    # -- training hooks (``hooks.py``), called by every task kind ------------------------------
+    def extra_loss(self, context: LossContext) -> dict[str, torch.Tensor]:
+        """Terms the method adds to the task's loss, by name (none by default)."""
+        return {}
+
+    def on_train_start(self, total_steps: int) -> None:
+        """Called once before training, with the number of optimiser steps it will take."""
+
+    def on_train_batch_end(self, step: int) -> None:
+        """Called after optimiser step ``step`` (0-based); nothing by default."""
 
     # -- merging ------------------------------------------------------------------------
     @torch.no_grad()
