@@ -22,6 +22,9 @@ PACKAGE = Path(__file__).resolve().parent
 _SOURCES = {
     "adapter": ("adapters", "register_adapter", 2),  # register_adapter(name, Config, Class)
     "backbone": ("backbones/families", "register_backbone", 1),  # register_backbone(name, factory)
+    "task kind": ("tasks", "register_task_kind", 1),  # register_task_kind(name, KindClass)
+    "head": ("tasks", "register_head", 1),  # register_head(name, factory)
+    "reader": ("datasets", "register_reader", 1),  # register_reader(format, ReaderClass)
 }
 
 _FAMILIES = {

@@ -42,40 +42,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_ls(commands) -> None:
-    ls = commands.add_parser("ls", help="list registered adapters, backbones or tasks")
-    ls.add_argument("kind", choices=["adapters", "backbones", "tasks"])
+    ls = commands.add_parser("ls", help="list registered adapters, backbones, tasks, task kinds, heads or data readers")
+    ls.add_argument("kind", choices=["adapters", "backbones", "tasks", "kinds", "heads", "readers"])
     ls.set_defaults(handler=cmd_ls)
 
 
 def _add_train(commands) -> None:
+    from .config import RunConfig, RunPlaceOptions, RunPolicy, cli_fields
+
     train = commands.add_parser(
         "train", help="train and evaluate one backbone x adapter x task x seed; writes a run record",
-        description="Train one run and write its record (JSON) and adapter checkpoint (safetensors).",
+        description="Train one run and write its record (JSON) and adapter checkpoint (safetensors). "
+                    "The options are the fields of adaptbench/config.py (RunConfig, RunPolicy, RunPlaceOptions).",
     )
-    train.add_argument("--task", required=True, help="task name, e.g. micro/digits or vtab1k/cifar")
-    train.add_argument("--backbone", required=True, help="backbone name, or a timm ViT name (timm:<name>)")
-    train.add_argument("--adapter", required=True, help="adapter name (`adaptbench ls adapters`)")
     train.add_argument("--adapter-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="adapter option, e.g. r=4 or targets=q,v (repeatable)")
-    train.add_argument("--weights", default=None,
-                       help="'pretrained' (default for timm names), 'random[:seed]', or a local .safetensors/.pth file")
-    train.add_argument("--data-root", default=None, help="folder holding the VTAB-1k / FGVC data (or ADAPTBENCH_DATA_ROOT)")
-    train.add_argument("--stage", default="final", choices=["final", "tune"],
-                       help="final: train800val200 -> test; tune: train800 -> val200 (default: final)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--epochs", type=int, default=None, help="default: the task's (100; micro tasks 10)")
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=1e-4)
-    train.add_argument("--warmup-epochs", type=int, default=None, help="default: 10%% of the epochs")
-    train.add_argument("--pool", choices=["cls", "mean"], default=None, help="default: the backbone's")
-    train.add_argument("--precision", default="32-true", help="Lightning precision, e.g. 32-true, bf16-mixed")
-    train.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
-    train.add_argument("--num-workers", type=int, default=None, help="data loader workers")
-    train.add_argument("--out", default="results", help="folder for run records (default: results/)")
-    train.add_argument("--no-save-adapter", action="store_true", help="do not write the adapter checkpoint")
-    train.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
+    for model in (RunConfig, RunPolicy, RunPlaceOptions):
+        for option in cli_fields(model, skip=("adapter_options",)):
+            _add_generated_flag(train, option)
     train.set_defaults(handler=cmd_train)
+
+
+def _add_generated_flag(parser: argparse.ArgumentParser, option) -> None:
+    """One flag of a config field: values stay text here and are checked by the field's type in
+    ``cmd_train`` (so every bad value reads ``--flag value: expected ...``)."""
+    required = option.model.model_fields[option.name].is_required()
+    help_text = option.help + (f"; one of {', '.join(option.choices)}" if option.choices else "")
+    if option.is_bool:
+        parser.add_argument(option.flag, dest=option.name, action=argparse.BooleanOptionalAction,
+                            default=None, help=help_text)
+    else:
+        parser.add_argument(option.flag, dest=option.name, default=None, required=required, help=help_text,
+                            metavar=option.name.upper())
 
 
 def _add_run(commands) -> None:
@@ -250,34 +248,65 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .registry import ADAPTERS, TASKS
-    from .runner.cells import cell_id
-    from .runner.train import RunConfig, RunPlace, is_not_applicable, quiet_lightning, record_path_for, run
+    from .config import RunConfig, RunPlaceOptions, RunPolicy
+    from .registry import ADAPTERS, BACKBONES, TASKS
 
-    # Names first: a typo must not wait for torch and Lightning to import.
-    ADAPTERS.require(args.adapter)
-    TASKS.require(args.task)
-    config = RunConfig(
-        task=args.task, backbone=args.backbone, adapter=args.adapter,
-        adapter_options=parse_adapter_args(args.adapter_arg), weights=args.weights,
-        seed=args.seed, stage=args.stage, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        pool=args.pool, precision=args.precision,
-    )
-    place = RunPlace(out_dir=Path(args.out), data_root=args.data_root, accelerator=args.accelerator,
-                     num_workers=args.num_workers, progress=args.progress,
-                     save_adapter=not args.no_save_adapter)
+    config = _config_from_flags(RunConfig, args, adapter_options=parse_adapter_args(args.adapter_arg))
+    policy = _config_from_flags(RunPolicy, args)
+    where = _config_from_flags(RunPlaceOptions, args)
+    # Names and data first: a typo or a wrong --data-root must not wait for a backbone.
+    ADAPTERS.require(config.adapter)
+    TASKS.require(config.task)
+    BACKBONES.require(config.backbone)
+    from .runner.train import RunPlace, check_environment, check_splits, is_not_applicable, quiet_lightning, run
+
+    check_splits(config, where.data_root)
+    from .adapters import adapter_class
+
+    adapter_class(config.adapter).config_class.from_dict(config.adapter_options, adapter=config.adapter)
     quiet_lightning()
+    check_environment(where.accelerator, config.precision)
+    place = RunPlace(out_dir=Path(where.out), data_root=where.data_root, accelerator=where.accelerator,
+                     num_workers=where.num_workers, progress=where.progress, save_adapter=where.save_adapter,
+                     policy=policy)
     try:
         result = run(config, place)
     except AdaptbenchError as err:
         if not is_not_applicable(err):
             raise
+        from .runner.train import cell_id, record_path_for
+
         # not a failure but still no result: say so, and where the n/a record is
         raise AdaptbenchError(f"{err.message}; recorded as n/a in "
                               f"{record_path_for(place.out_dir, cell_id(config))}") from err
     print_run_summary(result)
     return 0
+
+
+def _config_from_flags(model, args: argparse.Namespace, **extra):
+    """``model`` from the flags given (its fields' defaults for the rest), checked field by field;
+    a bad value is one line naming its flag."""
+    from .config import ConfigError, check_model, cli_fields
+
+    values: dict = dict(extra)
+    for option in cli_fields(model, skip=tuple(extra)):
+        value = getattr(args, option.name, None)
+        if value is None:
+            continue
+        nested = option.model is not model  # a field of a nested model (backbone options)
+        target = values.setdefault(_nested_key(model, option.model), {}) if nested else values
+        target[option.name] = value
+    try:
+        return check_model(model, values, from_text=True)
+    except ConfigError as err:
+        flag = "--" + str(err.keys[-1]).replace("_", "-")
+        given = getattr(args, str(err.keys[-1]), None)
+        raise AdaptbenchError(f"{flag} {given}: {err.problem.split(', got ')[0]}"
+                              if given is not None else f"{flag}: {err.problem}") from None
+
+
+def _nested_key(model, nested_model) -> str:
+    return next(name for name, field in model.model_fields.items() if field.annotation is nested_model)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -327,7 +356,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         for problem in found[:-1]:
             print(f"adaptbench: error: {args.spec}: {problem}", file=sys.stderr)
         raise AdaptbenchError(f"{args.spec}: {found[-1]}")
+    from .runner.train import check_environment
+
     quiet_lightning()
+    for precision in spec_precisions(spec):  # before any cell: a machine problem poisons no record
+        check_environment(args.accelerator, precision)
     summary = matrix.run()
     console.print(
         f"{spec.name}: {summary.cells} cells | {summary.succeeded} succeeded, {summary.failed} failed, "
@@ -376,29 +409,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def spec_precisions(spec) -> list[str]:
+    """Every precision a spec's cells can run under (its train, each adapter's, each grid's)."""
+    default = "32-true"
+    found = {spec.train.get("precision", default)}
+    for entry in spec.adapters:
+        found.add(entry.train.get("precision", spec.train.get("precision", default)))
+        found.update(entry.grid.get("precision", []))
+    return sorted(found)
+
+
 def print_run_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    info = result.record["train_info"]
-    config = result.record["run_info"]["config"]
+    info = result.record.train_info
+    config = result.record.config
     table = Table(title=f"{config['task']} | {config['backbone']} | {config['adapter']} | seed {config['seed']}")
     table.add_column("split")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for split, metrics in info["metrics"].items():
+    for split, metrics in info.metrics.items():
         for name, value in sorted(metrics.items()):
             table.add_row(split, name, f"{value:.4f}")
-    params = info["params"]
+    params = info.params or {}
     console = Console(width=140)
     console.print(table)
-    img_s = info["train_images_per_s"]
+    img_s = info.train_images_per_s
     console.print(
         f"trainable params: {params['trainable']:,} (+{params['head']:,} head) | "
         f"extra inference params: {params['extra_inference']:,} "
         f"({params['extra_inference_merged']:,} after merge) | "
         f"checkpoint: {params['checkpoint_bytes']:,} B | "
-        f"train img/s: {img_s:.1f} | wall: {info['wall_time_s']:.1f} s"
+        f"train img/s: {img_s:.1f} | wall: {info.wall_time_s:.1f} s"
         if img_s is not None else f"trainable params: {params['trainable']:,}"
     )
     console.print(f"record: {result.record_path}")

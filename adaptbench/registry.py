@@ -8,7 +8,9 @@ Entries are registered three ways:
   reading the package's sources (``ast``, no import), so ``adaptbench ls`` and ``--help``
   never import torch, and the import that runs the call fills in the lazy entry;
 * plugins: the entry-point groups ``adaptbench.adapters``, ``adaptbench.backbones`` and
-  ``adaptbench.tasks`` (read at first use, imported only when an entry is used), and
+  ``adaptbench.tasks`` (read at first use, imported only when an entry is used; in
+  ``adaptbench.tasks`` an entry named ``kind.<name>`` adds a task kind, ``head.<name>`` a head
+  and ``reader.<format>`` a data reader, any other name a task), and
   ``--plugin path/to/file.py`` (imported at once). ``ADAPTBENCH_NO_PLUGINS=1`` disables
   the entry-point autoload.
 
@@ -37,10 +39,14 @@ from .errors import AdaptbenchError, closest_names, did_you_mean
 
 T = TypeVar("T")
 
+#: registry kind -> (entry-point group, name prefix of its entries in that group)
 ENTRY_POINT_GROUPS = {
-    "adapter": "adaptbench.adapters",
-    "backbone": "adaptbench.backbones",
-    "task": "adaptbench.tasks",
+    "adapter": ("adaptbench.adapters", ""),
+    "backbone": ("adaptbench.backbones", ""),
+    "task": ("adaptbench.tasks", ""),
+    "task kind": ("adaptbench.tasks", "kind."),
+    "head": ("adaptbench.tasks", "head."),
+    "reader": ("adaptbench.tasks", "reader."),
 }
 NO_PLUGINS_ENV = "ADAPTBENCH_NO_PLUGINS"
 # an entry point named family.<anything> adds a Family (e.g. a backbone family mine:<model>)
@@ -184,7 +190,7 @@ class Registry(Generic[T]):
         if entry is None:
             raise AdaptbenchError(
                 f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
-                f"`adaptbench ls {self.kind}s` lists them"
+                f"`adaptbench ls {LS_NAMES.get(self.kind, self.kind + 's')}` lists them"
             )
         return entry
 
@@ -276,14 +282,18 @@ class Registry(Generic[T]):
     def _load_entry_points(self) -> None:
         from importlib.metadata import entry_points
 
-        for ep in entry_points(group=ENTRY_POINT_GROUPS[self.kind]):
+        group, prefix = ENTRY_POINT_GROUPS[self.kind]
+        others = [p for g, p in ENTRY_POINT_GROUPS.values() if g == group and p and p != prefix]
+        for ep in entry_points(group=group):
             dist = getattr(ep, "dist", None)
             source = f"entry point of {dist.name} {dist.version}" if dist else "entry point"
+            if not ep.name.startswith(prefix) or any(ep.name.startswith(other) for other in others):
+                continue  # another registry's entry in a shared group (kind.x, head.x in tasks)
             try:
                 if ep.name.startswith(FAMILY_ENTRY_PREFIX):
                     self._add_plugin_family(ep, source)
                     continue
-                self.register(ep.name, ep.value, f"plugin ({ep.value})", source=source)
+                self.register(ep.name.removeprefix(prefix), ep.value, f"plugin ({ep.value})", source=source)
             except AdaptbenchError as err:  # a bad plugin must not break the rest
                 report_plugin_problem(f"plugin {ep.value!r} ({source}) not registered: {err.message}")
 
@@ -397,7 +407,12 @@ def _line_in_file(err: BaseException, path: Path) -> str:
 ADAPTERS: Registry = Registry("adapter")
 BACKBONES: Registry = Registry("backbone")
 TASKS: Registry = Registry("task")
-REGISTRIES = {"adapters": ADAPTERS, "backbones": BACKBONES, "tasks": TASKS}
+TASK_KINDS: Registry = Registry("task kind")
+HEADS: Registry = Registry("head")
+READERS: Registry = Registry("reader")
+REGISTRIES = {"adapters": ADAPTERS, "backbones": BACKBONES, "tasks": TASKS, "kinds": TASK_KINDS,
+              "heads": HEADS, "readers": READERS}
+LS_NAMES = {registry.kind: name for name, registry in REGISTRIES.items()}
 
 
 def register_adapter(name: str, config_class: type, adapter_class: type, description: str = "") -> None:
@@ -421,3 +436,19 @@ def register_backbone(name: str, factory: Callable[..., Any], description: str =
 def register_task(name: str, spec: Any, description: str = "") -> None:
     """Register a task specification (see ``adaptbench.tasks.catalog``)."""
     TASKS.register(name, spec, description)
+
+
+def register_task_kind(name: str, kind: Any, description: str = "") -> None:
+    """Register a task kind (``adaptbench.tasks.kinds.TaskKind``): its module, data and metrics."""
+    kind.name = name
+    TASK_KINDS.register(name, kind, description or _first_doc_line(kind))
+
+
+def register_head(name: str, factory: Callable[..., Any], description: str = "") -> None:
+    """Register a head factory ``(backbone, task_spec) -> nn.Module`` (``adaptbench.tasks.heads``)."""
+    HEADS.register(name, factory, description or _first_doc_line(factory))
+
+
+def register_reader(name: str, reader: Any, description: str = "") -> None:
+    """Register an on-disk format reader (``adaptbench.datasets.readers.Reader``) as format ``name``."""
+    READERS.register(name, reader, description or _first_doc_line(reader))

@@ -18,9 +18,8 @@ from rich.console import Console
 
 from adaptbench.errors import AdaptbenchError
 from adaptbench.runner.capabilities import Capabilities
-from adaptbench.runner.records import new_record, write_record
 from adaptbench.runner.spec import load_spec
-from adaptbench.runner.train import record_path_for, resolved_config
+from adaptbench.runner.train import record_path_for, start_record
 from helpers import adaptbench
 
 PLUGIN = '''
@@ -203,12 +202,11 @@ class SucceedingExecutor:
         for job in jobs:
             config = job.config
             self.ran.append((config.backbone, config.adapter))
-            record = new_record(resolved_config(config, TASKS.get(config.task)), config.seed)
-            record["run_info"]["matrix"] = job.annotations
+            record = start_record(config, job.annotations)
             split = "val200" if config.stage == "tune" else "test"
-            record["train_info"].update(status="success", stage=config.stage, metrics={split: {"top1": 0.5}},
-                                        primary_metric="top1", higher_is_better=True, data={"eval_split": split})
-            write_record(record, record_path_for(job.place.out_dir, job.cell_id))
+            record.mark_success(stage=config.stage, metrics={split: {"top1": 0.5}},
+                                primary_metric="top1", higher_is_better=True, data={"eval_split": split})
+            record.write(record_path_for(job.place.out_dir, job.cell_id))
             yield CellOutcome(job.cell_id, "success", score=0.5)
 
     def close(self):

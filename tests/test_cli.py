@@ -74,8 +74,10 @@ def test_train_prints_metrics_and_writes_a_record(lora_run):
     assert "test" in result.stdout and "top1" in result.stdout
     [record_path] = out.glob("*.json")
     record = json.loads(record_path.read_text())
-    assert record["schema_version"] == 1
+    assert record["schema_version"] == 2
     run_info, train_info = record["run_info"], record["train_info"]
+    assert run_info["config"]["code_versions"] == {"adapter": 1, "kind": 1, "head": 1, "reader": 1}
+    assert run_info["row_id"] and "seed" not in run_info["row_config"]
     assert record_path.stem == run_info["run_id"]
     assert run_info["config"]["adapter"] == "lora" and run_info["config"]["epochs"] == 5
     assert run_info["seed"] == 0 and "torch" in run_info["versions"] and "commit" in run_info["git"]

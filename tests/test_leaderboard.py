@@ -1,15 +1,17 @@
-"""Leaderboards from synthetic run records: exact numbers, failed and n/a cells, ranks, references,
-files, CLI.
+"""Leaderboards from synthetic run records: exact numbers, failed and n/a cells, ranks, row
+identity and labels, references, files, the typed frame, CLI.
 
-The synthetic micro results (``write_synthetic_results``): four adapters on four tasks in two
-groups (natural: digits, texture, faces; structured: count), two seeds, with a failed seed,
-a tune record and an older duplicate. Expected values are worked out by hand in the comments.
+Records are built the way the runner builds them (``RunRecord.start`` with a resolved config,
+then ``mark_success`` / ``mark_failed`` / ``mark_not_applicable``). The synthetic micro results
+(``write_synthetic_results``): four adapters on four tasks in two groups (natural: digits,
+texture, faces; structured: count), two seeds, with a failed seed, a tune record and an older
+duplicate. Expected values are worked out by hand in the comments.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
+import functools
 import io
 import json
 import re
@@ -24,15 +26,19 @@ from adaptbench.errors import AdaptbenchError
 from adaptbench.leaderboard import (
     build_leaderboards,
     load_records,
+    records_frame,
     render_latex,
     render_markdown,
     render_terminal,
+    row_labels,
     write_leaderboards,
 )
 from adaptbench.leaderboard.plot import pareto_figure, pareto_front
+from adaptbench.runner.records import RunRecord, TaskInfo
 
 VIT_B = "timm:vit_base_patch16_224.augreg_in21k"
 MICRO_GROUPS = {"digits": "natural", "texture": "natural", "faces": "natural", "count": "structured"}
+CODE_VERSIONS = {"adapter": 1, "kind": 1, "head": 1, "reader": 1}
 
 # adapter -> task -> top-1 (%) per seed (None: that seed failed)
 SCORES = {
@@ -44,55 +50,86 @@ SCORES = {
 TRAINABLE = {"lora": 12288, "linear": 0, "ssf": 3456, "bitfit": 1000}
 
 
+def resolved_config(task: str, adapter: str, seed: int, *, backbone: str = "vit_micro", stage: str = "final",
+                    options: dict | None = None, lr: float = 1e-3, weights: str | None = None) -> dict:
+    """A config shaped like the runner's resolved config (task defaults and code versions in)."""
+    return {"task": task, "backbone": backbone, "adapter": adapter, "adapter_options": dict(options or {}),
+            "weights": weights, "backbone_options": {"img_size": None, "grad_checkpointing": False},
+            "head": "linear", "seed": seed, "stage": stage, "epochs": 3, "batch_size": 64, "lr": lr,
+            "weight_decay": 1e-4, "warmup_epochs": None, "label_smoothing": 0.0, "pool": None,
+            "precision": "32-true", "code_versions": dict(CODE_VERSIONS)}
+
+
 def make_record(task: str, adapter: str, seed: int, top1: float | None, *, backbone: str = "vit_micro",
                 stage: str = "final", created_at: str = "2026-03-01T12:00:00+0000", group: str | None = None,
                 label: str | None = None, trainable: int = 12288, task_info: bool = True,
-                na: str | None = None) -> dict:
-    """A run record shaped like ``adaptbench/runner/train.py`` writes; ``top1=None``: a failed run;
-    ``na``: an n/a run with that reason (the adapter cannot run on the backbone)."""
-    config = {"task": task, "backbone": backbone, "adapter": adapter, "adapter_options": {}, "weights": None,
-              "seed": seed, "stage": stage, "epochs": 3}
-    run_id = hashlib.sha256(json.dumps([config, created_at, label]).encode()).hexdigest()[:12]
-    run_info = {"config": config, "run_id": run_id,
-                "seed": seed, "created_at": created_at}
-    if task_info:
-        run_info["task_info"] = {"benchmark": task.partition("/")[0], "group": group or "natural",
-                                 "num_classes": 10}
-    if label:
-        run_info["matrix"] = {"spec": "test", "adapter_label": label}
+                na: str | None = None, options: dict | None = None, lr: float = 1e-3,
+                grid: dict | None = None, spec: str = "test") -> RunRecord:
+    """A run record as the runner makes it; ``top1=None``: a failed run; ``na``: an n/a run with
+    that reason (the adapter cannot run on the backbone); ``label``: a matrix cell's label;
+    ``grid``: the search a final cell's values came from."""
+    config = resolved_config(task, adapter, seed, backbone=backbone, stage=stage, options=options, lr=lr)
+    info = TaskInfo(benchmark=task.partition("/")[0], group=group or "natural", num_classes=10) if task_info else None
+    annotations = {"spec": spec, "adapter_label": label} if label else None
+    record = RunRecord.start(config, grid=grid, task_info=info, annotations=annotations)
+    record.run_info.created_at = created_at
     if na is not None:
-        train_info = {"status": "n/a", "error": f"{adapter} on {backbone}: n/a: {na}", "na_reason": na}
+        record.mark_not_applicable(f"{adapter} on {backbone}: n/a: {na}")
     elif top1 is None:
-        train_info = {"status": "failed", "error": "RuntimeError: loss is nan", "wall_time_s": 1.0}
+        record.mark_failed("RuntimeError: loss is nan", wall_time_s=1.0)
     else:
         eval_split = "test" if stage == "final" else "val200"
-        train_info = {
-            "status": "success", "error": None, "stage": stage, "primary_metric": "top1",
-            "higher_is_better": True, "metrics": {eval_split: {"top1": top1 / 100, "loss": 1.0}},
-            "data": {"eval_split": eval_split},
-            "params": {"trainable": trainable, "head": 60, "trainable_with_head": trainable + 60,
-                       "extra_inference": trainable, "extra_inference_merged": 0, "checkpoint_bytes": 50912},
-            "train_images_per_s": 600.0 + 100 * seed, "peak_memory_bytes": (2 + seed) * 2**29,
-            "peak_memory_kind": "cpu_max_rss",
-        }
-    return {"schema_version": 1, "run_info": run_info, "train_info": train_info, "meta_info": {}}
+        record.mark_success(
+            stage=stage, primary_metric="top1", higher_is_better=True,
+            metrics={eval_split: {"top1": top1 / 100, "loss": 1.0}}, data={"eval_split": eval_split},
+            params={"trainable": trainable, "head": 60, "trainable_with_head": trainable + 60,
+                    "extra_inference": trainable, "extra_inference_merged": 0, "checkpoint_bytes": 50912},
+            train_images_per_s=600.0 + 100 * seed, peak_memory_bytes=(2 + seed) * 2**29,
+            peak_memory_kind="cpu_max_rss", wall_time_s=10.0,
+        )
+    return record
 
 
-def write_records(folder: Path, records: list[dict]) -> Path:
+def schema1_record(task: str, adapter: str, seed: int, top1: float, *, group: str = "natural",
+                   options: dict | None = None, created_at: str = "2025-06-01T12:00:00+0000") -> dict:
+    """A record as adaptbench wrote it before typed records (schema 1: no row id, row config or
+    code versions)."""
+    config = {"task": task, "backbone": "vit_micro", "adapter": adapter, "adapter_options": dict(options or {}),
+              "weights": None, "seed": seed, "stage": "final", "epochs": 3}
+    return {"schema_version": 1,
+            "run_info": {"config": config, "run_id": f"old{seed}{adapter}", "seed": seed, "created_at": created_at,
+                         "task_info": {"benchmark": task.partition("/")[0], "group": group, "num_classes": 10}},
+            "train_info": {"status": "success", "error": None, "stage": "final", "primary_metric": "top1",
+                           "higher_is_better": True, "metrics": {"test": {"top1": top1 / 100}},
+                           "data": {"eval_split": "test"}, "params": {"trainable": 100},
+                           "wall_time_s": None, "train_images_per_s": None},
+            "meta_info": {}}
+
+
+def write_records(folder: Path, records: list[RunRecord | dict]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for index, record in enumerate(records):
-        (folder / f"{index:03d}.json").write_text(json.dumps(record))
+        path = folder / f"{index:03d}.json"
+        if isinstance(record, RunRecord):
+            record.write(path)
+        else:
+            path.write_text(json.dumps(record))
     return folder
 
 
-def synthetic_records() -> list[dict]:
+@functools.cache
+def _synthetic_records() -> tuple[RunRecord, ...]:
     records = [
         make_record(f"micro/{task}", adapter, seed, score, group=MICRO_GROUPS[task], trainable=TRAINABLE[adapter])
         for adapter, tasks in SCORES.items() for task, scores in tasks.items() for seed, score in enumerate(scores)
     ]
     records.append(make_record("micro/digits", "lora", 0, 99.0, stage="tune"))  # the search: ignored
     records.append(make_record("micro/digits", "lora", 0, 10.0, created_at="2026-01-01T00:00:00+0000"))  # older
-    return records
+    return tuple(records)
+
+
+def synthetic_records() -> list[RunRecord]:
+    return [record.model_copy(deep=True) for record in _synthetic_records()]
 
 
 def write_synthetic_results(folder: Path) -> Path:
@@ -177,7 +214,8 @@ def test_newest_record_wins_across_time_zones():
 
 
 def test_missing_task_reads_incomplete_and_labels_come_from_the_matrix():
-    records = synthetic_records() + [make_record("micro/digits", "lora", 0, 50.0, label="lora_r4")]
+    records = synthetic_records() + [make_record("micro/digits", "lora", 0, 50.0, label="lora_r4",
+                                                 options={"r": 4})]
     [board] = build_leaderboards(records)
     partial = row(board, "lora_r4")
     assert partial["digits"] == "50.00" and partial["texture"] == "–"
@@ -195,6 +233,141 @@ def test_older_records_without_task_info_use_the_task_registry():
 
 def test_only_tune_records_give_no_board():
     assert build_leaderboards([make_record("micro/digits", "lora", 0, 50.0, stage="tune")]) == []
+    assert build_leaderboards([]) == []
+
+
+# -- row identity: a row is a config, the label only shows it ---------------------------------
+def lora_runs(options: dict, scores: dict[str, float], **kwargs) -> list[RunRecord]:
+    """``adaptbench train``-style runs (no matrix label) of lora with ``options`` on micro tasks."""
+    return [make_record(f"micro/{task}", "lora", 0, score, group=MICRO_GROUPS[task], options=options, **kwargs)
+            for task, score in scores.items()]
+
+
+def test_two_configs_under_one_label_are_two_rows():
+    records = (lora_runs({"r": 4}, {"digits": 80, "count": 60})
+               + lora_runs({"r": 8}, {"digits": 90, "count": 70}, created_at="2026-03-02T12:00:00+0000"))
+    assert records[0].row_id != records[2].row_id  # the runner's row identity tells them apart
+    [board] = build_leaderboards(records)
+    assert list(board.table["Adapter"]) == ["lora [r=8]", "lora [r=4]"]  # ranked: 80.00, then 70.00
+    assert (row(board, "lora [r=4]")["digits"], row(board, "lora [r=4]")["Mean (tasks)"]) == ("80.00", "70.00")
+    assert (row(board, "lora [r=8]")["digits"], row(board, "lora [r=8]")["Mean (tasks)"]) == ("90.00", "80.00")
+    assert not [w for w in board.warnings if "newest" in w]  # nothing was merged or dropped
+    assert board.records_used == 4
+    assert set(board.summary["row_id"]) == {records[0].row_id, records[2].row_id}
+
+
+def test_one_label_in_two_matrix_specs_with_different_options_is_two_rows():
+    records = (lora_runs({"r": 4}, {"digits": 80}, label="lora", spec="small")
+               + lora_runs({"r": 8, "alpha": 16}, {"digits": 90}, label="lora", spec="large"))
+    [board] = build_leaderboards(records)
+    # only the settings that differ, adapter options without their prefix; a setting a row
+    # does not have (alpha, for r=4) is left out of its label
+    assert sorted(board.table["Adapter"]) == ["lora [alpha=16, r=8]", "lora [r=4]"]
+
+
+def test_the_same_config_on_two_backbones_keeps_its_plain_label():
+    records = lora_runs({"r": 4}, {"digits": 80}) + lora_runs({"r": 4}, {"digits": 70}, backbone="sam:vit_b")
+    [board] = build_leaderboards(records)
+    assert list(zip(board.table["Adapter"], board.table["Backbone"])) == [("lora", "vit_micro"),
+                                                                          ("lora", "sam:vit_b")]
+
+
+def test_a_grid_searched_row_is_not_the_row_of_the_value_it_chose():
+    fixed = lora_runs({}, {"digits": 80}, lr=1e-3)
+    searched = lora_runs({}, {"digits": 85}, lr=1e-3, grid={"lr": [1e-3, 1e-2]})
+    [board] = build_leaderboards(fixed + searched)
+    assert sorted(board.table["Adapter"]) == ["lora [lr in {0.001,0.01}]", "lora [lr=0.001]"]
+    searched_r = lora_runs({"r": 4}, {"digits": 85}, grid={"options.r": [4, 8]})  # options: {} once r is out
+    [board] = build_leaderboards(lora_runs({"r": 4}, {"digits": 80}) + searched_r)
+    assert sorted(board.table["Adapter"]) == ["lora [r in {4,8}]", "lora [r=4]"]
+
+
+def test_the_same_cell_twice_keeps_the_newest_and_says_so(tmp_path):
+    older = lora_runs({"r": 4}, {"digits": 70}, created_at="2026-03-01T12:00:00+0000")
+    newer = lora_runs({"r": 4}, {"digits": 75}, created_at="2026-03-05T12:00:00+0000")
+    first, second = write_records(tmp_path / "a", older), write_records(tmp_path / "b", newer)
+    [board] = build_leaderboards(load_records([first, second]))
+    assert list(board.table["Adapter"]) == ["lora"] and row(board, "lora")["digits"] == "75.00"
+    [note] = [w for w in board.warnings if "newest" in w]
+    assert note == (f"lora | vit_micro | micro/digits | seed 0: kept the newest record, ignored older run "
+                    f"{older[0].run_id} (2026-03-01T12:00:00+0000)")
+
+
+def test_one_config_under_two_labels_is_one_row_under_the_newest_label():
+    records = (lora_runs({"r": 4}, {"digits": 70}, label="lora_small", created_at="2026-03-01T12:00:00+0000")
+               + lora_runs({"r": 4}, {"texture": 75}, label="lora_r4", created_at="2026-03-02T12:00:00+0000"))
+    [board] = build_leaderboards(records)
+    assert list(board.table["Adapter"]) == ["lora_r4"]
+    assert (row(board, "lora_r4")["digits"], row(board, "lora_r4")["texture"]) == ("70.00", "75.00")
+    assert "lora_r4: one config also labelled lora_small in older records" in " ".join(board.warnings)
+
+
+def test_row_labels_fall_back_to_the_row_id_when_settings_cannot_tell_rows_apart():
+    base = {"adapter": "lora", "adapter_options": {"r": 4}, "lr": 0.001}
+    rows = {"aaaaaa111": ("lora", "vit_micro", {**base, "backbone": "timm:vit_micro"}),
+            "bbbbbb222": ("lora", "vit_micro", {**base, "backbone": "vit_micro"}),  # the same shown backbone
+            "cccccc333": ("ssf", "vit_micro", {"adapter": "ssf"})}
+    assert row_labels(rows) == {"aaaaaa111": "lora #aaaaaa", "bbbbbb222": "lora #bbbbbb", "cccccc333": "ssf"}
+    many = {f"id{n}": ("x", "b", {"a": n, "b": n, "c": n, "d": n, "e": n}) for n in range(2)}
+    assert row_labels(many) == {"id0": "x [a=0, b=0, c=0, d=0, ...]", "id1": "x [a=1, b=1, c=1, d=1, ...]"}
+
+
+def test_schema_1_records_are_still_tabulated(tmp_path):
+    old = [schema1_record("micro/digits", "lora", seed, score) for seed, score in ((0, 80.0), (1, 84.0))]
+    folder = write_records(tmp_path / "old", old)
+    records = load_records([folder])
+    assert all(record.schema_version == 2 and record.row_id for record in records)  # upgraded in memory
+    [board] = build_leaderboards(records)
+    assert row(board, "lora")["digits"] == "82.00 ± 2.83" and row(board, "lora")["Rank"] == "1"
+    # beside a new record of the same settings: not the same config (code versions, resolved
+    # defaults), so two rows; the new one is labelled by its code versions first
+    new = lora_runs({}, {"digits": 90})
+    [board] = build_leaderboards(records + new)
+    assert sorted(board.table["Adapter"]) == [
+        "lora", "lora [code.adapter=1, code.head=1, code.kind=1, code.reader=1, ...]"]
+    assert row(board, "lora")["digits"] == "82.00 ± 2.83"
+
+
+# -- the typed long table ----------------------------------------------------------------------
+def test_records_frame_has_one_typed_row_per_record():
+    records = lora_runs({"r": 4}, {"digits": 80}) + [
+        make_record("micro/count", "ssf", 1, None, group="structured"),
+        make_record("micro/count", "vpt", 0, None, backbone="sam:vit_b", group="structured", na="no grid"),
+        make_record("micro/digits", "lora", 0, 99.0, stage="tune", options={"r": 4}),
+    ]
+    frame = records_frame(records)
+    assert len(frame) == 4
+    expected = {
+        "run_id": "string", "row_id": "string", "benchmark": "string", "group": "string", "task": "string",
+        "backbone": "string", "adapter": "string", "label": "string", "seed": "Int64", "stage": "string",
+        "status": "string", "score": "float64", "metric": "string", "higher_is_better": "bool",
+        "error": "string", "na_reason": "string", "trainable": "Int64", "trainable_with_head": "Int64",
+        "head": "Int64", "extra_inference": "Int64", "extra_inference_merged": "Int64",
+        "checkpoint_bytes": "Int64", "wall_time_s": "float64", "images_per_s": "float64",
+        "peak_memory_bytes": "Int64", "peak_memory_kind": "string", "created_at": "datetime64[ns, UTC]",
+    }
+    assert list(frame.columns[:len(expected)]) == list(expected)
+    assert {column: str(frame[column].dtype) for column in expected} == expected
+    config = [column for column in frame.columns[len(expected):]]
+    assert config == sorted(config) and all(column.startswith("config.") for column in config)
+    assert str(frame["config.lr"].dtype) == "float64" and str(frame["config.epochs"].dtype) == "Int64"
+    assert str(frame["config.adapter_options.r"].dtype) == "Int64"  # nested keys dotted; <NA> where unset
+    assert str(frame["config.backbone_options.grad_checkpointing"].dtype) == "boolean"
+    assert str(frame["config.code_versions.adapter"].dtype) == "Int64"
+    assert str(frame["config.backbone"].dtype) == "string" and frame["config.backbone"][2] == "sam:vit_b"
+    assert list(frame["status"]) == ["success", "failed", "n/a", "success"]
+    assert frame["score"][0] == pytest.approx(80.0) and frame["score"][1:3].isna().all()
+    assert frame["score"][3] == pytest.approx(99.0) and frame["stage"][3] == "tune"
+    assert frame["na_reason"][2] == "no grid" and pd.isna(frame["na_reason"][0])
+    assert frame["trainable"][0] == 12288 and pd.isna(frame["trainable"][1])
+    assert frame["created_at"][0] == pd.Timestamp("2026-03-01T12:00:00Z")
+    assert frame["row_id"][0] == records[0].row_id and frame["label"][0] == "lora"
+    assert frame["config.adapter_options.r"][0] == 4 and pd.isna(frame["config.adapter_options.r"][1])
+
+
+def test_records_frame_of_no_records_keeps_its_columns():
+    frame = records_frame([])
+    assert frame.empty and "score" in frame.columns and str(frame["score"].dtype) == "float64"
 
 
 # -- n/a cells -----------------------------------------------------------------------------
@@ -202,7 +375,7 @@ SAM = "sam:vit_b"
 LAYOUT = "needs a token layout in ('BNC',); the backbone's is 'BHWC'"
 
 
-def na_records() -> list[dict]:
+def na_records() -> list[RunRecord]:
     """digits (natural) and count (structured) for five rows of one micro board:
 
     * lora on vit_micro and on SAM, vpt_shallow on vit_micro: every run succeeds;
@@ -218,7 +391,7 @@ def na_records() -> list[dict]:
                             na=LAYOUT) for task in ("digits", "count") for seed in (0, 1)]
     records.append(make_record("micro/digits", "vpt_deep", 0, 77.0))
     older = make_record("micro/count", "vpt_deep", 0, None, group="structured", na="deep prompts need blocks")
-    del older["train_info"]["na_reason"]
+    older.train_info.na_reason = None
     records.append(older)
     records.append(make_record("micro/digits", "ssf", 0, None, backbone=SAM, na=LAYOUT))
     records.append(make_record("micro/count", "ssf", 0, None, backbone=SAM, group="structured"))
@@ -307,7 +480,7 @@ def test_pareto_plot_skips_na_rows(na_board):
 
 
 # -- published numbers ---------------------------------------------------------------------
-def vtab_records(backbone: str = VIT_B) -> list[dict]:
+def vtab_records(backbone: str = VIT_B) -> list[RunRecord]:
     tasks = {"vtab1k/cifar": "natural", "vtab1k/eurosat": "specialized", "vtab1k/dmlab": "structured"}
     return [make_record(task, "lora", 0, 70.0, backbone=backbone, group=group) for task, group in tasks.items()]
 
@@ -415,10 +588,29 @@ def test_load_records_searches_folders_and_skips_what_is_not_a_record(tmp_path):
     assert len(load_records([tmp_path / "results"])) == 1
 
 
-def test_malformed_json_names_the_file(tmp_path):
+def test_malformed_json_is_one_line_naming_the_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"run_info": ')
-    with pytest.raises(AdaptbenchError, match=re.escape(str(bad))):
+    with pytest.raises(AdaptbenchError, match=re.escape(str(bad))) as caught:
+        load_records([tmp_path])
+    message = str(caught.value)
+    assert "\n" not in message and "not valid JSON" in message
+    assert not re.search(r"\b(\w+) \1\b", message), message  # no doubled words ("at at")
+
+
+def test_a_record_of_the_wrong_shape_is_one_line_naming_the_file(tmp_path):
+    bad = tmp_path / "shape.json"
+    bad.write_text(json.dumps({"run_info": {"config": {"task": "micro/digits"}}, "train_info": {}}))
+    with pytest.raises(AdaptbenchError, match=re.escape(str(bad))) as caught:
+        load_records([tmp_path])
+    assert "\n" not in str(caught.value) and "run_id" in str(caught.value)
+
+
+def test_a_record_without_an_adapter_is_refused_by_name(tmp_path):
+    record = make_record("micro/digits", "lora", 0, 50.0)
+    record.run_info.config["adapter"] = ""
+    write_records(tmp_path, [record])
+    with pytest.raises(AdaptbenchError, match=r"000\.json lacks run_info\.config\.adapter"):
         load_records([tmp_path])
 
 

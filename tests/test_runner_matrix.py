@@ -168,11 +168,11 @@ def test_validate_reports_missing_data_and_weights_and_run_refuses(tmp_path):
           - {name: vit_tiny_test}
           - {name: "timm:vit_tiny_patch16_224", weights: missing/weights.safetensors}
         tasks: [vtab1k/dtd, micro/digits]
-        adapters: [linear, {name: lora, options: {r: 0}}]
+        adapters: [linear, {name: lora, options: {r: 4}}]
         data_root: no-such-root
     """)
     result = adaptbench("validate", str(spec), cwd=tmp_path, check_rc=2)
-    assert "3 of 6 checks failed" in result.stderr
+    assert "2 of 6 checks failed" in result.stderr
     assert result.stderr.count("\n") == 1  # one line
     table = result.stdout
     assert "weights file missing/weights.safetensors does not exist" in table
@@ -181,6 +181,18 @@ def test_validate_reports_missing_data_and_weights_and_run_refuses(tmp_path):
     refused = adaptbench("run", str(spec), cwd=tmp_path, check_rc=2)
     assert "weights file missing/weights.safetensors does not exist" in refused.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_bad_adapter_option_or_grid_option_names_its_line(tmp_path):
+    spec = write_spec(tmp_path, "backbones: [vit_tiny_test]\ntasks: [micro/digits]\n"
+                                "adapters:\n  - {name: lora, options: {r: 0}}\n")
+    result = adaptbench("validate", str(spec), cwd=tmp_path, check_rc=2)
+    assert "spec.yaml:4: adapters[0].options.r: lora option r=0: expected an integer >= 1" in result.stderr
+    spec = write_spec(tmp_path, "backbones: [vit_tiny_test]\ntasks: [micro/digits]\nadapters: [lora]\n"
+                                "grid:\n  options.rank: [4, 8]\n")
+    result = adaptbench("run", str(spec), cwd=tmp_path, check_rc=2)
+    assert "spec.yaml:5: grid.options.rank: adapter 'lora' has no option 'rank'" in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("workers", ["0", "x"])

@@ -10,9 +10,9 @@ import pytest
 
 from adaptbench.errors import AdaptbenchError
 from adaptbench.runner.cells import cell_id, choose_grid_point, search_groups
-from adaptbench.runner.records import new_record, write_record
-from adaptbench.runner.spec import load_spec, task_groups
-from adaptbench.runner.train import RunConfig, record_path_for, resolved_config
+from adaptbench.runner.spec import load_spec
+from adaptbench.tasks.catalog import task_groups
+from adaptbench.runner.train import RunConfig, record_path_for, resolved_config, start_record
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,7 +105,7 @@ def test_task_groups_cover_each_benchmark_and_vtab_group():
     ("text", "expected"),
     [
         ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [linear]\nepochs: 3\n",
-         r"demo.yaml:4: epochs: unknown key; expected one of"),
+         r"demo.yaml:4: epochs: unknown key; trainer settings go under train"),
         ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters: [linear]\ntrain:\n  lr: fast\n",
          r"demo.yaml:5: train.lr: expected a positive number, got 'fast'"),
         ("backbones: [vit_tiny_test]\ntasks: [micro]\nadapters:\n  - linear\n  - name: lorra\n",
@@ -152,23 +152,23 @@ def test_include_cycles_and_missing_files_are_named(tmp_path):
 
 
 def test_errors_in_an_included_file_point_at_that_file(tmp_path):
-    write(tmp_path / "base.yaml", "train:\n  epochs: 0\n")
+    write(tmp_path / "base.yaml", "train:\n  epochs: -1\n")
     child = write(tmp_path / "child.yaml", "include: base.yaml\nbackbones: [vit_tiny_test]\ntasks: [micro]\n"
                                            "adapters: [linear]\n")
-    with pytest.raises(AdaptbenchError, match=r"base.yaml:2: train.epochs: expected an integer >= 1, got 0"):
+    with pytest.raises(AdaptbenchError, match=r"base.yaml:2: train.epochs: expected an integer >= 0 or null, got -1"):
         load_spec(child)
 
 
 def _tune_record(out: Path, cell, score: float | None) -> None:
     from adaptbench.registry import TASKS
 
-    record = new_record(resolved_config(cell.config, TASKS.get(cell.config.task)), cell.config.seed)
+    record = start_record(cell.config, cell.annotations)
     if score is None:
-        record["train_info"].update(status="failed", error="boom")
+        record.mark_failed("boom")
     else:
-        record["train_info"].update(status="success", metrics={"val200": {"top1": score}}, primary_metric="top1",
-                                    higher_is_better=True, data={"eval_split": "val200"})
-    write_record(record, record_path_for(out, cell.cell_id))
+        record.mark_success(metrics={"val200": {"top1": score}}, primary_metric="top1",
+                            higher_is_better=True, data={"eval_split": "val200"})
+    record.write(record_path_for(out, cell.cell_id))
 
 
 def test_grid_search_picks_the_best_val_score_and_ties_go_to_the_first(tmp_path):
@@ -225,16 +225,14 @@ class ScriptedExecutor:
             self.ran.append(job.cell_id)
             config = job.config
             score = self.scores[(job.annotations["adapter_label"], config.stage, config.lr)]
-            record = new_record(resolved_config(config, _task(config.task)), config.seed)
-            record["run_info"]["matrix"] = job.annotations
+            record = start_record(config, job.annotations)
             split = "val200" if config.stage == "tune" else "test"
             if score is None:
-                record["train_info"].update(status="failed", error="scripted failure")
+                record.mark_failed("scripted failure")
             else:
-                record["train_info"].update(status="success", stage=config.stage, metrics={split: {"top1": score}},
-                                            primary_metric="top1", higher_is_better=True,
-                                            data={"eval_split": split})
-            write_record(record, record_path_for(job.place.out_dir, job.cell_id))
+                record.mark_success(stage=config.stage, metrics={split: {"top1": score}},
+                                    primary_metric="top1", higher_is_better=True, data={"eval_split": split})
+            record.write(record_path_for(job.place.out_dir, job.cell_id))
             yield (CellOutcome(job.cell_id, "failed", "scripted failure") if score is None
                    else CellOutcome(job.cell_id, "success", score=score))
 

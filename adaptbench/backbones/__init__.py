@@ -35,19 +35,40 @@ __all__ = ["Anatomy", "Backbone", "DataConfig", "DenseFeatures", "TokenGeometry"
            "check_backbone_weights", "backbone_anatomy", "BLOCK_SITES", "GLOBAL_SITES", "LINEAR_SITES", "NORM_SITES", "QKV_PARTS"]
 
 
-def load_backbone(name: str, weights: str | None = None, **options) -> Backbone:
-    """Build backbone ``name`` (``weights``: None/"pretrained", "random[:seed]" or a file)."""
-    return BACKBONES.get(name)(weights=weights, **options)
+def load_backbone(name: str, weights: str | None = None, options=None, **factory_kwargs) -> Backbone:
+    """Build backbone ``name`` (``weights``: None/"pretrained", "random[:seed]" or a file).
+
+    ``options``: a :class:`~adaptbench.config.BackboneOptions` (or its dict). A family's factory
+    says which it honours in its ``accepted_options`` attribute (``img_size``,
+    ``keep_projection``, ...); any other option set is refused with one line. Gradient
+    checkpointing is the backbone's own (``Backbone._run_block``), so every family has it.
+    ``factory_kwargs`` go to the factory unchecked (Python use: ``patch_size=8`` for a timm
+    model built small).
+    """
+    from ..config import BackboneOptions
+    from ..errors import AdaptbenchError
+
+    options = options if isinstance(options, BackboneOptions) else BackboneOptions(**(options or {}))
+    factory = BACKBONES.get(name)
+    given = options.factory_options()
+    accepted = tuple(getattr(factory, "accepted_options", ()))
+    for option, value in given.items():
+        if option not in accepted:
+            raise AdaptbenchError(f"backbone option {option}={value!r} does not apply to {name}; it accepts "
+                                  f"{', '.join(accepted) or 'no options'} (and grad_checkpointing)")
+    backbone = factory(weights=weights, **given, **factory_kwargs)
+    backbone.grad_checkpointing = options.grad_checkpointing
+    return backbone
 
 
-def backbone_anatomy(name: str, **options) -> Anatomy:
+def backbone_anatomy(name: str, options=None) -> Anatomy:
     """The anatomy of ``name`` without its weights: the backbone is built on the meta device
     (no memory, no file read), so ``validate`` and the runner can tell which adapters apply
     to a ViT-H or SAM-H without loading gigabytes."""
     import torch
 
     with torch.device("meta"):
-        return load_backbone(name, weights="random", **options).anatomy
+        return load_backbone(name, weights="random", options=options).anatomy
 
 
 def check_backbone_weights(name: str, weights: str | None = None) -> str:

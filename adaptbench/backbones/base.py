@@ -65,6 +65,7 @@ class Backbone(nn.Module):
         # backbone only knows their path (state_dict and weights hash see one copy).
         self.blocks_path = blocks_path
         self.geometry = GeometryContext()
+        self.grad_checkpointing = False  # BackboneOptions.grad_checkpointing (see _run_block)
         # Parameters an adapter owns outside any site (e.g. tensors shared across
         # blocks) live here so that .to(device) and state handling see them.
         self.adapter_modules = nn.ModuleDict()
@@ -93,11 +94,32 @@ class Backbone(nn.Module):
         kept: dict[int, torch.Tensor] = {}
         with self.geometry.publish(geometry):
             for index, block in enumerate(self.blocks):
-                tokens = block(tokens)
+                tokens = self._run_block(block, tokens)
                 if index in keep:
                     kept[index] = self.to_map(tokens)
             final_geometry = self.geometry.current
             return self.finish(tokens), kept, final_geometry
+
+    def _run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """One block; under gradient checkpointing its activations are recomputed in the
+        backward pass, where no forward is in progress: the block then runs again inside the
+        geometry it started with, and a geometry change it makes (a prompt wrapper) is
+        carried to the rest of the forward."""
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return block(tokens)
+        from torch.utils.checkpoint import checkpoint
+
+        start, after = self.geometry.current, []
+
+        def in_geometry(x: torch.Tensor) -> torch.Tensor:
+            with self.geometry.publish(start):
+                out = block(x)
+                after.append(self.geometry.current)
+            return out
+
+        tokens = checkpoint(in_geometry, tokens, use_reentrant=False)
+        self.geometry.update(prefix=after[0].prefix, grid=after[0].grid)
+        return tokens
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images)[0]

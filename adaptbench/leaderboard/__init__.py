@@ -6,13 +6,18 @@
     rich.print(render_terminal(boards))
 
 **Which records count.** Only final runs (``stage == "final"``): tune records are the
-hyper-parameter search and are counted in the board's warnings, not shown. When one
-(benchmark, backbone, adapter label, task, seed) has several records, the newest by
-``created_at`` is kept and the others are named in the warnings.
+hyper-parameter search and are counted in the board's warnings, not shown. When one cell
+(row, task, seed) has several records (the same run found in two result folders), the newest
+by ``created_at`` is kept and the others are named in the warnings.
 
-**Rows** are (adapter label, backbone): the label is ``run_info.matrix.adapter_label`` (set by
-``adaptbench run``, e.g. ``lora_r4``), else the adapter name. The backbone drops ``timm:`` (the
-same model) and keeps non-default weights (``[random:0]``, a file name), which are other rows.
+**Rows** are row configs, never labels: a row is ``run_info.row_id``, the hash of the
+record's ``row_config`` (its resolved config without seed, task and stage, with grid-searched
+values replaced by the grid searched, and with the code versions of the adapter, task kind,
+head and reader). Its label -- ``run_info.matrix.adapter_label`` (set by ``adaptbench run``,
+e.g. ``lora_r4``), else the adapter name -- only displays it. Rows that share a label get the
+settings that differ among their configs appended (``lora [r=4]``, ``lora [r=8]``; see
+``aggregate.row_labels``), so two configs are never merged into one row. The backbone drops
+``timm:`` (the same model) and keeps non-default weights (``[random:0]``, a file name).
 
 **Columns**, in order:
 
@@ -49,14 +54,16 @@ backbones is ``vit_base_patch16_224.augreg_in21k`` (with or without ``timm:``). 
 in the mean column it was computed as, one row per (method, source), so disagreeing sources
 stay visible. They average the whole benchmark; the notes say how many tasks ours cover.
 
-Aggregation uses pandas, plots matplotlib (Agg), the terminal view rich. ``load_records`` is
-in ``records.py``; the arithmetic in ``aggregate.py``; formats and files in ``render.py``.
+Aggregation uses pandas, plots matplotlib (Agg), the terminal view rich. ``load_records``
+(files and folders -> :class:`~adaptbench.runner.records.RunRecord` s) and ``records_frame``
+(records -> one typed row each, for programs) are in ``records.py``; the arithmetic in
+``aggregate.py``; formats and files in ``render.py``.
 """
 
 from __future__ import annotations
 
-from .aggregate import Leaderboard, build_leaderboards
-from .records import load_records
+from .aggregate import Leaderboard, build_leaderboards, row_labels
+from .records import load_records, records_frame
 from .render import (
     FORMATS,
     render_csv,
@@ -72,10 +79,12 @@ __all__ = [
     "Leaderboard",
     "build_leaderboards",
     "load_records",
+    "records_frame",
     "render_csv",
     "render_html",
     "render_latex",
     "render_markdown",
     "render_terminal",
+    "row_labels",
     "write_leaderboards",
 ]

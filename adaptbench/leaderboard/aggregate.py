@@ -4,13 +4,14 @@ The steps, each a small function below:
 
 1. every record becomes one flat row (``records.record_facts``); tune records are set aside
    (they are the hyper-parameter search, not results) and counted in the warnings;
-2. a repeated (benchmark, backbone, adapter label, task, seed) keeps its newest record by
-   ``created_at`` (also a warning);
-3. per (adapter label, backbone, task): seeds run, seeds failed, seeds n/a, mean and sample
-   std (ddof=1);
-4. per row: group means, the mean over tasks and the mean of group means -- numbers only when
+2. rows are identified by ``row_id`` (the hash of the record's ``row_config``: the config
+   without seed, task and stage), never by their label: two configs that share a label are
+   two rows, their labels told apart by the settings that differ (:func:`row_labels`);
+3. a repeated (row, task, seed) keeps its newest record by ``created_at`` (also a warning);
+4. per (row, task): seeds run, seeds failed, seeds n/a, mean and sample std (ddof=1);
+5. per row: group means, the mean over tasks and the mean of group means -- numbers only when
    every task of the row succeeded -- the rank, the costs, and why any cell is n/a;
-5. published numbers (``references.py``) are appended as "reported" rows when the backbone and
+6. published numbers (``references.py``) are appended as "reported" rows when the backbone and
    benchmark match.
 
 A board keeps two views of the same rows: ``table`` (strings, what every format shows) and
@@ -19,14 +20,16 @@ A board keeps two views of the same rows: ``table`` (strings, what every format 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .records import record_facts
+from ..runner.records import RunRecord
+from .records import flatten, record_facts
 from .references import MEAN_COLUMN_OF_KIND, REFERENCE_BACKBONE, references_for
 
 MISSING = "–"  # a cell that has no run (en dash)
@@ -39,7 +42,7 @@ CKPT = "Ckpt (KB)"
 SPEED = "img/s"
 MEMORY = "Peak mem (MB)"
 GROUP_ORDER = ("natural", "specialized", "structured", "fgvc")
-ROW_KEY = ["adapter", "backbone"]
+ROW_KEY = ["row_id"]  # a row is a config (row_config), whatever its label
 DECIMALS = 2  # shown, and the precision at which ranks tie
 MEMORY_KINDS = {
     "cpu_max_rss": "peak resident memory of the whole CPU process (Python, data and model)",
@@ -49,12 +52,14 @@ MEMORY_KINDS = {
 
 @dataclass
 class Leaderboard:
-    """One benchmark's table: rows (adapter label, backbone), columns tasks, means and costs."""
+    """One benchmark's table: one row per row config (shown as adapter label and backbone),
+    columns tasks, means and costs."""
 
     benchmark: str
     table: pd.DataFrame  # strings: what md / csv / tex / html / terminal show
-    # numbers per row: adapter, backbone, source, reported, means, params_m, rank, and
-    # not_applicable / na_reason (why the row's n/a cells cannot run; "" when none)
+    # numbers per row: adapter (the shown label), backbone, row_id ("" for reported rows),
+    # source, reported, means, params_m, rank, and not_applicable / na_reason (why the row's
+    # n/a cells cannot run; "" when none)
     summary: pd.DataFrame
     tasks: list[str]  # full task names, in column order
     groups: list[str]
@@ -70,27 +75,37 @@ class Leaderboard:
         return bool(self.summary["reported"].any())
 
 
-def build_leaderboards(records: Sequence[dict[str, Any]]) -> list[Leaderboard]:
-    """One leaderboard per benchmark found in ``records`` (sorted by benchmark name)."""
-    facts = _facts_table(records)
+def build_leaderboards(records: Sequence[RunRecord | Mapping[str, Any]]) -> list[Leaderboard]:
+    """One leaderboard per benchmark found in ``records`` (sorted by benchmark name).
+
+    ``records`` are :class:`RunRecord` s (``load_records``); a plain dict is read as one.
+    """
+    if not records:
+        return []
+    facts = _facts_table([record if isinstance(record, RunRecord) else RunRecord.from_data(record)
+                          for record in records])
     boards = []
     for benchmark, rows in facts.groupby("benchmark", sort=True):
         final = rows[rows["stage"] == "final"]
         warnings = _tune_warning(len(rows) - len(final))
         if final.empty:
             continue  # only a hyper-parameter search: nothing to rank yet
+        final, label_warnings = _labelled(final)
         final, duplicates = _newest_per_seed(final)
-        boards.append(_board(str(benchmark), final, warnings + duplicates + _failure_warnings(final)))
+        boards.append(_board(str(benchmark), final,
+                             warnings + label_warnings + duplicates + _failure_warnings(final)))
     return boards
 
 
-def _facts_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+def _facts_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     facts = pd.DataFrame([record_facts(record) for record in records])
     numeric = ["score", "trainable", "extra_inference", "extra_inference_merged", "checkpoint_bytes",
                "images_per_s", "peak_memory_bytes"]
     facts[numeric] = facts[numeric].apply(pd.to_numeric, errors="coerce")  # None -> NaN
     facts["ok"] = facts["ok"].astype(bool)
     facts["na"] = facts["na"].astype(bool)
+    # Parsed, not compared as text: records written in other time zones must still order right.
+    facts["when"] = pd.to_datetime(facts["created_at"], utc=True, errors="coerce", format="ISO8601")
     return facts
 
 
@@ -101,11 +116,10 @@ def _tune_warning(count: int) -> list[str]:
 
 
 def _newest_per_seed(final: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Keep the newest record of each (backbone, adapter, task, seed); say which were dropped."""
-    key = ["backbone", "adapter", "task", "seed"]
-    # Parsed, not compared as text: records written in other time zones must still order right.
-    when = pd.to_datetime(final["created_at"], utc=True, errors="coerce", format="ISO8601")
-    ordered = final.assign(_when=when).sort_values("_when", kind="stable", na_position="first")
+    """Keep the newest record of each (row, task, seed) -- the same cell found twice, e.g. in
+    two result folders; say which were dropped."""
+    key = [*ROW_KEY, "task", "seed"]
+    ordered = final.sort_values("when", kind="stable", na_position="first")
     kept = ordered.drop_duplicates(subset=key, keep="last")
     dropped = ordered.drop(kept.index)
     warnings = [
@@ -113,7 +127,108 @@ def _newest_per_seed(final: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         f"ignored older run {row.run_id or '?'} ({row.created_at or 'no created_at'})"
         for row in dropped.itertuples()
     ]
-    return kept.drop(columns="_when"), warnings
+    return kept, warnings
+
+
+# -- row labels -----------------------------------------------------------------------------
+#: Config keys the Backbone column already shows (never repeated in a label).
+BACKBONE_KEYS = ("backbone", "weights")
+MAX_SETTINGS = 4  # settings appended to a label at most (then "..."; the row id if still ambiguous)
+
+
+def _labelled(final: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``final`` with ``adapter`` set to each row's shown label (see :func:`row_labels`), and
+    a warning per row whose records carry several labels (one config: one row, newest label)."""
+    newest = final.sort_values("when", kind="stable", na_position="first").drop_duplicates("row_id", keep="last")
+    newest_label = dict(zip(newest["row_id"], newest["label"]))
+    labels = row_labels({row.row_id: (row.label, row.backbone, row.row_config) for row in newest.itertuples()})
+    warnings = []
+    for row_id, names in final.groupby("row_id", sort=True)["label"]:
+        if names.nunique() > 1:
+            others = sorted(set(names) - {newest_label[row_id]})
+            warnings.append(f"{labels[row_id]}: one config also labelled {', '.join(others)} in older "
+                            "records; shown as one row under the newest label")
+    return final.assign(adapter=final["row_id"].map(labels)), warnings
+
+
+def row_labels(rows: Mapping[str, tuple[str, str, Mapping[str, Any]]]) -> dict[str, str]:
+    """The shown label of each row: ``{row_id: (label, backbone, row_config)}`` -> ``{row_id: text}``.
+
+    A label that names one row config stays as it is. Rows whose configs share a label get
+    the settings that differ among those configs appended, ``key=value`` (``lora [r=4]``,
+    ``lora [r=8]``; ``lora [r=8, lr=0.01]``): nested keys dotted, adapter options without
+    their ``adapter_options.`` prefix, code versions as ``code.<part>``, a grid searched as
+    ``lr in {0.001,0.01}``; at most :data:`MAX_SETTINGS` of them, in the order of
+    :func:`_setting_order` (adapter options first). A setting a row does not have is left out
+    of its label. The backbone and its weights are never appended (the Backbone
+    column shows them), so one method run on two backbones keeps its plain label. Should two
+    rows still read the same on one backbone, the row id is appended.
+    """
+    groups: dict[str, list[str]] = {}
+    for row_id, (label, _, _) in rows.items():
+        groups.setdefault(label, []).append(row_id)
+    shown = {}
+    for label, ids in groups.items():
+        if len(ids) == 1:
+            shown[ids[0]] = label
+            continue
+        flat = {row_id: {key: value for key, value in flatten(dict(rows[row_id][2])).items()
+                         if key not in BACKBONE_KEYS and value != {}} for row_id in ids}  # {}: no options
+        keys = set().union(*flat.values())
+        everywhere = {key for key in keys if all(key in config for config in flat.values())}
+        differing = sorted((key for key in keys if len({_canonical(config, key) for config in flat.values()}) > 1),
+                           key=lambda key: _setting_order(key, key in everywhere))
+        for row_id in ids:
+            settings = [_setting_text(key, flat[row_id][key]) for key in differing if key in flat[row_id]]
+            if len(settings) > MAX_SETTINGS:
+                settings = [*settings[:MAX_SETTINGS], "..."]
+            shown[row_id] = f"{label} [{', '.join(settings)}]" if settings else label
+    seen: dict[tuple[str, str], list[str]] = {}
+    for row_id, text in shown.items():
+        seen.setdefault((text, rows[row_id][1]), []).append(row_id)
+    for (text, _), ids in seen.items():
+        if len(ids) > 1:  # rows that differ only in what a label leaves out
+            shown.update({row_id: f"{text} #{row_id[:6]}" for row_id in ids})
+    return shown
+
+
+def _setting_order(key: str, everywhere: bool) -> tuple[int, str]:
+    """Which differing settings a label shows first: the adapter and its options; other keys
+    every row has; the grid searched; the code versions; last, keys only some rows have (an
+    older record lacks the keys added since)."""
+    if key == "adapter" or key.startswith("adapter_options."):
+        return 0, key
+    if key.startswith("searched."):
+        return 2, key
+    if key.startswith("code_versions."):
+        return 3, key
+    return (1 if everywhere else 4), key
+
+
+def _canonical(config: dict[str, Any], key: str) -> str:
+    return json.dumps([key in config, config.get(key)], sort_keys=True, default=str)
+
+
+def _setting_text(key: str, value: Any) -> str:
+    if key.startswith("searched."):
+        values = value if isinstance(value, list) else [value]
+        return f"{_short_key(key.removeprefix('searched.'))} in {{{','.join(map(_value_text, values))}}}"
+    return f"{_short_key(key)}={_value_text(value)}"
+
+
+def _short_key(key: str) -> str:
+    for prefix, short in (("adapter_options.", ""), ("options.", ""), ("code_versions.", "code.")):
+        if key.startswith(prefix):
+            return short + key.removeprefix(prefix)
+    return key
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "[" + ",".join(map(_value_text, value)) + "]"
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _failure_warnings(final: pd.DataFrame, shown: int = 20) -> list[str]:
@@ -138,8 +253,8 @@ def _board(benchmark: str, final: pd.DataFrame, warnings: list[str]) -> Leaderbo
     column_groups = groups if len(groups) > 1 or (references["mean_kind"] == "group_mean").any() else []
     cells = _cells(final)
     memory_kinds = set(final["peak_memory_kind"].dropna())
-    ours = [_our_row(key, rows, cells.loc[key], tasks, group_of, column_groups, memory_kinds)
-            for key, rows in final.groupby(ROW_KEY, sort=True)]
+    ours = [_our_row(rows, cells.loc[row_id], tasks, group_of, column_groups, memory_kinds)
+            for row_id, rows in final.groupby("row_id", sort=True)]
     summary = _ranked(pd.DataFrame([numbers for numbers, _ in ours]), higher_is_better)
     texts = [dict(text, Rank=_rank_text(rank)) for (_, text), rank in zip(ours, summary["rank"])]
     reported = [_reported_row(ref, tasks, column_groups) for ref in references.itertuples()]
@@ -184,7 +299,7 @@ def _direction(final: pd.DataFrame, warnings: list[str]) -> tuple[str, bool]:
 
 
 def _cells(final: pd.DataFrame) -> pd.DataFrame:
-    """Per (adapter, backbone, task): seeds run, failed, n/a, mean and sample std of the score."""
+    """Per (row, task): seeds run, failed, n/a, mean and sample std of the score."""
     failed = final.assign(failed=~final["ok"] & ~final["na"])
     grouped = failed.groupby([*ROW_KEY, "task"], sort=True)
     return pd.DataFrame({
@@ -197,10 +312,11 @@ def _cells(final: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- one row of ours ------------------------------------------------------------------------
-def _our_row(key: tuple[str, str], rows: pd.DataFrame, cells: pd.DataFrame, tasks: list[str],
-             group_of: dict[str, str], groups: list[str], memory_kinds: set[str]) -> tuple[dict, dict]:
-    """(numbers, shown strings) of one (adapter, backbone) row."""
-    adapter, backbone = key
+def _our_row(rows: pd.DataFrame, cells: pd.DataFrame, tasks: list[str], group_of: dict[str, str],
+             groups: list[str], memory_kinds: set[str]) -> tuple[dict, dict]:
+    """(numbers, shown strings) of one row: the records of one row config."""
+    first = rows.iloc[0]
+    row_id, adapter, backbone = first["row_id"], first["adapter"], first["backbone"]
     cells = cells.reindex(tasks)
     shown = {"Adapter": adapter, "Backbone": backbone, "Source": "ours"}
     shown.update({_task_column(task): _cell_text(cell) for task, cell in cells.iterrows()})
@@ -208,7 +324,7 @@ def _our_row(key: tuple[str, str], rows: pd.DataFrame, cells: pd.DataFrame, task
     shown.update({column: text for column, (_, text) in means.items()})
     costs = _costs(rows, memory_kinds)
     shown.update(costs.pop("shown"))
-    numbers = {"adapter": adapter, "backbone": backbone, "source": "ours", "reported": False,
+    numbers = {"adapter": adapter, "backbone": backbone, "row_id": row_id, "source": "ours", "reported": False,
                "mean_tasks": means[MEAN_TASKS][0], "mean_groups": means.get(MEAN_GROUPS, (np.nan,))[0],
                **costs, **_na_facts(rows, cells, tasks)}
     return numbers, shown
@@ -380,7 +496,8 @@ def _reported_row(ref, tasks: list[str], groups: list[str]) -> tuple[dict, dict]
                   CKPT: MISSING, SPEED: MISSING, MEMORY: MISSING})
     shown[column] = f"{ref.value:.{DECIMALS}f}"
     shown[PARAMS] = MISSING if pd.isna(params) else f"{params:.4g}"
-    numbers = {"adapter": ref.adapter, "backbone": REFERENCE_BACKBONE, "source": source, "reported": True,
+    numbers = {"adapter": ref.adapter, "backbone": REFERENCE_BACKBONE, "row_id": "", "source": source,
+               "reported": True,
                "mean_tasks": ref.value if column == MEAN_TASKS else np.nan,
                "mean_groups": ref.value if column == MEAN_GROUPS else np.nan,
                "params_m": params, "images_per_s": np.nan, "peak_memory_mb": np.nan, "rank": np.nan,

@@ -1,41 +1,52 @@
-"""Finding run records on disk and reading the few facts a leaderboard needs from each.
+"""Finding run records on disk and reading the facts a leaderboard needs from each.
 
-A *run record* is the JSON that ``adaptbench train`` / ``adaptbench run`` write, one per run
-(see ``adaptbench/runner/records.py``). :func:`load_records` collects them from files and
-folders; :func:`record_facts` turns one record into a flat dict (one row of the long table
-that ``aggregate.py`` pivots). Only this module knows the record's nesting (the outcome
-through ``runner/records.py``, which writes it), and it falls back for older records: without
-``run_info.task_info`` the task's benchmark is the part of its name before the ``/`` and its
-group comes from the task registry. An ``n/a`` record (the adapter cannot run on the backbone)
-has no score and is not a failure: ``na`` and ``na_reason`` say so.
+A *run record* is the JSON that ``adaptbench train`` / ``adaptbench run`` write, one per run,
+read through the typed :class:`~adaptbench.runner.records.RunRecord` (the only code that knows
+its nesting; schema 1 records are upgraded there). :func:`load_records` collects them from
+files and folders; :func:`record_facts` turns one record into a flat dict (one row of the
+long table that ``aggregate.py`` pivots); :func:`records_frame` is that long table for
+programs, typed, with every config key as a column.
+
+Facts fall back for older records: without ``run_info.task_info`` the task's benchmark is the
+part of its name before the ``/`` and its group comes from the task registry. An ``n/a``
+record (the adapter cannot run on the backbone) has no score and is not a failure: ``na`` and
+``na_reason`` say so.
+
+A record's leaderboard row is its ``row_id`` (the hash of its ``row_config``); ``label`` (the
+matrix's ``adapter_label``, else the adapter name) only names the row on screen.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from ..errors import AdaptbenchError
-from ..runner.records import SUCCESS, not_applicable_reason
+from ..runner.records import SUCCESS, RunRecord, config_hash, is_run_record, row_config
 
 #: Keys every record must have below ``run_info.config`` (the rest may be missing).
 REQUIRED_CONFIG_KEYS = ("task", "backbone", "adapter")
 
 
-def load_records(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+# -- finding and reading ---------------------------------------------------------------------
+def load_records(paths: Sequence[str | os.PathLike]) -> list[RunRecord]:
     """The run records in ``paths`` (files, or folders searched recursively for ``*.json``).
 
     Hidden files (the runner's ``.x.json.123.tmp`` temp files) are skipped, and so is a JSON
-    file that is not a run record (no ``run_info`` / ``train_info``). A malformed JSON file or
-    a record without a task, backbone or adapter raises :class:`AdaptbenchError` naming it.
+    file that is not a run record (no ``run_info`` / ``train_info``). A malformed JSON file, a
+    record of the wrong shape, or one without a task, backbone or adapter raises
+    :class:`AdaptbenchError`: one line naming the file.
     """
     records = []
     for path in _record_files(paths):
-        record = _read_json(path)
-        if _is_run_record(record):
+        record = _read_record(path)
+        if record is not None:
             _check_record(record, path)
             records.append(record)
     if not records:
@@ -61,63 +72,73 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def _read_json(path: Path) -> Any:
+def _read_record(path: Path) -> RunRecord | None:
+    """The record in ``path``; None for a valid JSON file that is not a run record (a matrix
+    summary, a plugin's file). Every other problem is :meth:`RunRecord.read`'s one line."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise AdaptbenchError(f"run record {path} is not valid JSON: {err.msg} at line {err.lineno}") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise AdaptbenchError(f"run record {path} cannot be read: {err}") from err
+        return RunRecord.read(path)
+    except AdaptbenchError:
+        if _is_other_json(path):
+            return None
+        raise
 
 
-def _is_run_record(data: Any) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("run_info"), dict) and isinstance(
-        data.get("train_info"), dict)
+def _is_other_json(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return not is_run_record(data)
 
 
-def _check_record(record: dict[str, Any], path: Path) -> None:
-    config = record["run_info"].get("config")
-    if not isinstance(config, dict):
-        raise AdaptbenchError(f"run record {path} has no run_info.config: expected the resolved run config")
-    missing = [key for key in REQUIRED_CONFIG_KEYS if not config.get(key)]
+def _check_record(record: RunRecord, path: Path) -> None:
+    missing = [key for key in REQUIRED_CONFIG_KEYS if not record.config.get(key)]
     if missing:
         raise AdaptbenchError(f"run record {path} lacks run_info.config.{missing[0]}: "
                               f"expected {', '.join(REQUIRED_CONFIG_KEYS)}")
 
 
-def record_facts(record: dict[str, Any]) -> dict[str, Any]:
-    """One record as a flat dict: identity, outcome (score in %), and costs."""
-    run_info, train = record["run_info"], record["train_info"]
-    config = run_info["config"]
-    benchmark, group = _benchmark_and_group(run_info)
-    params = train.get("params") or {}
-    score, error = _score(train)
-    na_reason = not_applicable_reason(record)  # the adapter cannot run on this backbone: no score, not failed
+# -- one record's facts ------------------------------------------------------------------------
+def record_facts(record: RunRecord) -> dict[str, Any]:
+    """One record as a flat dict: identity (row and run), outcome (score in %), and costs."""
+    run_info, train = record.run_info, record.train_info
+    config = record.config
+    benchmark, group = _benchmark_and_group(record)
+    params = train.params or {}
+    score, error = _score(record)
+    na_reason = record.not_applicable_reason()  # the adapter cannot run on this backbone: no score, not failed
+    row = run_info.row_config or row_config(config)
     return {
         "benchmark": benchmark,
         "group": group,
         "task": config["task"],
         "backbone": backbone_label(config),
-        "adapter": (run_info.get("matrix") or {}).get("adapter_label") or config["adapter"],
-        "seed": config.get("seed", run_info.get("seed")),
-        "stage": config.get("stage") or train.get("stage") or "final",
+        "adapter": str(config["adapter"]),
+        "label": str(run_info.matrix.get("adapter_label") or config["adapter"]),
+        "row_id": run_info.row_id or config_hash(row),
+        "row_config": row,
+        "seed": config.get("seed", run_info.seed),
+        "stage": config.get("stage") or train.stage or "final",
+        "status": record.status,
         "ok": score is not None,
         "na": na_reason is not None,
         "na_reason": na_reason,
         "error": error,
         "score": score,
-        "metric": train.get("primary_metric") or "top1",
-        "higher_is_better": train.get("higher_is_better", True),
+        "metric": train.primary_metric or "top1",
+        "higher_is_better": train.higher_is_better,
         "trainable": params.get("trainable"),
+        "trainable_with_head": params.get("trainable_with_head"),
+        "head": params.get("head"),
         "extra_inference": params.get("extra_inference"),
         "extra_inference_merged": params.get("extra_inference_merged"),
         "checkpoint_bytes": params.get("checkpoint_bytes"),
-        "images_per_s": train.get("train_images_per_s"),
-        "peak_memory_bytes": train.get("peak_memory_bytes"),
-        "peak_memory_kind": train.get("peak_memory_kind"),
-        "created_at": str(run_info.get("created_at") or ""),
-        "run_id": str(run_info.get("run_id") or ""),
+        "wall_time_s": train.wall_time_s,
+        "images_per_s": train.train_images_per_s,
+        "peak_memory_bytes": train.peak_memory_bytes,
+        "peak_memory_kind": train.peak_memory_kind,
+        "created_at": str(run_info.created_at or ""),
+        "run_id": str(record.run_id or ""),
     }
 
 
@@ -134,11 +155,11 @@ def backbone_label(config: dict[str, Any]) -> str:
     return f"{name} [{Path(str(weights)).name}]"
 
 
-def _benchmark_and_group(run_info: dict[str, Any]) -> tuple[str, str]:
-    task = run_info["config"]["task"]
-    info = run_info.get("task_info") or {}
-    benchmark = info.get("benchmark") or task.partition("/")[0]
-    group = info.get("group") or _registered_group(task)
+def _benchmark_and_group(record: RunRecord) -> tuple[str, str]:
+    task = record.config["task"]
+    info = record.run_info.task_info
+    benchmark = (info.benchmark if info else "") or task.partition("/")[0]
+    group = (info.group if info else "") or _registered_group(task)
     return benchmark, group
 
 
@@ -151,13 +172,103 @@ def _registered_group(task: str) -> str:
         return "other"
 
 
-def _score(train: dict[str, Any]) -> tuple[float | None, str | None]:
+def _score(record: RunRecord) -> tuple[float | None, str | None]:
     """(100 x primary metric on the evaluation split, None) or (None, why there is none)."""
-    if train.get("status") != SUCCESS:
-        return None, train.get("error") or f"status {train.get('status')!r}"
-    metric = train.get("primary_metric") or "top1"
-    split = (train.get("data") or {}).get("eval_split") or "test"
-    value = ((train.get("metrics") or {}).get(split) or {}).get(metric)
+    if record.status != SUCCESS:
+        return None, record.train_info.error or f"status {record.status!r}"
+    value = record.primary_score()
     if not isinstance(value, (int, float)):
-        return None, f"no {metric} on split {split!r} in a successful record"
+        metric = record.train_info.primary_metric or "top1"
+        return None, f"no {metric} on split {record.eval_split!r} in a successful record"
     return 100.0 * float(value), None
+
+
+# -- the long table ------------------------------------------------------------------------------
+#: Columns of :func:`records_frame` before the ``config.*`` ones, with their dtypes.
+FRAME_COLUMNS: dict[str, str] = {
+    "run_id": "string", "row_id": "string",
+    "benchmark": "string", "group": "string", "task": "string", "backbone": "string",
+    "adapter": "string", "label": "string", "seed": "Int64", "stage": "string",
+    "status": "string", "score": "float64", "metric": "string", "higher_is_better": "bool",
+    "error": "string", "na_reason": "string",
+    "trainable": "Int64", "trainable_with_head": "Int64", "head": "Int64", "extra_inference": "Int64",
+    "extra_inference_merged": "Int64", "checkpoint_bytes": "Int64",
+    "wall_time_s": "float64", "images_per_s": "float64", "peak_memory_bytes": "Int64",
+    "peak_memory_kind": "string",
+    "created_at": "datetime64[ns, UTC]",
+}
+
+
+def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
+    """One row per run record, typed: the table behind ``adaptbench.load_records``.
+
+    Columns, in this order (missing facts are ``<NA>`` / ``NaN`` / ``NaT``):
+
+    * ``run_id`` (the run: hash of its resolved config), ``row_id`` (its leaderboard row: hash
+      of the config without seed, task and stage, grid-searched values replaced by the grid)
+      -- string;
+    * ``benchmark``, ``group``, ``task`` -- string;
+    * ``backbone`` -- string, as the leaderboard shows it (``timm:`` dropped, non-default
+      weights in brackets; the raw value is ``config.backbone``);
+    * ``adapter`` (the registered name), ``label`` (the display label: the matrix's
+      ``adapter_label``, else the adapter name; the leaderboard appends the config keys that
+      tell apart rows sharing a label) -- string;
+    * ``seed`` -- Int64; ``stage`` (``final`` or ``tune``) -- string;
+    * ``status`` (``success``, ``failed``, ``n/a``), ``metric`` (the primary metric),
+      ``error`` (why a run failed or is n/a), ``na_reason`` -- string; ``score`` -- float64,
+      100 x the primary metric on the evaluation split (0..100 for accuracies), NaN unless
+      the run succeeded; ``higher_is_better`` -- bool;
+    * parameters -- Int64: ``trainable`` (without the task head), ``trainable_with_head``,
+      ``head``, ``extra_inference``, ``extra_inference_merged``, ``checkpoint_bytes``;
+    * costs: ``wall_time_s``, ``images_per_s`` (training) -- float64; ``peak_memory_bytes``
+      -- Int64; ``peak_memory_kind`` -- string (``cpu_max_rss`` or ``cuda_max_allocated``);
+    * ``created_at`` -- datetime64[ns, UTC];
+    * ``config.<key>`` for every key of the resolved config of any record, nested keys
+      dotted (``config.lr``, ``config.adapter_options.r``, ``config.code_versions.adapter``),
+      sorted: Int64, float64, boolean or string when every value present is of that kind,
+      else object (lists stay lists).
+    """
+    facts, configs = [], []
+    for record in records:
+        facts.append(record_facts(record))
+        configs.append({f"config.{key}": value for key, value in flatten(record.config).items()})
+    frame = pd.DataFrame(facts, columns=list(FRAME_COLUMNS))
+    typed = {column: _as_dtype(frame[column], dtype) for column, dtype in FRAME_COLUMNS.items()}
+    # Typed from the Python values (a DataFrame would already have made ints with gaps floats).
+    for column in sorted(set().union(*configs)):
+        typed[column] = _inferred([config.get(column) for config in configs])
+    return pd.DataFrame(typed, index=pd.RangeIndex(len(facts)))
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); an empty
+    dict stays a value, so that a key is never lost."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _as_dtype(column: pd.Series, dtype: str) -> pd.Series:
+    if dtype.startswith("datetime"):  # parsed, so that records from other time zones order right
+        return pd.to_datetime(column, utc=True, errors="coerce", format="ISO8601").astype(dtype)
+    if dtype in ("bool", "string"):
+        return column.astype(dtype)
+    return pd.to_numeric(column, errors="coerce").astype(dtype)
+
+
+def _inferred(values: list[Any]) -> pd.Series:
+    """A config column as the narrowest dtype that holds every value present."""
+    kinds = {type(value) for value in values if value is not None}
+    if kinds and kinds <= {bool}:
+        return pd.Series(values, dtype="boolean")
+    if kinds and kinds <= {int}:
+        return pd.Series(values, dtype="Int64")
+    if kinds and kinds <= {int, float}:
+        return pd.Series([np.nan if value is None else value for value in values], dtype="float64")
+    if kinds and kinds <= {str}:
+        return pd.Series(values, dtype="string")
+    return pd.Series(values, dtype="object")

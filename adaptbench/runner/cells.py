@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import SUCCESS, read_record, run_id, status_of
+from ..config import RunConfig
+from ..errors import AdaptbenchError
+from .records import SUCCESS, RunRecord
 from .spec import GRID_OPTION_PREFIX, AdapterEntry, BackboneEntry, MatrixSpec
-from .train import RunConfig, record_path_for, resolved_config
+from .train import cell_id, record_path_for
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,11 @@ class SearchGroup:
         return [self._cell(point, seed, "tune") for point in self.adapter.grid_points()]
 
     def final_cells(self, point: dict[str, Any], selection: dict[str, Any] | None = None) -> list[Cell]:
-        annotations = {"selection": selection} if selection else {}
+        # The grid searched is part of the row's identity: its final cells' chosen values
+        # differ per task, the row they make does not.
+        annotations = {"grid": self.adapter.grid} if self.has_grid else {}
+        if selection:
+            annotations["selection"] = selection
         return [self._cell(point, seed, "final", annotations) for seed in self.spec.seeds]
 
     def default_point(self) -> dict[str, Any]:
@@ -86,13 +92,7 @@ def cell_config(spec: MatrixSpec, backbone: BackboneEntry, adapter: AdapterEntry
         else:
             train[key] = value
     return RunConfig(task=task, backbone=backbone.name, adapter=adapter.name, adapter_options=options,
-                     weights=backbone.weights, seed=seed, stage=stage, **train)
-
-
-def cell_id(config: RunConfig) -> str:
-    from ..registry import TASKS
-
-    return run_id(resolved_config(config, TASKS.get(config.task)))
+                     weights=backbone.weights, backbone_options=backbone.options, seed=seed, stage=stage, **train)
 
 
 def search_groups(spec: MatrixSpec) -> list[SearchGroup]:
@@ -105,15 +105,17 @@ def search_groups(spec: MatrixSpec) -> list[SearchGroup]:
 def record_status(out_dir: Path, cell: Cell) -> str | None:
     """'success' / 'failed' / 'n/a' from the cell's record, or None when it has none (or it is unreadable)."""
     record = load_cell_record(out_dir, cell)
-    return None if record is None else status_of(record)
+    return None if record is None else record.status
 
 
-def load_cell_record(out_dir: Path, cell: Cell) -> dict[str, Any] | None:
+def load_cell_record(out_dir: Path, cell: Cell) -> RunRecord | None:
     path = record_path_for(out_dir, cell.cell_id)
-    try:
-        return read_record(path)
-    except (OSError, ValueError):
+    if not path.is_file():
         return None  # never written (records are written atomically, so never half-written)
+    try:
+        return RunRecord.read(path)
+    except AdaptbenchError:
+        return None  # not a record this version reads: the cell runs again
 
 
 def choose_grid_point(group: SearchGroup, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -126,11 +128,9 @@ def choose_grid_point(group: SearchGroup, out_dir: Path) -> tuple[dict[str, Any]
     tried = []
     for cell in group.tune_cells():
         record = load_cell_record(out_dir, cell)
-        if record is None or status_of(record) != SUCCESS:
+        if record is None or record.status != SUCCESS or record.primary_score() is None:
             continue
-        info = record["train_info"]
-        score = info["metrics"][info["data"]["eval_split"]][info["primary_metric"]]
-        signed = score if info.get("higher_is_better", True) else -score
+        score, signed = record.primary_score(), record.signed_score()
         point = cell.annotations["grid_point"]
         tried.append({"run_id": cell.cell_id, "point": point, "score": score})
         if best is None or signed > best[0]:

@@ -1,4 +1,4 @@
-"""Evaluate a saved adapter checkpoint (adapter + head) on a task split."""
+"""Evaluate a saved adapter checkpoint (adapter + head) on a task split, through the task's kind."""
 
 from __future__ import annotations
 
@@ -21,37 +21,39 @@ def evaluate_checkpoint(
     accelerator: str = "auto",
 ) -> dict[str, dict[str, float]]:
     """{split: {metric: value}} of the checkpoint's model on ``split`` (default: test)."""
-    import lightning as L
-
     from ..adapters.checkpoint import load_adapter, read_checkpoint
     from ..backbones import load_backbone
     from ..registry import TASKS
-    from ..tasks.classification import ClassificationModule
-    from ..tasks.data import make_loader, task_samples
+    from ..tasks.data import make_loader
+    from ..tasks.heads import build_head
+    from ..tasks.kinds import task_kind
+    from ..tasks.samples import task_samples
+    from .train import RunPlace, trainer_for
 
     spec = TASKS.get(task)
+    kind = task_kind(spec.kind)
     split = split or spec.splits[3]
-    samples = task_samples(spec, split, data_root)
+    samples = task_samples(spec, split, data_root)  # the data first: no backbone for a wrong root
     metadata, _ = read_checkpoint(checkpoint)
-    head_info = _head_info(metadata, checkpoint, spec)
+    head_info = _head_info(metadata, checkpoint)
+    kind.check_head_info(head_info, spec, checkpoint)
     backbone = load_backbone(backbone_name, weights=weights)
     adapter, head_state = load_adapter(backbone, checkpoint)
-    module = ClassificationModule(backbone, adapter, spec.num_classes, pool=head_info["pool"])
-    module.head.load_state_dict(head_state)
-    loader = make_loader(samples, backbone.data_config, batch_size, False, num_workers, 0, f"{spec.name}:{split}")
-    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=False)
-    trainer.test(module, loader, verbose=False)
-    return {split: {k.removeprefix("test_"): float(v) for k, v in trainer.logged_metrics.items()}}
+    head = build_head(head_info.get("head", "linear"), backbone, spec)
+    head.load_state_dict(head_state)
+    settings = {"lr": 1.0, "weight_decay": 0.0, "warmup_epochs": 0, "pool": head_info.get("pool")}
+    module = kind.build_module(backbone, adapter, head, spec, settings)
+    loader = make_loader(kind.dataset(samples, backbone.data_config, spec, split, False), batch_size, False,
+                         num_workers, 0)
+    trainer = trainer_for(RunPlace(accelerator=accelerator), "32-true", max_epochs=0)
+    evaluated = trainer.test(module, loader, verbose=False)
+    return {split: {k.removeprefix("test_"): float(v) for k, v in (evaluated[0] if evaluated else {}).items()}}
 
 
-def _head_info(metadata: dict[str, str], checkpoint, spec) -> dict[str, Any]:
+def _head_info(metadata: dict[str, str], checkpoint) -> dict[str, Any]:
     if "head" not in metadata:
         raise AdaptbenchError(f"adapter checkpoint {checkpoint} holds no task head; it cannot be evaluated")
-    info = json.loads(metadata["head"])
-    if info["num_classes"] != spec.num_classes:
-        raise AdaptbenchError(
-            f"adapter checkpoint {checkpoint} has a head for {info['num_classes']} classes "
-            f"(task {info['task']!r}), but task {spec.name!r} has {spec.num_classes}"
-        )
-    return info
+    try:
+        return json.loads(metadata["head"])
+    except json.JSONDecodeError:
+        raise AdaptbenchError(f"adapter checkpoint {checkpoint}: its head metadata is not valid JSON") from None

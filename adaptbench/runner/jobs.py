@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .train import RunConfig, RunPlace
+from ..config import RunConfig
+from .train import RunPlace
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,8 @@ def execute_cell(job: CellJob, report: Report) -> CellOutcome:
         # The runner skips the pairs it knows are impossible; this catches one it could not tell.
         status = NOT_APPLICABLE if is_not_applicable(err) else FAILED
         return CellOutcome(job.cell_id, status, one_line(err), wall_time_s=time.perf_counter() - started)
-    info = result.record["train_info"]
-    score = info["metrics"][info["data"]["eval_split"]][info["primary_metric"]]
-    return CellOutcome(job.cell_id, SUCCESS, score=score, wall_time_s=time.perf_counter() - started)
+    return CellOutcome(job.cell_id, SUCCESS, score=result.record.primary_score(),
+                       wall_time_s=time.perf_counter() - started)
 
 
 def _epoch_reporter(cell_id: str, report: Report):

@@ -27,7 +27,7 @@ from .cells import Cell, SearchGroup, choose_grid_point, load_cell_record, recor
 from .executors import Executor, LocalExecutor
 from .jobs import CellJob, CellOutcome
 from .progress import MatrixProgress
-from .records import FAILED, NOT_APPLICABLE, SUCCESS, not_applicable_line, reason_of
+from .records import FAILED, NOT_APPLICABLE, SUCCESS, RunRecord, reason_of
 from .spec import MatrixSpec
 from .train import RunPlace, record_not_applicable, record_path_for, record_unrun_failure
 
@@ -96,7 +96,7 @@ class MatrixRun:
     def not_applicable(self, cell: Cell) -> str | None:
         """The cell's n/a line: from its n/a record, else from the capabilities; None if it can run."""
         record = load_cell_record(self.out, cell)
-        found = None if record is None else not_applicable_line(record)
+        found = None if record is None else record.not_applicable_line()
         return found or self.capabilities.cell_message(cell)
 
     def search_not_applicable(self, group: SearchGroup) -> str | None:
@@ -218,12 +218,12 @@ class MatrixRun:
                                   self.spec.leaderboard_formats)
 
 
-def _read_if_present(path: Path) -> dict[str, Any] | None:
-    from .records import read_record
+def _read_if_present(path: Path) -> RunRecord | None:
+    from ..errors import AdaptbenchError
 
     try:
-        return read_record(path)
-    except (OSError, ValueError):
+        return RunRecord.read(path) if path.is_file() else None
+    except AdaptbenchError:
         return None
 
 

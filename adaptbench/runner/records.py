@@ -1,24 +1,34 @@
-"""Run records: one JSON per run, schema-versioned, written atomically.
+"""Run records: one JSON per run, typed (:class:`RunRecord`), written atomically.
 
 Layout (DESIGN.md, "Run record"; PEFT's ``method_comparison`` convention)::
 
     {
-      "schema_version": 1,
-      "run_info":   {run_id, created_at, config (resolved), seed, versions, git},
-      "train_info": {status, error, stage, metrics {split: {name: value}}, primary_metric,
-                     higher_is_better, params, wall_time_s, train_images_per_s,
-                     peak_memory_bytes, peak_memory_kind, data, checkpoint},
+      "schema_version": 2,
+      "run_info":   {run_id, row_id, created_at, config (resolved), row_config, seed,
+                     code_versions, versions, git, task_info, matrix, policy},
+      "train_info": {status, error, na_reason, stage, metrics {split: {name: value}},
+                     primary_metric, higher_is_better, params, adapter_stats, extra_losses,
+                     wall_time_s, train_images_per_s, peak_memory_bytes, peak_memory_kind,
+                     data, checkpoint},
       "meta_info":  {host, platform, python, device, cpu_count}
     }
 
-``train_info.status`` is ``success``, ``failed`` (``error`` says why) or ``n/a``: the adapter
-cannot run on the backbone at all (VPT on SAM's grid of patches). An n/a record is written
-without running anything; its ``error`` is the one line ``"<adapter> on <backbone>: n/a:
-<reason>"`` (what :class:`~adaptbench.adapters.base.NotApplicable` says) and ``na_reason``
-the bare reason, for tables. It is a result, not a failure: never retried.
+This module is the only one that knows that nesting: the writer (``train.py``) and every
+reader (resume, grid selection, the leaderboard, the CLI) go through :class:`RunRecord`.
 
-A record is written to a temporary file in the same folder and renamed into place, so a
-reader (or a killed run) never sees half a record.
+* ``run_id`` hashes the resolved config, which holds the code versions of the adapter, task
+  kind, head and data reader: changing a method's maths changes its cells' ids, so a resumed
+  matrix runs them again instead of keeping numbers the old code made.
+* ``row_id`` hashes ``row_config``: the config without seed, task and stage, and with the
+  values a grid search chose replaced by the grid searched. It is the leaderboard row's
+  identity (the label only displays it): two configs under one label are two rows.
+* ``train_info.status`` is ``success``, ``failed`` (``error`` says why) or ``n/a``: the adapter
+  cannot run on the backbone at all; ``error`` is then ``"<adapter> on <backbone>: n/a:
+  <reason>"`` and ``na_reason`` the bare reason. n/a is a result, never retried.
+
+Schema 1 records (before code versions and row ids) are read and upgraded in memory: their
+row id is computed from their config the same way; a resumed matrix never matches them
+(their run ids lack code versions), so it runs their cells again.
 """
 
 from __future__ import annotations
@@ -31,32 +41,230 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import AdaptbenchError
 from ..files import atomic_write
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SUCCESS, FAILED, NOT_APPLICABLE = "success", "failed", "n/a"
 STATUSES = (SUCCESS, FAILED, NOT_APPLICABLE)
 _NA_SEPARATOR = ": n/a: "
+#: Config keys that vary within one leaderboard row (the row spans tasks and seeds).
+_NOT_ROW_KEYS = ("seed", "task", "stage")
 
 
-def run_id(config: dict[str, Any]) -> str:
-    """A deterministic id: the hash of the resolved configuration."""
+def config_hash(config: dict[str, Any]) -> str:
+    """A deterministic id: the hash of a (resolved) configuration."""
     canonical = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def write_record(record: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``record`` as JSON to ``path`` atomically (temp file + rename)."""
-    return atomic_write(path, json.dumps(record, indent=2, sort_keys=True, default=str))
+run_id = config_hash
 
 
-def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path) as handle:
-        return json.load(handle)
+def row_config(config: dict[str, Any], grid: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    """The config a leaderboard row stands for: without seed, task and stage, and with the keys a
+    grid search chose (``lr``, ``options.r``) replaced by the grid that was searched."""
+    row = {key: value for key, value in config.items() if key not in _NOT_ROW_KEYS}
+    row.pop("task_defaults", None)  # resolved per task (epochs 10 on micro, 100 on VTAB)
+    if grid:
+        options = dict(row.get("adapter_options") or {})
+        for key in grid:
+            if key.startswith("options."):
+                options.pop(key.removeprefix("options."), None)
+            else:
+                row.pop(key, None)
+        row["adapter_options"] = options
+        row["searched"] = {key: list(values) for key, values in grid.items()}
+    return row
 
 
+class _Section(BaseModel):
+    # Unknown keys are kept (plugins may add facts), validated types are not loosened.
+    model_config = ConfigDict(extra="allow")
+
+
+class TaskInfo(_Section):
+    """What a table needs to know about the task, stored in the record itself."""
+
+    benchmark: str
+    group: str
+    kind: str = "classification"
+    num_classes: int | None = None
+
+
+class RunInfo(_Section):
+    run_id: str
+    row_id: str = ""
+    created_at: str = ""
+    config: dict[str, Any]
+    row_config: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    code_versions: dict[str, int] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    git: dict[str, Any] = Field(default_factory=dict)
+    task_info: TaskInfo | None = None
+    matrix: dict[str, Any] = Field(default_factory=dict)
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainInfo(_Section):
+    status: Literal["success", "failed", "n/a"] | None = None
+    error: str | None = None
+    na_reason: str | None = None
+    stage: str | None = None
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    primary_metric: str | None = None
+    higher_is_better: bool = True
+    params: dict[str, int] | None = None
+    adapter_stats: dict[str, float] = Field(default_factory=dict)
+    extra_losses: list[str] = Field(default_factory=list)
+    wall_time_s: float | None = None
+    train_images_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = None
+    data: dict[str, Any] | None = None
+    checkpoint: str | None = None
+
+
+class RunRecord(BaseModel):
+    """One run's record (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    run_info: RunInfo
+    train_info: TrainInfo = Field(default_factory=TrainInfo)
+    meta_info: dict[str, Any] = Field(default_factory=dict)
+
+    # -- making one -----------------------------------------------------------------------
+    @classmethod
+    def start(cls, config: dict[str, Any], *, grid: dict[str, list[Any]] | None = None,
+              task_info: TaskInfo | None = None, annotations: dict[str, Any] | None = None,
+              policy: dict[str, Any] | None = None) -> RunRecord:
+        """A record with the run's identity and no outcome yet. ``config`` is the resolved
+        config (its ``code_versions`` included); ``grid`` the search a final cell's values came from."""
+        row = row_config(config, grid)
+        return cls(run_info=RunInfo(
+            run_id=config_hash(config), row_id=config_hash(row), created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            config=config, row_config=row, seed=config.get("seed"),
+            code_versions=dict(config.get("code_versions") or {}), versions=library_versions(),
+            git=git_state(), task_info=task_info, matrix=dict(annotations or {}), policy=dict(policy or {}),
+        ))
+
+    # -- reading ----------------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> RunRecord:
+        """The record in ``path``; one line naming the file when it is not a readable record."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise AdaptbenchError(f"run record {path}: not valid JSON ({err.msg}, line {err.lineno} "
+                                  f"column {err.colno})") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise AdaptbenchError(f"run record {path} cannot be read: {err}") from None
+        return cls.from_data(data, path)
+
+    @classmethod
+    def from_data(cls, data: Any, source: str | os.PathLike = "<record>") -> RunRecord:
+        if not is_run_record(data):
+            raise AdaptbenchError(f"run record {source}: expected a JSON object with run_info and train_info")
+        version = data.get("schema_version", 1)
+        if version not in (1, SCHEMA_VERSION):
+            raise AdaptbenchError(f"run record {source}: schema_version {version!r} is not one this "
+                                  f"adaptbench reads (1 or {SCHEMA_VERSION}); upgrade adaptbench")
+        if version == 1:
+            data = _upgraded_from_schema_1(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise AdaptbenchError(f"run record {source}: {where}: {first['msg']}") from None
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write as JSON to ``path`` atomically (temp file + rename)."""
+        return atomic_write(path, json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True, default=str))
+
+    # -- facts --------------------------------------------------------------------------------
+    @property
+    def run_id(self) -> str:
+        return self.run_info.run_id
+
+    @property
+    def row_id(self) -> str:
+        return self.run_info.row_id
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.run_info.config
+
+    @property
+    def status(self) -> str | None:
+        return self.train_info.status
+
+    @property
+    def eval_split(self) -> str | None:
+        return (self.train_info.data or {}).get("eval_split")
+
+    def primary_score(self) -> float | None:
+        """The primary metric on the evaluation split of a successful run (None otherwise)."""
+        info = self.train_info
+        if info.status != SUCCESS or not info.primary_metric:
+            return None
+        return (info.metrics.get(self.eval_split or "") or {}).get(info.primary_metric)
+
+    def signed_score(self) -> float | None:
+        """The primary score with its sign flipped when lower is better (so higher always wins)."""
+        score = self.primary_score()
+        return None if score is None else (score if self.train_info.higher_is_better else -score)
+
+    # -- outcomes ------------------------------------------------------------------------
+    def mark_failed(self, error: str, **facts: Any) -> None:
+        self.train_info = self.train_info.model_copy(update={"status": FAILED, "error": error, **facts})
+
+    def mark_not_applicable(self, message: str) -> None:
+        """Outcome n/a; ``message`` as :func:`not_applicable_message` makes it."""
+        self.train_info = self.train_info.model_copy(
+            update={"status": NOT_APPLICABLE, "error": message, "na_reason": reason_of(message)})
+
+    def mark_success(self, **facts: Any) -> None:
+        self.train_info = TrainInfo.model_validate({**self.train_info.model_dump(), **facts, "status": SUCCESS})
+
+    def not_applicable_line(self) -> str | None:
+        """The n/a line of an n/a record (None for any other status)."""
+        if self.status != NOT_APPLICABLE:
+            return None
+        return self.train_info.error or "n/a"
+
+    def not_applicable_reason(self) -> str | None:
+        line = self.not_applicable_line()
+        return None if line is None else self.train_info.na_reason or reason_of(line)
+
+
+def is_run_record(data: Any) -> bool:
+    """True for a JSON object shaped like a run record (other JSON files are not records)."""
+    return isinstance(data, dict) and isinstance(data.get("run_info"), dict) and isinstance(
+        data.get("train_info"), dict)
+
+
+def _upgraded_from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema 1 record in schema 2's shape: same facts, plus its row config and id."""
+    run_info = dict(data["run_info"])
+    config = run_info.get("config") if isinstance(run_info.get("config"), dict) else {}
+    row = row_config(config)
+    run_info.setdefault("row_config", row)
+    run_info.setdefault("row_id", config_hash(row))
+    train_info = {key: value for key, value in data["train_info"].items() if value is not None or key == "status"}
+    return {"schema_version": SCHEMA_VERSION, "run_info": run_info, "train_info": train_info,
+            "meta_info": data.get("meta_info") or {}}
+
+
+# -- environment facts ---------------------------------------------------------------------
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -94,28 +302,7 @@ def meta_info(device: str) -> dict[str, Any]:
     }
 
 
-def new_record(config: dict[str, Any], seed: int) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_info": {
-            "run_id": run_id(config),
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config": config,
-            "seed": seed,
-            "versions": library_versions(),
-            "git": git_state(),
-        },
-        "train_info": {"status": None, "error": None},
-        "meta_info": {},
-    }
-
-
-# -- outcomes --------------------------------------------------------------------------------
-def status_of(record: dict[str, Any]) -> str | None:
-    """``success`` / ``failed`` / ``n/a``, or None when the record has no outcome yet."""
-    return (record.get("train_info") or {}).get("status")
-
-
+# -- n/a lines -------------------------------------------------------------------------------
 def not_applicable_message(adapter: str, backbone: str, reason: str) -> str:
     """The one line an impossible pair reads as (the shape of NotApplicable's message)."""
     return f"{adapter} on {backbone}{_NA_SEPARATOR}{reason}"
@@ -125,21 +312,3 @@ def reason_of(message: str) -> str:
     """The bare reason in an n/a line (the whole line when it is not shaped like one)."""
     _, separator, reason = message.partition(_NA_SEPARATOR)
     return reason if separator else message
-
-
-def mark_not_applicable(record: dict[str, Any], message: str) -> None:
-    """Set ``record``'s outcome to n/a; ``message`` as :func:`not_applicable_message` makes it."""
-    record["train_info"].update(status=NOT_APPLICABLE, error=message, na_reason=reason_of(message))
-
-
-def not_applicable_line(record: dict[str, Any]) -> str | None:
-    """The n/a line of an n/a record (None for any other status)."""
-    if status_of(record) != NOT_APPLICABLE:
-        return None
-    return record["train_info"].get("error") or "n/a"
-
-
-def not_applicable_reason(record: dict[str, Any]) -> str | None:
-    """The bare reason of an n/a record (None for any other status)."""
-    line = not_applicable_line(record)
-    return None if line is None else record["train_info"].get("na_reason") or reason_of(line)

@@ -11,19 +11,23 @@ Keys (all but ``backbones``, ``adapters`` and ``tasks`` optional)::
     name: micro                      # default: the file's stem; names the leaderboard files
     description: ...
     include: base.yaml               # or a list; paths relative to this file; this file wins
-    backbones: [vit_micro]           # registered names (adaptbench ls backbones), or {name, weights}
+    backbones: [vit_micro]           # registered names (adaptbench ls backbones), or {name, weights, options}
+                                     #   options: img_size, keep_projection, quick_gelu, grad_checkpointing
     tasks: [micro]                   # task names or groups: micro, vtab1k, vtab1k/natural, fgvc
     adapters:                        # names, or mappings:
       - linear
       - {name: lora, label: lora_r4, options: {r: 4}, train: {lr: 5e-3}, grid: {...}}
     seeds: [0, 1, 2]                 # or a count: 3 -> [0, 1, 2]
-    train: {epochs: 100, batch_size: 64, lr: 1e-3, weight_decay: 1e-4}
+    train: {epochs: 100, batch_size: 64, lr: 1e-3, weight_decay: 1e-4}   # adaptbench.config.TRAIN_FIELDS
+    policy: {deterministic: true, matmul_precision: highest, validation: end}  # not part of cell ids
     grid: {lr: [1e-3, 1e-2], options.r: [4, 8]}   # searched on the tune stage, then final runs
     data_root: ~/data/vtab-1k        # where tasks read their data (the CLI's --data-root wins)
     out: results/micro               # run records (default results/<name>)
     leaderboard: {out: leaderboard, formats: [md, csv, tex, html]}
 
-Mappings merge deeply across ``include``; lists and scalars are replaced.
+Mappings merge deeply across ``include``; lists and scalars are replaced. The trainer
+settings, backbone options and policy are the fields of ``adaptbench/config.py``, checked by
+their types there (one definition for the spec, ``adaptbench train`` and the records).
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from typing import Any
 
 import yaml
 
+from ..config import TRAIN_FIELDS, BackboneOptions, ConfigError, RunConfig, RunPolicy, check_model, check_value
 from ..errors import AdaptbenchError, did_you_mean
 
 TOP_LEVEL_KEYS = ("name", "description", "include", "backbones", "tasks", "adapters", "seeds",
-                  "train", "grid", "data_root", "out", "leaderboard")
+                  "train", "policy", "grid", "data_root", "out", "leaderboard")
 ADAPTER_KEYS = ("name", "label", "options", "train", "grid")
-BACKBONE_KEYS = ("name", "weights")
+BACKBONE_KEYS = ("name", "weights", "options")
 LEADERBOARD_KEYS = ("out", "name", "formats")
 LEADERBOARD_FORMATS = ("md", "csv", "tex", "html")
 GRID_OPTION_PREFIX = "options."
@@ -55,27 +60,11 @@ def _non_negative_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-#: The trainer settings a spec may set (RunConfig fields), with a check and its description.
-TRAIN_KEYS: dict[str, tuple[Any, str]] = {
-    "epochs": (_positive_int, "an integer >= 1"),
-    "batch_size": (_positive_int, "an integer >= 1"),
-    "lr": (lambda v: _number(v) and v > 0, "a positive number"),
-    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "warmup_epochs": (_non_negative_int, "an integer >= 0"),
-    "label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "pool": (lambda v: v in (None, "cls", "mean"), "'cls', 'mean' or null"),
-    "precision": (lambda v: isinstance(v, str) and bool(v), "a Lightning precision string, e.g. 32-true"),
-}
-
-
 @dataclass(frozen=True)
 class BackboneEntry:
     name: str
     weights: str | None = None
+    options: BackboneOptions = field(default_factory=BackboneOptions)
 
 
 @dataclass(frozen=True)
@@ -107,6 +96,7 @@ class MatrixSpec:
     leaderboard_name: str
     leaderboard_formats: tuple[str, ...]
     description: str = ""
+    policy: RunPolicy = field(default_factory=RunPolicy)
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -219,6 +209,9 @@ def _line_of(path: Path, keys: tuple[Any, ...]) -> int | None:
 
 # -- checking and resolving ----------------------------------------------------------------
 def _resolve(raw: dict[str, Any], where: _Where) -> MatrixSpec:
+    for key in raw:
+        if key in TRAIN_FIELDS:  # a trainer setting written at the top level
+            raise where.error((key,), f"unknown key; trainer settings go under train: (train: {{{key}: ...}})")
     _check_known_keys(raw, TOP_LEVEL_KEYS, (), where)
     for required in ("backbones", "adapters", "tasks"):
         if required not in raw:
@@ -231,6 +224,8 @@ def _resolve(raw: dict[str, Any], where: _Where) -> MatrixSpec:
     adapters = tuple(_adapter_entry(item, i, global_grid, where)
                      for i, item in enumerate(_list(raw, "adapters", where)))
     _check_unique_labels(adapters, where)
+    for index, entry in enumerate(adapters):
+        _check_combinations(train, entry, index, global_grid, where)
     leaderboard = _check_leaderboard(raw.get("leaderboard") or {}, where)
     data_root = raw.get("data_root")
     if data_root is not None and not isinstance(data_root, str):
@@ -252,6 +247,7 @@ def _resolve(raw: dict[str, Any], where: _Where) -> MatrixSpec:
         leaderboard_name=leaderboard.get("name", name),
         leaderboard_formats=tuple(leaderboard.get("formats", LEADERBOARD_FORMATS)),
         description=str(raw.get("description", "")),
+        policy=_check_section(RunPolicy, raw.get("policy") or {}, ("policy",), where),
     )
 
 
@@ -272,14 +268,30 @@ def _list(raw: dict[str, Any], key: str, where: _Where) -> list[Any]:
 
 
 def _check_train(train: Any, keys: tuple[Any, ...], where: _Where) -> dict[str, Any]:
+    """Trainer settings: the ``TRAIN_FIELDS`` of the run config, each checked by its type."""
     if not isinstance(train, dict):
         raise where.error(keys, f"expected a mapping of trainer settings, got {train!r}")
-    _check_known_keys(train, tuple(TRAIN_KEYS), keys, where)
+    _check_known_keys(train, TRAIN_FIELDS, keys, where)
     for key, value in train.items():
-        check, expected = TRAIN_KEYS[key]
-        if not check(value):
-            raise where.error((*keys, key), f"expected {expected}, got {value!r}")
+        _check_field(RunConfig, key, value, (*keys, key), where)
     return dict(train)
+
+
+def _check_field(model, key: str, value: Any, keys: tuple[Any, ...], where: _Where) -> None:
+    try:
+        check_value(model, key, value)
+    except ValueError as err:
+        raise where.error(keys, str(err)) from None
+
+
+def _check_section(model, values: Any, keys: tuple[Any, ...], where: _Where):
+    """A mapping checked as ``model`` (the policy, backbone options), errors at their key."""
+    if not isinstance(values, dict):
+        raise where.error(keys, f"expected a mapping of {', '.join(model.model_fields)}, got {values!r}")
+    try:
+        return check_model(model, values)
+    except ConfigError as err:
+        raise where.error((*keys, *err.keys), err.problem) from None
 
 
 def _check_grid(grid: Any, keys: tuple[Any, ...], where: _Where) -> dict[str, list[Any]]:
@@ -291,17 +303,37 @@ def _check_grid(grid: Any, keys: tuple[Any, ...], where: _Where) -> dict[str, li
         if not isinstance(values, list) or not values:
             raise where.error((*keys, key), f"expected a non-empty list of values, got {values!r}")
         if str(key).startswith(GRID_OPTION_PREFIX):
-            checked[key] = values  # the adapter's config checks them (adaptbench validate)
+            checked[key] = values  # checked against the adapter's options (_check_adapter_options)
             continue
-        if key not in TRAIN_KEYS:
-            raise where.error((*keys, key), f"unknown grid key{did_you_mean(str(key), TRAIN_KEYS)}; expected "
-                                            f"a trainer setting ({', '.join(TRAIN_KEYS)}) or options.<name>")
-        check, expected = TRAIN_KEYS[key]
+        if key not in TRAIN_FIELDS:
+            raise where.error((*keys, key), f"unknown grid key{did_you_mean(str(key), TRAIN_FIELDS)}; expected "
+                                            f"a trainer setting ({', '.join(TRAIN_FIELDS)}) or options.<name>")
         for i, value in enumerate(values):
-            if not check(value):
-                raise where.error((*keys, key, i), f"expected {expected}, got {value!r}")
+            _check_field(RunConfig, key, value, (*keys, key, i), where)
         checked[key] = values
     return checked
+
+
+def _check_adapter_options(name: str, options: dict[str, Any], grid: dict[str, list[Any]],
+                           grid_keys: tuple[Any, ...], keys: tuple[Any, ...], where: _Where) -> None:
+    """Every option (written, or searched by the grid) is one the adapter has, with a value its
+    config accepts; the error points at the line where the option or grid key is written."""
+    from ..adapters import adapter_class
+
+    config_class = adapter_class(name).config_class
+    known = config_class.help()
+    located = [((*keys, "options", option), option, [value]) for option, value in options.items()]
+    located += [((*grid_keys, key), key.removeprefix(GRID_OPTION_PREFIX), values)
+                for key, values in grid.items() if key.startswith(GRID_OPTION_PREFIX)]
+    for at, option, values in located:
+        if option not in known:
+            raise where.error(at, f"adapter {name!r} has no option {option!r}"
+                                  f"{did_you_mean(option, known)}; expected one of {', '.join(known)}")
+        for value in values:
+            try:
+                config_class.from_dict({option: value}, adapter=name)
+            except AdaptbenchError as err:
+                raise where.error(at, err.message) from None
 
 
 def _adapter_entry(item: Any, index: int, global_grid: dict[str, list[Any]], where: _Where) -> AdapterEntry:
@@ -324,6 +356,8 @@ def _adapter_entry(item: Any, index: int, global_grid: dict[str, list[Any]], whe
         raise where.error((*keys, "label"), f"expected a non-empty string, got {label!r}")
     # An adapter's own grid replaces the spec's (``grid: {}`` turns the search off for it).
     grid = global_grid if "grid" not in item else _check_grid(item["grid"] or {}, (*keys, "grid"), where)
+    grid_keys = ("grid",) if "grid" not in item else (*keys, "grid")
+    _check_adapter_options(item["name"], options, grid, grid_keys, keys, where)
     return AdapterEntry(item["name"], label, dict(options),
                         _check_train(item.get("train") or {}, (*keys, "train"), where), grid)
 
@@ -365,35 +399,33 @@ def _backbone_entry(item: Any, index: int, where: _Where) -> BackboneEntry:
         raise where.error((*keys, "weights"), f"expected 'pretrained', 'random[:seed]' or a file path, got {weights!r}")
     if weights and not (weights in ("pretrained", "random") or weights.startswith("random:")):
         weights = str(Path(weights).expanduser())
-    return BackboneEntry(name, weights)
+    options = _check_section(BackboneOptions, item.get("options") or {}, (*keys, "options"), where)
+    return BackboneEntry(name, weights, options)
 
 
-
-def task_groups() -> dict[str, list[str]]:
-    """Group name -> task names: each benchmark (``vtab1k``) and each of its groups (``vtab1k/natural``)."""
-    from ..registry import TASKS
-
-    groups: dict[str, list[str]] = {}
-    for name in _in_catalogue_order(TASKS.names()):
-        benchmark, sep, _ = name.partition("/")
-        if not sep:
+def _check_combinations(train: dict[str, Any], entry: AdapterEntry, index: int,
+                        global_grid: dict[str, list[Any]], where: _Where) -> None:
+    """Rules across settings (warm-up within the epochs) at every grid point, reported where
+    the value that breaks them is written."""
+    for point in entry.grid_points():
+        settings = {**train, **entry.train, **{k: v for k, v in point.items() if k in TRAIN_FIELDS}}
+        warmup, epochs = settings.get("warmup_epochs"), settings.get("epochs")
+        if warmup is None or epochs is None or warmup <= epochs:
             continue
-        spec = TASKS.get(name)
-        groups.setdefault(benchmark, []).append(name)
-        groups.setdefault(f"{benchmark}/{spec.group}", []).append(name)
-    return groups
+        if "warmup_epochs" in point:
+            at = ("grid", "warmup_epochs") if entry.grid is global_grid else ("adapters", index, "grid", "warmup_epochs")
+        elif "warmup_epochs" in entry.train:
+            at = ("adapters", index, "train", "warmup_epochs")
+        else:
+            at = ("train", "warmup_epochs")
+        raise where.error(at, f"expected at most the epochs ({epochs}), got {warmup}")
 
-
-def _in_catalogue_order(names: list[str]) -> list[str]:
-    """Built-in tasks in the order the benchmarks list them (VTAB's Natural first), then plugins'."""
-    from ..tasks.catalog import builtin_task_specs
-
-    order = {spec.name: index for index, spec in enumerate(builtin_task_specs())}
-    return sorted(names, key=lambda name: (order.get(name, len(order)), name))
 
 
 def _expand_tasks(items: list[Any], where: _Where) -> tuple[str, ...]:
     from ..registry import TASKS
+
+    from ..tasks.catalog import task_groups
 
     groups = task_groups()
     tasks: list[str] = []

@@ -1,18 +1,22 @@
 """One run: backbone x adapter x task x seed -> a trained model and a run record.
 
-Bad input (names, data, checkpoints) is checked before anything is trained and raises
-:class:`AdaptbenchError`; ``adaptbench train`` then writes no record, while the matrix
-runner (``record_setup_failures``) records it, since every cell of a matrix must end with a
-record. A run that starts and then fails (NaN loss, out of memory, an unreadable image met
-mid-epoch) is recorded with status ``failed`` and its error, and the error is raised again
-for the caller. An adapter that cannot run on the backbone at all
-(:class:`~adaptbench.adapters.base.NotApplicable`) is a result, not bad input: it is always
-recorded, with status ``n/a`` and the reason, then raised.
+The run dispatches on the task's kind (``adaptbench.tasks.kinds``): the kind builds the
+module, the datasets and the metrics; nothing here knows what classification is.
+
+Bad input (names, data, checkpoints) is checked before anything is trained, and the task's
+splits before any backbone is built, and raises :class:`AdaptbenchError`; ``adaptbench
+train`` then writes no record, while the matrix runner (``record_setup_failures``) records it,
+since every cell of a matrix must end with a record. A run that starts and then fails (NaN
+loss, out of memory, an unreadable image met mid-epoch) is recorded with status ``failed`` and
+its error, and the error is raised again for the caller. An adapter that cannot run on the
+backbone at all (:class:`~adaptbench.adapters.base.NotApplicable`) is a result, not bad
+input: it is always recorded, with status ``n/a`` and the reason, then raised.
+
+``epochs: 0`` evaluates the untrained model (a zero-shot head, a frozen baseline).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -20,40 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import RunConfig, RunPolicy
 from ..errors import AdaptbenchError, one_line
-from .protocol import STAGES, split_plan
-from .records import FAILED, SUCCESS, mark_not_applicable, meta_info, new_record, write_record
-
-
-@dataclass
-class RunConfig:
-    """Everything that decides a run's result (its hash is the run id)."""
-
-    task: str
-    backbone: str
-    adapter: str
-    adapter_options: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None  # None: the backbone's default
-    seed: int = 0
-    stage: str = "final"
-    epochs: int | None = None  # None: the task's default
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int | None = None  # None: 10% of the epochs
-    label_smoothing: float = 0.0
-    pool: str | None = None  # None: the backbone's default (class token, else mean)
-    precision: str = "32-true"
-
-    def validate(self) -> None:
-        if self.stage not in STAGES:
-            raise AdaptbenchError(f"--stage {self.stage!r}: expected one of {STAGES}")
-        for name in ("batch_size", "epochs"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise AdaptbenchError(f"--{name.replace('_', '-')} {value}: expected an integer >= 1")
-        if self.lr <= 0:
-            raise AdaptbenchError(f"--lr {self.lr}: expected a positive number")
+from .protocol import split_plan
+from .records import RunRecord, TaskInfo, meta_info
 
 
 @dataclass
@@ -66,24 +40,71 @@ class RunPlace:
     num_workers: int | None = None
     progress: bool = False
     save_adapter: bool = True
+    policy: RunPolicy = field(default_factory=RunPolicy)
 
 
 @dataclass
 class RunResult:
-    record: dict[str, Any]
+    record: RunRecord
     record_path: Path
     checkpoint_path: Path | None
 
 
-def resolved_config(config: RunConfig, spec) -> dict[str, Any]:
-    """The config with every default filled in, as recorded and hashed."""
-    resolved = dataclasses.asdict(config)
-    resolved["epochs"] = config.epochs or spec.default_epochs
-    if config.warmup_epochs is None:
-        resolved["warmup_epochs"] = max(0, round(0.1 * resolved["epochs"]))
+# -- identity ----------------------------------------------------------------------------------
+def code_versions(config: RunConfig, spec) -> dict[str, int]:
+    """The behaviour versions of the code a run's result depends on (they enter its id)."""
+    from ..adapters import adapter_class
+    from ..tasks.heads import head_version
+    from ..tasks.kinds import task_kind
+    from ..tasks.samples import reader_of
+
+    return {"adapter": int(adapter_class(config.adapter).version), "kind": task_kind(spec.kind).version,
+            "head": head_version(config.head), "reader": int(reader_of(spec).version)}
+
+
+def resolved_config(config: RunConfig, spec=None) -> dict[str, Any]:
+    """The config with every default filled in and the code versions: recorded and hashed."""
+    from ..registry import TASKS
+
+    spec = spec or TASKS.get(config.task)
+    resolved = config.model_dump(mode="json")
+    resolved["epochs"] = config.resolved_epochs(spec.default_epochs)
+    resolved["warmup_epochs"] = config.resolved_warmup(spec.default_epochs)
+    resolved["code_versions"] = code_versions(config, spec)
     return resolved
 
 
+def cell_id(config: RunConfig) -> str:
+    """The run id of ``config``: the hash of its resolved form (its record's file name)."""
+    from .records import config_hash
+
+    return config_hash(resolved_config(config))
+
+
+def record_path_for(out_dir: Path, run_id: str) -> Path:
+    """Where the record of run ``run_id`` lives (its adapter checkpoint sits beside it)."""
+    return Path(out_dir) / f"{run_id}.json"
+
+
+def start_record(config: RunConfig, annotations: dict[str, Any] | None = None,
+                 policy: RunPolicy | None = None) -> RunRecord:
+    """The record of ``config`` with its identity and no outcome yet."""
+    from ..registry import TASKS
+
+    spec = TASKS.get(config.task)
+    annotations = dict(annotations or {})
+    return RunRecord.start(resolved_config(config, spec), grid=annotations.get("grid"),
+                           task_info=task_info(spec), annotations=annotations,
+                           policy=(policy or RunPolicy()).model_dump())
+
+
+def task_info(spec) -> TaskInfo:
+    """What the leaderboard needs to know about a task, stored in the record itself."""
+    return TaskInfo(benchmark=spec.name.partition("/")[0], group=spec.group, kind=spec.kind,
+                    num_classes=spec.num_classes)
+
+
+# -- one run -----------------------------------------------------------------------------------
 def run(
     config: RunConfig,
     place: RunPlace,
@@ -94,63 +115,49 @@ def run(
 ) -> RunResult:
     """Train and evaluate one configuration; write its record (see the module docstring).
 
-    ``annotations`` go into ``run_info.matrix`` (the matrix runner's labels; not part of the
-    run id). ``callbacks`` are extra Lightning callbacks (progress reporting).
-    ``record_setup_failures``: also record bad input found before training as a failed run
-    (the matrix runner, which must leave a record for every cell, sets it).
+    ``annotations`` go into ``run_info.matrix`` (the matrix runner's labels and, for final
+    cells of a search, the grid searched; not part of the run id). ``callbacks`` are extra
+    Lightning callbacks (progress reporting). ``record_setup_failures``: also record bad
+    input found before training as a failed run (the matrix runner sets it).
     """
-    from ..registry import TASKS
-
-    config.validate()
-    spec = TASKS.get(config.task)
-    resolved = resolved_config(config, spec)
-    record = new_record(resolved, config.seed)
-    record["run_info"]["task_info"] = task_info(spec)
-    if annotations:
-        record["run_info"]["matrix"] = dict(annotations)
-    record_path = record_path_for(place.out_dir, record["run_info"]["run_id"])
+    record = start_record(config, annotations, place.policy)
+    record_path = record_path_for(place.out_dir, record.run_id)
     started = time.perf_counter()
     try:
-        prepared = _prepare(config, place, spec, resolved)  # all bad input surfaces here
+        prepared = _prepare(config, place, record.config)  # all bad input surfaces here
     except Exception as err:
         if is_not_applicable(err):
-            _write_not_applicable(record, record_path, err, _device_name(place.accelerator))
+            record.mark_not_applicable(one_line(err))
+            _write(record, record_path, _device_name(place.accelerator))
         elif record_setup_failures:
-            _write_failure(record, record_path, err, started, _device_name(place.accelerator))
+            record.mark_failed(one_line(err), wall_time_s=time.perf_counter() - started)
+            _write(record, record_path, _device_name(place.accelerator))
         raise
     try:
-        outcome = _fit_and_evaluate(prepared, resolved, place, callbacks)
+        outcome = _fit_and_evaluate(prepared, record.config, place, callbacks)
     except Exception as err:  # recorded, then raised again (Ctrl-C leaves no record: re-run it)
-        _write_failure(record, record_path, err, started, prepared["device"])
+        record.mark_failed(one_line(err), wall_time_s=time.perf_counter() - started)
+        _write(record, record_path, prepared.device)
         raise
-    checkpoint = _save_checkpoint(prepared, place, record_path) if place.save_adapter else None
-    record["train_info"].update(
-        status=SUCCESS,
-        wall_time_s=time.perf_counter() - started,
-        checkpoint=str(checkpoint) if checkpoint else None,
-        **outcome,
-    )
-    record["meta_info"] = meta_info(prepared["device"])
-    write_record(record, record_path)
+    checkpoint = _save_checkpoint(prepared, record_path) if place.save_adapter else None
+    record.mark_success(wall_time_s=time.perf_counter() - started,
+                        checkpoint=str(checkpoint) if checkpoint else None, **outcome)
+    _write(record, record_path, prepared.device)
     return RunResult(record, record_path, checkpoint)
 
 
-def record_path_for(out_dir: Path, run_id: str) -> Path:
-    """Where the record of run ``run_id`` lives (its adapter checkpoint sits beside it)."""
-    return Path(out_dir) / f"{run_id}.json"
-
-
-def task_info(spec) -> dict[str, Any]:
-    """What the leaderboard needs to know about a task, stored in the record itself."""
-    return {"benchmark": spec.name.partition("/")[0], "group": spec.group, "num_classes": spec.num_classes}
+def _write(record: RunRecord, path: Path, device: str) -> None:
+    record.meta_info = meta_info(device)
+    record.write(path)
 
 
 def record_unrun_failure(config: RunConfig, out_dir: Path, error: str, annotations: dict[str, Any],
                          device: str) -> Path:
     """Record a cell that could not run (its worker died, or its search chose nothing) as failed."""
-    record = _unrun_record(config, annotations, device)
-    record["train_info"].update(status=FAILED, error=error)
-    return write_record(record, record_path_for(out_dir, record["run_info"]["run_id"]))
+    record = start_record(config, annotations)
+    record.mark_failed(error)
+    record.meta_info = meta_info(device)
+    return record.write(record_path_for(out_dir, record.run_id))
 
 
 def record_not_applicable(config: RunConfig, out_dir: Path, message: str, annotations: dict[str, Any]) -> Path:
@@ -158,28 +165,10 @@ def record_not_applicable(config: RunConfig, out_dir: Path, message: str, annota
 
     ``message``: ``"<adapter> on <backbone>: n/a: <reason>"`` (``records.not_applicable_message``).
     """
-    record = _unrun_record(config, annotations, "none (not applicable, not run)")
-    mark_not_applicable(record, message)
-    return write_record(record, record_path_for(out_dir, record["run_info"]["run_id"]))
-
-
-def _unrun_record(config: RunConfig, annotations: dict[str, Any], device: str) -> dict[str, Any]:
-    """A record with the cell's identity and no outcome yet, as ``run`` would have started it."""
-    from ..registry import TASKS
-
-    spec = TASKS.get(config.task)
-    record = new_record(resolved_config(config, spec), config.seed)
-    record["run_info"]["task_info"] = task_info(spec)
-    record["run_info"]["matrix"] = dict(annotations)
-    record["meta_info"] = meta_info(device)
-    return record
-
-
-def _write_failure(record: dict[str, Any], path: Path, err: BaseException, started: float, device: str) -> None:
-    record["train_info"].update(status=FAILED, error=_error_line(err),
-                                wall_time_s=time.perf_counter() - started)
-    record["meta_info"] = meta_info(device)
-    write_record(record, path)
+    record = start_record(config, annotations)
+    record.mark_not_applicable(message)
+    record.meta_info = meta_info("none (not applicable, not run)")
+    return record.write(record_path_for(out_dir, record.run_id))
 
 
 def is_not_applicable(err: BaseException) -> bool:
@@ -189,92 +178,138 @@ def is_not_applicable(err: BaseException) -> bool:
     return isinstance(err, NotApplicable)
 
 
-def _write_not_applicable(record: dict[str, Any], path: Path, err: BaseException, device: str) -> None:
-    mark_not_applicable(record, _error_line(err))
-    record["meta_info"] = meta_info(device)
-    write_record(record, path)
+# -- preparing ---------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """Everything a run trains and evaluates, built and checked."""
+
+    spec: Any
+    kind: Any
+    plan: Any
+    backbone: Any
+    adapter: Any
+    module: Any
+    loaders: dict[str, Any]
+    settings: dict[str, Any]
+    device: str
 
 
-def _prepare(config: RunConfig, place: RunPlace, spec, resolved: dict[str, Any]) -> dict[str, Any]:
-    """Build data loaders, backbone, adapter and module; every user error is raised here."""
+def check_splits(config: RunConfig, data_root: str | None) -> dict[str, list]:
+    """Read the split lists a run will use (no image decoded, no torch): a wrong data root,
+    a missing or empty split file answers here, before any backbone is built."""
+    from ..registry import TASKS
+    from ..tasks.samples import task_samples
+
+    spec = TASKS.get(config.task)
+    plan = split_plan(spec, config.stage)
+    return {split: task_samples(spec, split, data_root) for split in (plan.train_split, plan.eval_split)}
+
+
+def _prepare(config: RunConfig, place: RunPlace, resolved: dict[str, Any]) -> Prepared:
+    """Check the data, then build backbone, adapter, head, module and loaders."""
     import lightning as L
 
     from ..adapters import build_adapter
     from ..backbones import load_backbone
-    from ..tasks.classification import ClassificationModule
-    from ..tasks.data import make_loader, task_samples
+    from ..registry import TASKS
+    from ..tasks.heads import build_head
+    from ..tasks.kinds import task_kind
 
+    spec = TASKS.get(config.task)
+    kind = task_kind(spec.kind)
     plan = split_plan(spec, config.stage)
-    train_samples = task_samples(spec, plan.train_split, place.data_root)
-    eval_samples = task_samples(spec, plan.eval_split, place.data_root)
+    samples = check_splits(config, place.data_root)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    backbone = load_backbone(config.backbone, weights=config.weights)
+    backbone = load_backbone(config.backbone, weights=config.weights, options=config.backbone_options)
     adapter = build_adapter(config.adapter, backbone, config.adapter_options)
-    module = ClassificationModule(
-        backbone, adapter, spec.num_classes, pool=config.pool, lr=config.lr,
-        weight_decay=config.weight_decay, warmup_epochs=resolved["warmup_epochs"],
-        label_smoothing=config.label_smoothing,
-    )
+    settings = {"lr": config.lr, "weight_decay": config.weight_decay, "warmup_epochs": resolved["warmup_epochs"],
+                "label_smoothing": config.label_smoothing, "pool": config.pool, "head": config.head}
+    module = kind.build_module(backbone, adapter, build_head(config.head, backbone, spec), spec, settings)
     workers = place.num_workers if place.num_workers is not None else _default_workers(spec)
     loaders = {
-        "train": make_loader(train_samples, backbone.data_config, config.batch_size, True,
-                             workers, config.seed, f"{spec.name}:{plan.train_split}"),
-        "eval": make_loader(eval_samples, backbone.data_config, config.batch_size, False,
-                            workers, config.seed, f"{spec.name}:{plan.eval_split}"),
+        role: _loader(kind, samples[split], backbone, spec, split, config, workers, train=role == "train")
+        for role, split in (("train", plan.train_split), ("eval", plan.eval_split))
     }
-    return {"spec": spec, "plan": plan, "backbone": backbone, "adapter": adapter,
-            "module": module, "loaders": loaders, "device": _device_name(place.accelerator)}
+    return Prepared(spec, kind, plan, backbone, adapter, module, loaders, settings, _device_name(place.accelerator))
+
+
+def _loader(kind, samples, backbone, spec, split: str, config: RunConfig, workers: int, train: bool):
+    from ..tasks.data import make_loader
+
+    dataset = kind.dataset(samples, backbone.data_config, spec, split, train)
+    return make_loader(dataset, config.batch_size, train, workers, config.seed)
 
 
 def _default_workers(spec) -> int:
     # The embedded tasks decode tiny PNGs: worker processes cost more than they save.
-    return 0 if spec.embedded else min(8, max(1, (os.cpu_count() or 2) - 1))
+    return 0 if spec.embedded else min(8, max(1, _usable_cpus() - 1))
 
 
-def _fit_and_evaluate(prepared: dict[str, Any], resolved: dict[str, Any], place: RunPlace,
-                      callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # what this process may use (cgroups, Slurm)
+    except AttributeError:
+        return os.cpu_count() or 2
+
+
+# -- training and evaluating -----------------------------------------------------------------
+def trainer_for(place: RunPlace, precision: str, max_epochs: int, callbacks: Sequence[Any] = ()):
+    """A Lightning Trainer under the run's policy (deterministic, matmul precision)."""
     import lightning as L
+    import torch
 
-    from ..tasks.classification import HIGHER_IS_BETTER, PRIMARY_METRIC
+    torch.set_float32_matmul_precision(place.policy.matmul_precision)
+    return L.Trainer(
+        max_epochs=max_epochs, accelerator=place.accelerator, devices=1, precision=precision,
+        logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=place.progress, callbacks=list(callbacks), num_sanity_val_steps=0,
+        deterministic="warn" if place.policy.deterministic else False,
+        benchmark=not place.policy.deterministic,
+    )
+
+
+def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPlace,
+                      callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from ..adapters.accounting import parameter_report
     from .measure import ThroughputMeter, peak_memory, reset_peak_memory
 
-    plan, module, loaders = prepared["plan"], prepared["module"], prepared["loaders"]
+    plan, module, loaders = prepared.plan, prepared.module, prepared.loaders
+    epochs = resolved["epochs"]
     meter = ThroughputMeter()
     reset_peak_memory()  # several runs may share one worker process
-    trainer = L.Trainer(
-        max_epochs=resolved["epochs"], accelerator=place.accelerator, devices=1,
-        precision=resolved["precision"], logger=False, enable_checkpointing=False,
-        enable_model_summary=False, enable_progress_bar=place.progress, callbacks=[meter, *callbacks],
-        # The final stage never looks at its evaluation split during training.
-        limit_val_batches=0 if plan.eval_is_test else 1.0,
-        num_sanity_val_steps=0, deterministic="warn",
-    )
-    val_loader = None if plan.eval_is_test else loaders["eval"]
-    trainer.fit(module, loaders["train"], val_loader)
-    metrics = {plan.train_split: _split_metrics(trainer.logged_metrics, "train_")}
+    trainer = trainer_for(place, resolved["precision"], epochs, [meter, *callbacks])
+    metrics: dict[str, dict[str, float]] = {}
+    every_epoch = place.policy.validation == "every_epoch" and not plan.eval_is_test
+    if epochs > 0:
+        trainer.fit(module, loaders["train"], loaders["eval"] if every_epoch else None)
+        metrics[plan.train_split] = _split_metrics(trainer.logged_metrics, "train_")
     if plan.eval_is_test:
-        trainer.test(module, loaders["eval"], verbose=False)
-        metrics[plan.eval_split] = _split_metrics(trainer.logged_metrics, "test_")
-    else:
-        metrics[plan.eval_split] = _split_metrics(trainer.logged_metrics, "val_")
+        evaluated = trainer.test(module, loaders["eval"], verbose=False)
+    else:  # the tune stage's score: one validation after the last epoch (unless every epoch)
+        evaluated = [trainer.logged_metrics] if every_epoch else trainer.validate(module, loaders["eval"], verbose=False)
+    prefix = "test_" if plan.eval_is_test else "val_"
+    metrics[plan.eval_split] = _split_metrics(evaluated[0] if evaluated else {}, prefix)
+    kind = prepared.kind
+    if kind.primary_metric not in metrics[plan.eval_split]:
+        raise AdaptbenchError(f"evaluation on {prepared.spec.name}:{plan.eval_split} produced no "
+                              f"{kind.primary_metric!r} (got {sorted(metrics[plan.eval_split]) or 'nothing'})")
     memory_bytes, memory_kind = peak_memory(module.device)
-    data_config = prepared["backbone"].data_config
     return {
         "stage": plan.stage,
         "metrics": metrics,
-        "primary_metric": PRIMARY_METRIC,
-        "higher_is_better": HIGHER_IS_BETTER,
-        "params": parameter_report(prepared["adapter"], module.head).to_dict(),
-        "adapter_stats": prepared["adapter"].stats(),
+        "primary_metric": kind.primary_metric,
+        "higher_is_better": kind.higher_is_better,
+        "params": parameter_report(prepared.adapter, module.head).to_dict(),
+        "adapter_stats": prepared.adapter.stats(),
+        "extra_losses": sorted(key.removeprefix("train_extra_") for key in trainer.logged_metrics
+                               if key.startswith("train_extra_")),
         "train_images_per_s": meter.images_per_second(),
         "peak_memory_bytes": memory_bytes,
         "peak_memory_kind": memory_kind,
         "data": {
             "train_split": plan.train_split, "eval_split": plan.eval_split,
             "train_size": len(loaders["train"].dataset), "eval_size": len(loaders["eval"].dataset),
-            "input_size": list(data_config.input_size), "mean": list(data_config.mean),
-            "std": list(data_config.std), "resize": "no crop", "augmentation": "none",
+            **kind.data_description(prepared.backbone.data_config),
         },
     }
 
@@ -283,14 +318,31 @@ def _split_metrics(logged: dict[str, Any], prefix: str) -> dict[str, float]:
     return {key.removeprefix(prefix): float(value) for key, value in logged.items() if key.startswith(prefix)}
 
 
-def _save_checkpoint(prepared: dict[str, Any], place: RunPlace, record_path: Path) -> Path:
+def _save_checkpoint(prepared: Prepared, record_path: Path) -> Path:
     from ..adapters.checkpoint import save_adapter
 
     path = record_path.with_suffix(".adapter.safetensors")
-    module, spec = prepared["module"], prepared["spec"]
-    head_info = {"task": spec.name, "num_classes": spec.num_classes,
-                 "pool": module.hparams.pool or prepared["backbone"].default_pool}
-    return save_adapter(prepared["adapter"], path, head=module.head, head_info=head_info)
+    head_info = {**prepared.kind.head_info(prepared.spec, prepared.settings, prepared.backbone),
+                 "kind": prepared.spec.kind, "head": prepared.settings["head"]}
+    return save_adapter(prepared.adapter, path, head=prepared.module.head, head_info=head_info)
+
+
+# -- the environment ---------------------------------------------------------------------------
+def check_environment(accelerator: str, precision: str) -> None:
+    """Refuse an accelerator or precision this machine cannot run, before any cell runs (a
+    cell that failed for want of a GPU would otherwise be recorded failed and skipped later)."""
+    import warnings
+
+    import lightning as L
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            L.Trainer(accelerator=accelerator, devices=1, precision=precision, logger=False,
+                      enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
+        except Exception as err:  # noqa: BLE001 - Lightning raises several types for this
+            raise AdaptbenchError(f"--accelerator {accelerator} --precision {precision}: this machine "
+                                  f"cannot run it ({one_line(err)})") from None
 
 
 def _device_name(accelerator: str) -> str:
@@ -298,11 +350,7 @@ def _device_name(accelerator: str) -> str:
 
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"cpu ({os.cpu_count()} cores)"
-
-
-def _error_line(err: BaseException) -> str:
-    return one_line(err)
+    return f"cpu ({_usable_cpus()} cores)"
 
 
 def quiet_lightning() -> None:

@@ -46,7 +46,7 @@ from ...registry import register_backbone
 from ..anatomy import Anatomy, Mlp, ResidualBranch, TransformerBlock, require_block_class
 from ..base import Backbone, DataConfig
 from ..geometry import TokenGeometry
-from ..timm_weights import WEIGHT_FILE_SUFFIXES, hub_reachable, random_plan
+from ..timm_weights import WEIGHT_FILE_SUFFIXES, check_weights_file, hub_reachable, random_plan
 from .clip_names import check_clip_member, pretrained_tags, split_member
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip.constants.OPENAI_DATASET_MEAN
@@ -288,8 +288,7 @@ def _file_plan(path: Path, quick_gelu: bool = False, preprocess: dict | None = N
     if path.suffix not in WEIGHT_FILE_SUFFIXES:
         raise AdaptbenchError(f"weights {str(path)!r}: expected 'pretrained', 'random[:seed]' or a weights file "
                               f"ending in {', '.join(WEIGHT_FILE_SUFFIXES)}")
-    if not path.is_file():
-        raise AdaptbenchError(f"weights file {path} does not exist")
+    check_weights_file(path)  # a folder, an empty file, a git-lfs pointer, a refused pickle ...: one line
     return ClipWeightsPlan(f"file:{path}", str(path), quick_gelu=quick_gelu, preprocess=preprocess or {})
 
 
@@ -369,13 +368,15 @@ def clip_vit(
     weights: str | None = None,
     keep_projection: bool = True,
     display_name: str | None = None,
+    quick_gelu: bool | None = None,
     **model_kwargs: Any,
 ) -> OpenClipViT:
     """Build an open_clip model's image tower by name with canonical sites.
 
     ``pretrained``: an open_clip tag (``openai``, ``laion2b_s34b_b88k`` ...) or a local file;
     ``weights`` (``--weights``) overrides it: ``"random[:seed]"`` or a file. A tag trained with
-    QuickGELU builds the tower with QuickGELU. ``model_kwargs`` go to ``open_clip.create_model``.
+    QuickGELU builds the tower with QuickGELU (``quick_gelu`` overrides what the tag says).
+    ``model_kwargs`` go to ``open_clip.create_model``.
     """
     import open_clip
 
@@ -386,7 +387,8 @@ def clip_vit(
             torch.manual_seed(plan.init_seed)
         try:
             model = open_clip.create_model(
-                model_name, pretrained=plan.pretrained, force_quick_gelu=plan.quick_gelu,
+                model_name, pretrained=plan.pretrained,
+                force_quick_gelu=plan.quick_gelu if quick_gelu is None else quick_gelu,
                 require_pretrained=plan.pretrained is not None, **{"device": _default_device(), **model_kwargs})
         except (RuntimeError, ValueError, OSError, KeyError) as err:
             raise AdaptbenchError(f"open_clip could not build {name!r} from {plan.source}: {_brief(err)}") from err
@@ -414,9 +416,14 @@ def clip_member(member: str):
     check_clip_member(member)
     model, source = split_member(member)
 
-    def factory(weights: str | None = None, **options: Any) -> OpenClipViT:
-        return clip_vit(model, pretrained=source or None, weights=weights, display_name=f"clip:{member}", **options)
+    def factory(weights: str | None = None, img_size: int | None = None, quick_gelu: bool | None = None,
+                **options: Any) -> OpenClipViT:
+        if img_size is not None:
+            options["force_image_size"] = img_size  # open_clip resamples the position embedding
+        return clip_vit(model, pretrained=source or None, weights=weights, display_name=f"clip:{member}",
+                        quick_gelu=quick_gelu, **options)
 
+    factory.accepted_options = ("img_size", "keep_projection", "quick_gelu")
     return factory
 
 
@@ -464,4 +471,5 @@ def clip_tiny_test_quickgelu(weights: str | None = "random", keep_projection: bo
 
 
 register_backbone("clip_tiny_test", clip_tiny_test)
+clip_tiny_test.accepted_options = clip_tiny_test_quickgelu.accepted_options = ("keep_projection",)
 register_backbone("clip_tiny_test_quickgelu", clip_tiny_test_quickgelu)

@@ -47,4 +47,5 @@ def _shipped_micro_weights() -> Path:
     return MICRO_WEIGHTS
 
 
+vit_micro.accepted_options = ("img_size",)
 register_backbone("vit_micro", vit_micro)

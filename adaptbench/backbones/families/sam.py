@@ -231,15 +231,11 @@ def _encoder_with_weights(config: dict[str, Any], source: str) -> nn.Module:
 def _read_encoder_state(path: Path) -> dict[str, torch.Tensor]:
     """The image encoder's tensors from a full SAM checkpoint (``image_encoder.*``; the prompt
     encoder and mask decoder are ignored) or from a bare encoder state dict."""
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise AdaptbenchError(f"weights file {path} is not a readable PyTorch checkpoint "
-                              f"({type(err).__name__}: {reason})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise AdaptbenchError(f"weights file {path} holds a {type(state).__name__}, expected a state dict "
-                              f"of tensors (a SAM checkpoint)")
+    from ..timm_weights import read_weights_file
+
+    # one line naming the file for a folder, an empty file, a git-lfs pointer, a pickle that
+    # imports anything but tensors, a truncated or foreign file, or no state dict of tensors
+    state = read_weights_file(path)
     prefix = "image_encoder."
     if any(key.startswith(prefix) for key in state):
         return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}

@@ -22,7 +22,7 @@ from ...registry import register_backbone
 from ..anatomy import Anatomy, ResidualBranch, TransformerBlock, require_block_class
 from ..base import Backbone, DataConfig
 from ..geometry import TokenGeometry
-from ..timm_weights import check_timm_weights, resolve_timm_weights
+from ..timm_weights import check_timm_weights, loading_weights_file, resolve_timm_weights
 
 
 def accepted_block_classes() -> tuple[type, ...]:
@@ -129,7 +129,8 @@ def timm_vit(
     with torch.random.fork_rng(devices=[]):
         if load.init_seed is not None:
             torch.manual_seed(load.init_seed)
-        model = timm.create_model(model_name, num_classes=0, **load.create_kwargs, **model_kwargs)
+        with loading_weights_file(load.file, model_name):  # its errors name the file
+            model = timm.create_model(model_name, num_classes=0, **load.create_kwargs, **model_kwargs)
     _check_model(model_name, model)
     default_pool = pool or ("cls" if model.cls_token is not None else "mean")
     backbone = TimmViT(display_name or model_name, model, load.source, default_pool)
@@ -155,6 +156,7 @@ def vit_tiny_test_reg(weights: str | None = "random", **kwargs: Any) -> TimmViT:
                     display_name="vit_tiny_test_reg", **{**config, **kwargs})
 
 
+vit_tiny_test.accepted_options = vit_tiny_test_reg.accepted_options = ("img_size",)
 register_backbone("vit_tiny_test", vit_tiny_test)
 register_backbone("vit_tiny_test_reg", vit_tiny_test_reg)
 
@@ -180,6 +182,7 @@ def timm_member(model_name: str):
     def factory(weights: str | None = None, **options: Any) -> TimmViT:
         return timm_vit(model_name, weights=weights, display_name=model_name, **options)
 
+    factory.accepted_options = ("img_size",)  # timm resamples the position embedding
     return factory
 
 

@@ -1,0 +1,318 @@
+"""The run configuration, defined once: every field with its type, default, help and check.
+
+Three pydantic models (``extra="forbid"``: an unknown key is an error, not ignored):
+
+* :class:`RunConfig` decides a run's result. Its resolved form (task defaults filled in, plus
+  the code versions of the adapter, task kind, head and reader) is hashed into the run id, so
+  any change to it, or to the maths behind it, is a different cell.
+* :class:`BackboneOptions` (``backbones[].options`` in a spec): how the backbone is built.
+  Part of the :class:`RunConfig`, so of the run id.
+* :class:`RunPolicy`: how the trainer runs (determinism, float32 matmul precision, validation
+  cadence). Recorded beside the config, not hashed: it changes speed, not the method.
+
+``adaptbench train``'s options and the spec checker (``runner/spec.py``) are generated from
+these fields (:func:`cli_fields`, :func:`check_value`), and both report a bad value the same
+way: the flag or ``file:line: key``, then ``expected <what the field's type says>, got <value>``.
+
+This module imports pydantic but no torch: the CLI's start stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from .errors import AdaptbenchError
+
+#: Lightning's precision settings (an enumeration: a typo is refused before any cell runs).
+Precision = Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class BackboneOptions(_Model):
+    """How a backbone is built (a family accepts the options it can honour; see ``load_backbone``)."""
+
+    img_size: int | None = Field(None, ge=8, description="square input size; position embeddings are "
+                                                         "resampled (default: the backbone's)")
+    keep_projection: bool | None = Field(None, description="CLIP: keep the image projection (default: yes)")
+    quick_gelu: bool | None = Field(None, description="CLIP: QuickGELU activations (default: what the "
+                                                      "pretrained tag says)")
+    grad_checkpointing: bool = Field(False, description="recompute block activations in the backward "
+                                                        "pass (less memory, more time)")
+
+    def factory_options(self) -> dict[str, Any]:
+        """The options a family's factory receives (set ones only; checkpointing is generic)."""
+        return {key: value for key, value in self.model_dump(exclude={"grad_checkpointing"}).items()
+                if value is not None}
+
+
+class RunConfig(_Model):
+    """Everything that decides a run's result (its resolved form is hashed into the run id)."""
+
+    task: str = Field(description="task name, e.g. micro/digits or vtab1k/cifar (`adaptbench ls tasks`)")
+    backbone: str = Field(description="backbone name, e.g. vit_micro or timm:vit_base_patch16_224.augreg_in21k")
+    adapter: str = Field(description="adapter name (`adaptbench ls adapters`)")
+    adapter_options: dict[str, Any] = Field(default_factory=dict, description="the adapter's options")
+    weights: str | None = Field(None, description="'pretrained' (default), 'random[:seed]', or a local "
+                                                  ".safetensors/.pth file")
+    backbone_options: BackboneOptions = Field(default_factory=BackboneOptions,
+                                              description="how the backbone is built")
+    head: str = Field("linear", description="task head (`adaptbench ls heads`)")
+    seed: int = Field(0, ge=0, description="seed of the data order, the head and the adapter's init")
+    stage: Literal["final", "tune"] = Field("final", description="final: train800val200 -> test; "
+                                                                 "tune: train800 -> val200")
+    epochs: int | None = Field(None, ge=0, description="training epochs; 0 evaluates without training "
+                                                       "(default: the task's, 100; micro tasks 10)")
+    batch_size: int = Field(64, ge=1, description="images per step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (peak, after warm-up)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_epochs: int | None = Field(None, ge=0, description="linear warm-up epochs, then cosine decay "
+                                                              "(default: 10% of the epochs)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    pool: Literal["cls", "mean"] | None = Field(None, description="feature pooling (default: the backbone's)")
+    precision: Precision = Field("32-true", description="Lightning precision")
+
+    @field_validator("lr", "weight_decay", "label_smoothing")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> RunConfig:
+        if self.warmup_epochs and self.epochs is not None and self.warmup_epochs > self.epochs:
+            raise ConfigError(("warmup_epochs",), f"expected at most the epochs ({self.epochs}), "
+                                                  f"got {self.warmup_epochs}")
+        return self
+
+    def resolved_epochs(self, task_default: int) -> int:
+        return task_default if self.epochs is None else self.epochs
+
+    def resolved_warmup(self, task_default: int) -> int:
+        epochs = self.resolved_epochs(task_default)
+        warmup = max(0, round(0.1 * epochs)) if self.warmup_epochs is None else self.warmup_epochs
+        if warmup > epochs:
+            raise AdaptbenchError(f"warmup_epochs {warmup}: expected at most the epochs ({epochs}, the "
+                                  f"task's default)")
+        return warmup
+
+
+class RunPolicy(_Model):
+    """How the trainer runs: recorded with each run, not part of its identity."""
+
+    deterministic: bool = Field(True, description="deterministic algorithms where torch has them "
+                                                  "(warns where it has none; off: faster cuDNN autotuning)")
+    matmul_precision: Literal["highest", "high", "medium"] = Field(
+        "highest", description="torch.set_float32_matmul_precision (high: TF32 on Ampere+ GPUs)")
+    validation: Literal["end", "every_epoch"] = Field(
+        "end", description="tune stage: validate once after the last epoch, or after every epoch")
+
+
+class RunPlaceOptions(_Model):
+    """Where a run executes and what it keeps (``adaptbench train``'s other options)."""
+
+    data_root: str | None = Field(None, description="folder holding the VTAB-1k / FGVC data (or "
+                                                    "ADAPTBENCH_DATA_ROOT)")
+    accelerator: Accelerator = Field("auto", description="Lightning accelerator")
+    num_workers: int | None = Field(None, ge=0, description="data loader worker processes (default: 0 for "
+                                                            "embedded tasks, else the usable CPUs - 1, at most 8)")
+    out: str = Field("results", description="folder for run records")
+    save_adapter: bool = Field(True, description="write the adapter checkpoint (safetensors) beside the record")
+    progress: bool = Field(False, description="show Lightning's progress bar")
+
+
+#: The RunConfig fields a spec's ``train:`` block (and a grid) may set: trainer settings.
+TRAIN_FIELDS: tuple[str, ...] = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
+                                 "label_smoothing", "pool", "precision", "head")
+
+
+# -- describing and checking one field ---------------------------------------------------------
+def expected(field: FieldInfo) -> str:
+    """What a field accepts, in words (the ``expected ...`` of every error message)."""
+    annotation = field.annotation
+    optional = type(None) in typing.get_args(annotation)
+    base = next((arg for arg in typing.get_args(annotation) if arg is not type(None)), annotation) \
+        if optional else annotation
+    text = _expected_base(base, _bounds(field))
+    return f"{text} or null" if optional and field.default is None else text
+
+
+def _bounds(field: FieldInfo) -> dict[str, Any]:
+    bounds = {}
+    for item in field.metadata:
+        for name in ("ge", "gt", "lt", "le"):
+            value = getattr(item, name, None)
+            if value is not None:
+                bounds[name] = value
+    return bounds
+
+
+def _expected_base(base: Any, bounds: dict[str, Any]) -> str:
+    if typing.get_origin(base) is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(base))
+    if base is bool:
+        return "true or false"
+    if base is int:
+        if "ge" in bounds:
+            return f"an integer >= {bounds['ge']}"
+        return "an integer"
+    if base is float:
+        if bounds.get("gt") == 0 and len(bounds) == 1:
+            return "a positive number"
+        if "ge" in bounds and "lt" in bounds:
+            return f"a number in [{bounds['ge']}, {bounds['lt']})"
+        if "ge" in bounds:
+            return f"a number >= {bounds['ge']}"
+        return "a number"
+    if base is str:
+        return "a non-empty string"
+    return f"a {getattr(base, '__name__', base)}"
+
+
+def check_value(model: type[BaseModel], name: str, value: Any, *, from_text: bool = False) -> Any:
+    """``value`` checked (and converted) as field ``name`` of ``model``; raises ``ValueError``
+    with ``expected ...`` (the caller adds where: a flag, or file:line: key).
+
+    Values from a spec must have the right type already (``lr: "fast"`` is an error, not a
+    string to parse); values from the command line are text and are parsed (``from_text``).
+    """
+    field = model.model_fields[name]
+    if from_text and isinstance(value, str):
+        value = _parse_text(value, field)
+    try:
+        _validator(model, name).validate_python(value, strict=not from_text)
+    except ValidationError:
+        raise ValueError(f"expected {expected(field)}, got {value!r}") from None
+    if isinstance(value, bool) and not _allows_bool(field):
+        raise ValueError(f"expected {expected(field)}, got {value!r}")
+    return value
+
+
+def _allows_bool(field: FieldInfo) -> bool:
+    return bool in (field.annotation, *typing.get_args(field.annotation))
+
+
+def _parse_text(text: str, field: FieldInfo) -> Any:
+    """A command-line string as the field's type (``null``/``none`` is None where allowed)."""
+    lowered = text.strip().lower()
+    if lowered in ("null", "none") and type(None) in typing.get_args(field.annotation):
+        return None
+    if _allows_bool(field) and lowered in ("true", "false", "yes", "no", "1", "0"):
+        return lowered in ("true", "yes", "1")
+    return text
+
+
+_VALIDATORS: dict[tuple[type, str], Any] = {}
+
+
+def _validator(model: type[BaseModel], name: str):
+    """A TypeAdapter for one field (its annotation with its constraints), built once."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    key = (model, name)
+    if key not in _VALIDATORS:
+        field = model.model_fields[name]
+        annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        _VALIDATORS[key] = TypeAdapter(annotation)
+    return _VALIDATORS[key]
+
+
+def check_model(model: type[BaseModel], values: dict[str, Any], *, from_text: bool = False) -> BaseModel:
+    """``model(**values)``, each value checked by :func:`check_value` first so that the first bad
+    field is named; raises ``ConfigError`` (with the key) on the first problem."""
+    checked = {}
+    for name, value in values.items():
+        if name not in model.model_fields:
+            raise ConfigError((name,), f"unknown key; expected one of {', '.join(model.model_fields)}")
+        field = model.model_fields[name]
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            if not isinstance(value, dict):
+                raise ConfigError((name,), f"expected a mapping of {', '.join(field.annotation.model_fields)}, "
+                                           f"got {value!r}")
+            try:
+                checked[name] = check_model(field.annotation, value, from_text=from_text)
+            except ConfigError as err:
+                raise ConfigError((name, *err.keys), err.problem) from None
+            continue
+        try:
+            checked[name] = check_value(model, name, value, from_text=from_text)
+        except ValueError as err:
+            raise ConfigError((name,), str(err)) from None
+    try:
+        return model(**checked)
+    except ValidationError as err:  # a cross-field rule or a missing required field
+        first = err.errors()[0]
+        raise ConfigError(tuple(first["loc"]), _pydantic_problem(first)) from None
+
+
+def _pydantic_problem(error: dict[str, Any]) -> str:
+    return "missing (required)" if error["type"] == "missing" else error["msg"]
+
+
+@dataclass
+class ConfigError(Exception):
+    """A bad configuration value: ``keys`` is where (field path), ``problem`` what was expected."""
+
+    keys: tuple[Any, ...]
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{'.'.join(map(str, self.keys))}: {self.problem}"
+
+
+# -- the command line ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class CliField:
+    """One generated ``--flag``: the model and field it sets, and its help text."""
+
+    model: type[BaseModel]
+    name: str
+    flag: str
+    help: str
+    choices: tuple[str, ...] | None
+    is_bool: bool = False
+
+
+def cli_fields(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[CliField]:
+    """A ``--flag`` per scalar field of ``model`` (nested models flatten into their fields)."""
+    fields = []
+    for name, field in model.model_fields.items():
+        if name in skip or typing.get_origin(field.annotation) is dict:
+            continue
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            fields.extend(cli_fields(field.annotation))
+            continue
+        fields.append(CliField(model, name, "--" + name.replace("_", "-"), _help(field), _choices(field),
+                               is_bool=_allows_bool(field)))
+    return fields
+
+
+def _help(field: FieldInfo) -> str:
+    text = field.description or ""
+    if field.is_required():
+        return f"{text} (required)"
+    default = field.get_default(call_default_factory=True)
+    shown = "" if default is None or "default" in text else f" (default: {default})"
+    return (text + shown).replace("%", "%%")
+
+
+def _choices(field: FieldInfo) -> tuple[str, ...] | None:
+    for candidate in (field.annotation, *typing.get_args(field.annotation)):
+        if typing.get_origin(candidate) is Literal:
+            return tuple(map(str, typing.get_args(candidate)))
+    return None
+
+

@@ -1,0 +1,62 @@
+"""On-disk format readers, registered by format name (a task's ``format``).
+
+A reader turns one split of one dataset into ``[(image path, label), ...]`` and says what
+layout it expects (for the "pass --data-root" message). It only reads split lists: it
+neither decodes images nor imports torch, so every split a run will read can be checked
+before any backbone is built (fail fast). Plugins add formats with
+``register_reader("myformat", MyReader)`` or an ``adaptbench.tasks`` entry point named
+``reader.myformat``.
+
+``version`` enters the run id of every run that reads through the reader: bump it when a
+change alters which samples a split yields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..registry import register_reader
+
+
+class Reader:
+    """Base of format readers: ``samples`` and ``layout`` (see the module docstring)."""
+
+    version: ClassVar[int] = 1
+
+    def samples(self, root: Path, spec: Any, split: str) -> list[tuple[Path, int]]:
+        raise NotImplementedError
+
+    def layout(self, spec: Any) -> str:
+        """The expected files under the data root, for error messages."""
+        raise NotImplementedError
+
+
+class Vtab1kReader(Reader):
+    """VTAB-1k in NOAH's layout: ``<root>/<task>/<split>.txt`` with lines ``images/<split>/x.jpg <label>``."""
+
+    def samples(self, root: Path, spec: Any, split: str) -> list[tuple[Path, int]]:
+        from .vtab import vtab_samples
+
+        return vtab_samples(root, spec.dataset, split, spec.num_classes)
+
+    def layout(self, spec: Any) -> str:
+        return f"<root>/{spec.dataset}/{{train800,val200,train800val200,test}}.txt"
+
+
+class FgvcReader(Reader):
+    """FGVC in VPT's layout: ``<root>/<dataset folder>/{train,val,test}.json`` mapping image to label."""
+
+    def samples(self, root: Path, spec: Any, split: str) -> list[tuple[Path, int]]:
+        from .fgvc import fgvc_samples
+
+        return fgvc_samples(root, spec.dataset, split)
+
+    def layout(self, spec: Any) -> str:
+        from .formats import FGVC_DATASETS
+
+        return f"<root>/{FGVC_DATASETS[spec.dataset][0]}/{{train,val,test}}.json"
+
+
+register_reader("vtab1k", Vtab1kReader)
+register_reader("fgvc", FgvcReader)

@@ -1,0 +1,185 @@
+"""Task kinds: what a kind of task trains, reads and measures.
+
+A :class:`TaskKind` (registered with ``register_task_kind``; plugins through an
+``adaptbench.tasks`` entry point named ``kind.<name>``) supplies
+
+* its LightningModule (``build_module``), a :class:`TaskModule` subclass that says what one
+  forward and the task's loss compute;
+* its data: a Dataset over the samples its format reader lists (``dataset``), plus the
+  description of the preprocessing and augmentation that goes into every record;
+* its torchmetrics ``MetricCollection``, its primary metric and whether higher is better;
+* what its checkpoint must remember about the head (``head_info``).
+
+The runner and ``eval`` dispatch on ``spec.kind`` and never import a kind's code by name.
+``version`` enters the run id of every run of the kind.
+
+:class:`TaskModule` holds what every kind shares, so that no kind can forget it: the
+optimiser sees the adapter's declared tensors and the head and nothing else; AdamW with a
+linear warm-up and cosine decay per step; the adapter's training hooks (``extra_loss`` terms
+added to the loss and logged one by one as ``train_extra_<name>``; ``on_train_start``;
+``on_train_batch_end`` after each optimiser step); a NaN loss stops the run with its step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+
+from ..adapters.hooks import LossContext
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (recorded as the run's error)."""
+
+
+class TaskModule(L.LightningModule):
+    """Frozen backbone + adapter + head, trained on a task's loss plus the adapter's terms.
+
+    Subclasses implement :meth:`forward` (inputs -> outputs) and :meth:`task_loss`.
+    """
+
+    def __init__(self, backbone: nn.Module, adapter, head: nn.Module, metrics: MetricCollection, *,
+                 lr: float, weight_decay: float, warmup_epochs: int, **hparams: Any):
+        super().__init__()
+        # backbone, adapter and head are objects, not hyper-parameters: the run record holds
+        # their names and configs.
+        self.save_hyperparameters(ignore=["backbone", "adapter", "head", "metrics"])
+        self.backbone = backbone
+        self.adapter = adapter
+        self.head = head
+        self.train_metrics = metrics.clone(prefix="train_")
+        self.val_metrics = metrics.clone(prefix="val_")
+        self.test_metrics = metrics.clone(prefix="test_")
+
+    # -- what a kind says ---------------------------------------------------------------------
+    def forward(self, inputs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def task_loss(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        outputs = self(inputs)
+        loss = self.task_loss(outputs, targets)
+        extras = self.adapter.extra_loss(LossContext(inputs, outputs, targets, loss, self.forward, self.global_step))
+        total = loss + sum(extras.values()) if extras else loss
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(
+                f"training loss is {total.item()} at epoch {self.current_epoch}, step {self.global_step}"
+            )
+        size = _batch_size(targets)
+        self.train_metrics.update(outputs.detach(), targets)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=size)
+        for name, term in extras.items():
+            self.log(f"train_extra_{name}", term, on_step=False, on_epoch=True, batch_size=size)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return total
+
+    def on_train_start(self) -> None:
+        self.adapter.on_train_start(int(self.trainer.estimated_stepping_batches))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # Lightning has stepped the optimiser (global_step counts it) and not yet zeroed the
+        # gradients: they are zeroed at the start of the next step (AdaLoRA reads them).
+        self.adapter.on_train_batch_end(self.global_step - 1)
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def _evaluate(self, batch, metrics: MetricCollection, loss_name: str) -> None:
+        inputs, targets = batch
+        outputs = self(inputs)
+        metrics.update(outputs, targets)
+        self.log(loss_name, self.task_loss(outputs, targets), on_step=False, on_epoch=True,
+                 batch_size=_batch_size(targets))
+        self.log_dict(metrics, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.val_metrics, "val_loss")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, self.test_metrics, "test_loss")
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        declared = list(self.adapter.trainable_parameters().values())
+        return declared + list(self.head.parameters())
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.hparams.lr,
+                                      weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = min(total - 1, self.hparams.warmup_epochs * per_epoch)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _batch_size(targets: Any) -> int:
+    return len(targets)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """LR factor per step: linear warm-up to the base rate over ``warmup_steps`` steps (from
+    1/(warmup+1)), then cosine decay to zero at ``total_steps`` (the PETL-on-VTAB recipe)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class TaskKind:
+    """Base of task kinds (see the module docstring). Subclasses set the class attributes and
+    implement :meth:`metrics`, :meth:`build_module` and :meth:`dataset`."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    primary_metric: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    augmentation: ClassVar[str] = "none"
+
+    def metrics(self, spec) -> MetricCollection:
+        raise NotImplementedError
+
+    def build_module(self, backbone, adapter, head: nn.Module, spec, settings: dict[str, Any]) -> TaskModule:
+        """The LightningModule; ``settings`` holds lr, weight_decay, warmup_epochs, label_smoothing, pool."""
+        raise NotImplementedError
+
+    def dataset(self, samples: list, data_config, spec, split: str, train: bool) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def data_description(self, data_config) -> dict[str, Any]:
+        """Preprocessing facts stored in every record."""
+        return {"input_size": list(data_config.input_size), "mean": list(data_config.mean),
+                "std": list(data_config.std), "resize": "no crop", "augmentation": self.augmentation}
+
+    def head_info(self, spec, settings: dict[str, Any], backbone) -> dict[str, Any]:
+        """What an adapter checkpoint must remember to rebuild the head for ``eval``."""
+        return {"task": spec.name, "num_classes": spec.num_classes}
+
+    def check_head_info(self, info: dict[str, Any], spec, checkpoint) -> None:
+        """Refuse a checkpoint whose head cannot serve ``spec`` (one line naming the file)."""
+        from ..errors import AdaptbenchError
+
+        if info.get("num_classes") != spec.num_classes:
+            raise AdaptbenchError(
+                f"adapter checkpoint {checkpoint} has a head for {info.get('num_classes')} classes "
+                f"(task {info.get('task')!r}), but task {spec.name!r} has {spec.num_classes}"
+            )
+
+
+def task_kind(name: str) -> TaskKind:
+    """The registered kind ``name``, instantiated."""
+    from ..registry import TASK_KINDS
+
+    kind = TASK_KINDS.get(name)
+    return kind() if isinstance(kind, type) else kind
