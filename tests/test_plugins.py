@@ -252,3 +252,24 @@ def test_a_plugin_file_cannot_take_a_builtin_name(sandbox, tmp_path):
     )
     line = single_error_line(sandbox.cli("--plugin", str(plugin), "ls", "adapters", plugins=False))
     assert f"plugin file {plugin}:5" in line and "'lora' is already registered (by builtin)" in line
+
+
+def test_an_installed_plugin_adds_a_task_kind_with_its_head_and_task(plugin_site, sandbox, tmp_path):
+    """A new kind (digit value regression, lower is better) runs through `train` with nothing
+    in adaptbench edited: the runner dispatches on the task's kind."""
+    listed = sandbox.cli("ls", "kinds", site=plugin_site)
+    assert listed.returncode == 0 and "digit_value" in listed.stdout and "classification" in listed.stdout
+    out = tmp_path / "results"
+    result = sandbox.cli("train", "--task", "plugin/digit_value", "--head", "scalar", "--adapter", "linear",
+                         "--backbone", "vit_tiny_test", "--batch-size", "250", "--out", str(out), site=plugin_site)
+    assert result.returncode == 0, result.stderr
+    [path] = out.glob("*.json")
+    record = json.loads(path.read_text())
+    info = record["train_info"]
+    assert record["run_info"]["task_info"]["kind"] == "digit_value"
+    assert info["primary_metric"] == "mae" and info["higher_is_better"] is False
+    assert info["metrics"]["test"]["mae"] >= 0 and info["params"]["head"] == EMBED_DIM + 1
+    # without the plugin the kind is unknown, and the error says so in one line
+    result = sandbox.cli("train", "--task", "plugin/digit_value", "--adapter", "linear", "--backbone",
+                         "vit_tiny_test", "--out", str(out), site=plugin_site, plugins=False)
+    assert result.returncode == 2 and "plugin/digit_value" in single_error_line(result)
