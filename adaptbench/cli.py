@@ -246,40 +246,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from .api import run_checked, run_place
     from .config import RunConfig, RunPlaceOptions, RunPolicy
-    from .registry import ADAPTERS, BACKBONES, TASKS
 
     config = _config_from_flags(RunConfig, args, adapter_options=parse_adapter_args(args.adapter_arg))
     policy = _config_from_flags(RunPolicy, args)
     where = _config_from_flags(RunPlaceOptions, args)
-    # Names and data first: a typo or a wrong --data-root must not wait for a backbone.
-    ADAPTERS.require(config.adapter)
-    TASKS.require(config.task)
-    BACKBONES.require(config.backbone)
-    from .runner.train import RunPlace, check_environment, check_splits, is_not_applicable, quiet_lightning, run
-
-    check_splits(config, where.data_root)
-    from .adapters import adapter_class
-
-    adapter_class(config.adapter).config_class.from_dict(config.adapter_options, adapter=config.adapter)
-    quiet_lightning()
-    check_environment(where.accelerator, config.precision)
-    place = RunPlace(out_dir=Path(where.out), data_root=where.data_root, accelerator=where.accelerator,
-                     num_workers=where.num_workers, progress=where.progress, save_adapter=where.save_adapter,
-                     policy=policy)
-    try:
-        result = run(config, place)
-    except AdaptbenchError as err:
-        if not is_not_applicable(err):
-            raise
-        from .runner.train import cell_id, record_path_for
-
-        # not a failure but still no result: say so, and where the n/a record is
-        raise AdaptbenchError(f"{err.message}; recorded as n/a in "
-                              f"{record_path_for(place.out_dir, cell_id(config))}") from err
-    print_run_summary(result)
+    print_run_summary(run_checked(config, run_place(where, policy)))
     return 0
 
 
@@ -330,40 +303,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rich.console import Console
 
-    from .runner.matrix import MatrixOptions, MatrixRun, dry_run_table
-    from .runner.spec import load_spec
-    from .runner.train import quiet_lightning
-    from .runner.validate import problems, validate_spec
+    from .api import MatrixProblems, check_matrix, plan_matrix
+    from .runner.matrix import dry_run_table
 
     if args.workers < 1:
         raise AdaptbenchError(f"--workers {args.workers}: expected an integer >= 1")
-    spec = load_spec(args.spec)
-    options = MatrixOptions(out=Path(args.out) if args.out else None, data_root=args.data_root,
-                            workers=args.workers, retry_failed=args.retry_failed,
-                            accelerator=args.accelerator, plugin_files=tuple(args.plugin),
-                            leaderboard=not args.no_leaderboard)
     console = Console() if sys.stdout.isatty() else Console(width=160)  # logs: wide enough for the tables
-    matrix = MatrixRun(spec, options, console=console)
+    matrix = plan_matrix(args.spec, out=args.out, data_root=args.data_root, workers=args.workers,
+                         retry_failed=args.retry_failed, accelerator=args.accelerator,
+                         leaderboard=not args.no_leaderboard, plugin_files=args.plugin, console=console)
     if args.dry_run:
         console.print(dry_run_table(matrix))
         return 0
-    found = problems(validate_spec(spec, args.data_root, matrix.capabilities))  # anatomies built once
-    if found:  # every problem on its own line, then the usual one-line error
-        for problem in found[:-1]:
-            print(f"adaptbench: error: {args.spec}: {problem}", file=sys.stderr)
-        raise AdaptbenchError(f"{args.spec}: {found[-1]}")
-    from .runner.train import check_environment
-
-    quiet_lightning()
-    for precision in spec_precisions(spec):  # before any cell: a machine problem poisons no record
-        check_environment(args.accelerator, precision)
+    try:
+        check_matrix(matrix, args.spec)
+    except MatrixProblems as err:  # every problem on its own line, then the usual one-line error
+        for problem in err.problems[:-1]:
+            print(f"adaptbench: error: {problem}", file=sys.stderr)
+        raise AdaptbenchError(err.problems[-1]) from None
     summary = matrix.run()
     console.print(
-        f"{spec.name}: {summary.cells} cells | {summary.succeeded} succeeded, {summary.failed} failed, "
+        f"{matrix.spec.name}: {summary.cells} cells | {summary.succeeded} succeeded, {summary.failed} failed, "
         f"{summary.not_applicable} n/a | {summary.ran} run now, {summary.skipped} found done | "
         f"{summary.wall_time_s:.0f} s | records in {matrix.out}"
     )
@@ -407,16 +369,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         judged = [check for check in checks if not check.not_applicable]
         raise AdaptbenchError(f"{args.spec}: {len(found)} of {len(judged)} checks failed; the first: {found[0]}")
     return 0
-
-
-def spec_precisions(spec) -> list[str]:
-    """Every precision a spec's cells can run under (its train, each adapter's, each grid's)."""
-    default = "32-true"
-    found = {spec.train.get("precision", default)}
-    for entry in spec.adapters:
-        found.add(entry.train.get("precision", spec.train.get("precision", default)))
-        found.update(entry.grid.get("precision", []))
-    return sorted(found)
 
 
 def print_run_summary(result) -> None:

@@ -76,6 +76,31 @@ def test_cell_id_is_the_run_id_of_the_resolved_config(tmp_path):
     assert cell_id(config) != cell_id(RunConfig(task="micro/digits", backbone="vit_tiny_test", adapter="lora", epochs=3))
 
 
+def test_a_bumped_code_version_gives_new_cell_ids_so_resume_runs_them_again(tmp_path, monkeypatch):
+    """Changing a method's maths (its ``version``) must not let old records stand for the new code."""
+    from adaptbench.adapters import adapter_class
+    from adaptbench.tasks.kinds import TaskKind
+
+    spec = load_spec(write(tmp_path / "demo.yaml", BASIC))
+    cells = [cell for group in search_groups(spec) for cell in group.final_cells({})]
+    before = {cell.cell_id for cell in cells}
+    lora = adapter_class("lora")
+    monkeypatch.setattr(lora, "version", lora.version + 1)
+    after_adapter = {cell.cell_id for cell in cells}
+    changed = {cell.cell_id for cell in cells if cell.config.adapter == "lora"}
+    assert changed.isdisjoint(before) and len(before & after_adapter) == len(cells) - len(changed)
+    monkeypatch.setattr(TaskKind, "version", TaskKind.version + 1)  # every kind's
+    assert {cell.cell_id for cell in cells}.isdisjoint(before | after_adapter)
+
+
+def test_the_policy_is_recorded_but_not_part_of_the_cell_id(tmp_path):
+    spec = load_spec(write(tmp_path / "demo.yaml", BASIC + "    policy: {deterministic: false, validation: every_epoch}\n"))
+    plain = load_spec(write(tmp_path / "plain.yaml", BASIC))
+    assert spec.policy.validation == "every_epoch" and not spec.policy.deterministic
+    ids = [cell.cell_id for group in search_groups(spec) for cell in group.tune_cells()]
+    assert ids == [cell.cell_id for group in search_groups(plain) for cell in group.tune_cells()]
+
+
 def test_include_merges_mappings_and_replaces_lists(tmp_path):
     write(tmp_path / "base.yaml", """
         backbones: [vit_tiny_test]

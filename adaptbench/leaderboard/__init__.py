@@ -62,6 +62,9 @@ Aggregation uses pandas, plots matplotlib (Agg), the terminal view rich. ``load_
 
 from __future__ import annotations
 
+import sys
+import types
+
 from .aggregate import Leaderboard, build_leaderboards, row_labels
 from .records import load_records, records_frame
 from .render import (
@@ -88,3 +91,17 @@ __all__ = [
     "row_labels",
     "write_leaderboards",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """This subpackage's module class: ``adaptbench.leaderboard(records, format="md")`` is the
+    Python API's leaderboard (:func:`adaptbench.api.make_leaderboard`), and the module stays a
+    module for ``from adaptbench.leaderboard import build_leaderboards``."""
+
+    def __call__(self, records, format: str = "md") -> str:  # noqa: A002 - the CLI's --format
+        from ..api import make_leaderboard
+
+        return make_leaderboard(records, format=format)
+
+
+sys.modules[__name__].__class__ = _CallableModule

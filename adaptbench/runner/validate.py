@@ -145,3 +145,13 @@ def _task_detail(task: str, data_root: str | None, tuned: bool) -> str:
         splits.extend(split for split in (plan.train_split, plan.eval_split) if split not in splits)
     sizes = {split: len(task_samples(spec, split, data_root)) for split in splits}
     return ", ".join(f"{split} {size}" for split, size in sizes.items())
+
+
+def spec_precisions(spec) -> list[str]:
+    """Every precision a spec's cells can run under (its train, each adapter's, each grid's)."""
+    default = "32-true"
+    found = {spec.train.get("precision", default)}
+    for entry in spec.adapters:
+        found.add(entry.train.get("precision", spec.train.get("precision", default)))
+        found.update(entry.grid.get("precision", []))
+    return sorted(found)
