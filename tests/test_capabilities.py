@@ -196,7 +196,6 @@ class SucceedingExecutor:
         self.ran: list[tuple[str, str]] = []
 
     def run(self, jobs, on_event):
-        from adaptbench.registry import TASKS
         from adaptbench.runner.jobs import CellOutcome
 
         for job in jobs:

@@ -185,7 +185,6 @@ def test_errors_in_an_included_file_point_at_that_file(tmp_path):
 
 
 def _tune_record(out: Path, cell, score: float | None) -> None:
-    from adaptbench.registry import TASKS
 
     record = start_record(cell.config, cell.annotations)
     if score is None:

@@ -33,15 +33,13 @@ their types there (one definition for the spec, ``adaptbench train`` and the rec
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import TRAIN_FIELDS, BackboneOptions, ConfigError, RunConfig, RunPolicy, check_model, check_value
 from ..errors import AdaptbenchError, did_you_mean
+from ..yaml_files import Where, read_with_includes
 
 TOP_LEVEL_KEYS = ("name", "description", "include", "backbones", "tasks", "adapters", "seeds",
                   "train", "policy", "grid", "data_root", "out", "leaderboard")
@@ -103,112 +101,12 @@ class MatrixSpec:
 def load_spec(path: str | Path) -> MatrixSpec:
     """Read, merge, check and resolve a spec file (see the module docstring)."""
     path = Path(path)
-    raw, sources = _read_with_includes(path, chain=())
-    return _resolve(raw, _Where(path, sources))
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise AdaptbenchError(f"spec file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise AdaptbenchError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise AdaptbenchError(f"{path}: expected a mapping of keys (backbones, adapters, tasks, ...), "
-                              f"got a {type(data).__name__}")
-    return data
-
-
-def _read_with_includes(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], list[Path]]:
-    """The file's keys merged over its includes'; ``sources`` lists the files, this one first."""
-    resolved = path.resolve()
-    if resolved in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, resolved))
-        raise AdaptbenchError(f"{path}: include cycle {cycle}")
-    data = _read_yaml(path)
-    includes = data.pop("include", None) or []
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise AdaptbenchError(f"{path}: include: expected a file name or a list of file names")
-    merged: dict[str, Any] = {}
-    sources = [path]
-    for include in includes:
-        included, included_sources = _read_with_includes(path.parent / include, (*chain, resolved))
-        merged = _deep_merge(merged, included)
-        sources.extend(included_sources)
-    return _deep_merge(merged, data), sources
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-class _Where:
-    """Turns a key path into ``file:line: key.path`` for error messages."""
-
-    def __init__(self, path: Path, sources: list[Path]):
-        self.path = path
-        self.sources = sources
-
-    def error(self, keys: tuple[Any, ...], message: str) -> AdaptbenchError:
-        return AdaptbenchError(f"{self._location(keys)}: {_key_text(keys)}: {message}")
-
-    def _location(self, keys: tuple[Any, ...]) -> str:
-        # The including file wins a merge, so look there first, then in the includes.
-        for source in self.sources:
-            line = _line_of(source, keys)
-            if line is not None:
-                return f"{source}:{line}"
-        return str(self.path)
-
-
-def _key_text(keys: tuple[Any, ...]) -> str:
-    text = ""
-    for key in keys:
-        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
-    return text or "(top level)"
-
-
-def _line_of(path: Path, keys: tuple[Any, ...]) -> int | None:
-    """The 1-based line where ``keys`` is written in a YAML file (or as deep as it goes), or None.
-
-    A short form stops the walk early: ``adapters: [lora]`` has no ``name`` key under
-    ``adapters[0]``, so an error about ``adapters[0].name`` points at ``lora``'s line.
-    """
-    try:
-        node = yaml.compose(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    mark = None
-    for key in keys:
-        if isinstance(node, yaml.MappingNode):
-            matches = [(k, v) for k, v in node.value if k.value == str(key)]
-            if not matches:
-                break
-            key_node, node = matches[-1]
-            mark = key_node.start_mark
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            mark = node.start_mark
-        else:
-            break
-    return None if mark is None else mark.line + 1
+    raw, sources = read_with_includes(path, chain=())
+    return _resolve(raw, Where(path, sources))
 
 
 # -- checking and resolving ----------------------------------------------------------------
-def _resolve(raw: dict[str, Any], where: _Where) -> MatrixSpec:
+def _resolve(raw: dict[str, Any], where: Where) -> MatrixSpec:
     for key in raw:
         if key in TRAIN_FIELDS:  # a trainer setting written at the top level
             raise where.error((key,), f"unknown key; trainer settings go under train: (train: {{{key}: ...}})")
@@ -251,14 +149,14 @@ def _resolve(raw: dict[str, Any], where: _Where) -> MatrixSpec:
     )
 
 
-def _check_known_keys(mapping: dict[str, Any], known: tuple[str, ...], keys: tuple[Any, ...], where: _Where) -> None:
+def _check_known_keys(mapping: dict[str, Any], known: tuple[str, ...], keys: tuple[Any, ...], where: Where) -> None:
     for key in mapping:
         if key not in known:
             raise where.error((*keys, key), f"unknown key{did_you_mean(str(key), known)}; expected one of "
                                             f"{', '.join(known)}")
 
 
-def _list(raw: dict[str, Any], key: str, where: _Where) -> list[Any]:
+def _list(raw: dict[str, Any], key: str, where: Where) -> list[Any]:
     value = raw[key]
     if isinstance(value, (str, dict)):
         value = [value]
@@ -267,7 +165,7 @@ def _list(raw: dict[str, Any], key: str, where: _Where) -> list[Any]:
     return value
 
 
-def _check_train(train: Any, keys: tuple[Any, ...], where: _Where) -> dict[str, Any]:
+def _check_train(train: Any, keys: tuple[Any, ...], where: Where) -> dict[str, Any]:
     """Trainer settings: the ``TRAIN_FIELDS`` of the run config, each checked by its type."""
     if not isinstance(train, dict):
         raise where.error(keys, f"expected a mapping of trainer settings, got {train!r}")
@@ -277,14 +175,14 @@ def _check_train(train: Any, keys: tuple[Any, ...], where: _Where) -> dict[str, 
     return dict(train)
 
 
-def _check_field(model, key: str, value: Any, keys: tuple[Any, ...], where: _Where) -> None:
+def _check_field(model, key: str, value: Any, keys: tuple[Any, ...], where: Where) -> None:
     try:
         check_value(model, key, value)
     except ValueError as err:
         raise where.error(keys, str(err)) from None
 
 
-def _check_section(model, values: Any, keys: tuple[Any, ...], where: _Where):
+def _check_section(model, values: Any, keys: tuple[Any, ...], where: Where):
     """A mapping checked as ``model`` (the policy, backbone options), errors at their key."""
     if not isinstance(values, dict):
         raise where.error(keys, f"expected a mapping of {', '.join(model.model_fields)}, got {values!r}")
@@ -294,7 +192,7 @@ def _check_section(model, values: Any, keys: tuple[Any, ...], where: _Where):
         raise where.error((*keys, *err.keys), err.problem) from None
 
 
-def _check_grid(grid: Any, keys: tuple[Any, ...], where: _Where) -> dict[str, list[Any]]:
+def _check_grid(grid: Any, keys: tuple[Any, ...], where: Where) -> dict[str, list[Any]]:
     """A grid maps trainer keys (lr, ...) or ``options.<adapter option>`` to lists of values."""
     if not isinstance(grid, dict):
         raise where.error(keys, f"expected a mapping of key: [values], got {grid!r}")
@@ -315,7 +213,7 @@ def _check_grid(grid: Any, keys: tuple[Any, ...], where: _Where) -> dict[str, li
 
 
 def _check_adapter_options(name: str, options: dict[str, Any], grid: dict[str, list[Any]],
-                           grid_keys: tuple[Any, ...], keys: tuple[Any, ...], where: _Where) -> None:
+                           grid_keys: tuple[Any, ...], keys: tuple[Any, ...], where: Where) -> None:
     """Every option (written, or searched by the grid) is one the adapter has, with a value its
     config accepts; the error points at the line where the option or grid key is written."""
     from ..adapters import adapter_class
@@ -336,7 +234,7 @@ def _check_adapter_options(name: str, options: dict[str, Any], grid: dict[str, l
                 raise where.error(at, err.message) from None
 
 
-def _adapter_entry(item: Any, index: int, global_grid: dict[str, list[Any]], where: _Where) -> AdapterEntry:
+def _adapter_entry(item: Any, index: int, global_grid: dict[str, list[Any]], where: Where) -> AdapterEntry:
     from ..registry import ADAPTERS
 
     keys: tuple[Any, ...] = ("adapters", index)
@@ -362,7 +260,7 @@ def _adapter_entry(item: Any, index: int, global_grid: dict[str, list[Any]], whe
                         _check_train(item.get("train") or {}, (*keys, "train"), where), grid)
 
 
-def _check_unique_labels(adapters: tuple[AdapterEntry, ...], where: _Where) -> None:
+def _check_unique_labels(adapters: tuple[AdapterEntry, ...], where: Where) -> None:
     """Labels name rows, and cells are named by their config: both must be unique."""
     labels: dict[str, int] = {}
     configs: dict[str, int] = {}
@@ -380,7 +278,7 @@ def _check_unique_labels(adapters: tuple[AdapterEntry, ...], where: _Where) -> N
         configs[config] = index
 
 
-def _backbone_entry(item: Any, index: int, where: _Where) -> BackboneEntry:
+def _backbone_entry(item: Any, index: int, where: Where) -> BackboneEntry:
     from ..registry import BACKBONES
 
     keys: tuple[Any, ...] = ("backbones", index)
@@ -404,7 +302,7 @@ def _backbone_entry(item: Any, index: int, where: _Where) -> BackboneEntry:
 
 
 def _check_combinations(train: dict[str, Any], entry: AdapterEntry, index: int,
-                        global_grid: dict[str, list[Any]], where: _Where) -> None:
+                        global_grid: dict[str, list[Any]], where: Where) -> None:
     """Rules across settings (warm-up within the epochs) at every grid point, reported where
     the value that breaks them is written."""
     for point in entry.grid_points():
@@ -422,7 +320,7 @@ def _check_combinations(train: dict[str, Any], entry: AdapterEntry, index: int,
 
 
 
-def _expand_tasks(items: list[Any], where: _Where) -> tuple[str, ...]:
+def _expand_tasks(items: list[Any], where: Where) -> tuple[str, ...]:
     from ..registry import TASKS
 
     from ..tasks.catalog import task_groups
@@ -443,7 +341,7 @@ def _expand_tasks(items: list[Any], where: _Where) -> tuple[str, ...]:
     return tuple(tasks)
 
 
-def _check_seeds(seeds: Any, where: _Where) -> tuple[int, ...]:
+def _check_seeds(seeds: Any, where: Where) -> tuple[int, ...]:
     if _positive_int(seeds):
         return tuple(range(seeds))
     if (not isinstance(seeds, list) or not seeds
@@ -452,7 +350,7 @@ def _check_seeds(seeds: Any, where: _Where) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def _check_leaderboard(leaderboard: Any, where: _Where) -> dict[str, Any]:
+def _check_leaderboard(leaderboard: Any, where: Where) -> dict[str, Any]:
     if not isinstance(leaderboard, dict):
         raise where.error(("leaderboard",), f"expected a mapping (out, name, formats), got {leaderboard!r}")
     _check_known_keys(leaderboard, LEADERBOARD_KEYS, ("leaderboard",), where)
