@@ -109,7 +109,6 @@ def run_checked(config: RunConfig, place: RunPlace) -> RunResult:
     n/a adapter raises AdaptbenchError saying where its n/a record is.
     """
     from .registry import ADAPTERS, BACKBONES, TASKS
-
     from .runner.train import check_environment, check_splits, is_not_applicable, quiet_lightning, run
 
     ADAPTERS.require(config.adapter)
@@ -119,6 +118,9 @@ def run_checked(config: RunConfig, place: RunPlace) -> RunResult:
     from .adapters import adapter_class
 
     adapter_class(config.adapter).config_class.from_dict(config.adapter_options, adapter=config.adapter)
+    from .backbones import check_backbone_weights
+
+    check_backbone_weights(config.backbone, config.weights)  # where the weights come from, before Lightning
     quiet_lightning()
     check_environment(place.accelerator, config.precision)
     try:

@@ -108,10 +108,10 @@ def test_image_list_dataset_pickles_for_loader_workers(tmp_path):
 ])
 def test_vtab_bad_lines_name_file_line_and_value(tmp_path, line, fragment):
     split_file = vtab_task(tmp_path) / "train800.txt"
-    split_file.write_text("images/train800/000001.jpg 1\n\n" + line + "\n")
+    split_file.write_text("images/train800/000001.jpg 1\nimages/train800/000002.jpg 2\n" + line + "\n")
     with raises_one_line(fragment) as err:
         read_split_file(split_file, 47)
-    assert str(err.value).startswith(f"{split_file}:3: ")  # 1-based, blank lines counted
+    assert str(err.value).startswith(f"{split_file}:3: ")  # 1-based
 
 
 def test_vtab_without_a_class_count_accepts_any_label(tmp_path):
@@ -142,7 +142,7 @@ def test_vtab_missing_images_are_named_with_their_count_and_split_file(tmp_path)
     for name in ("000000.jpg", "000001.jpg"):
         (folder / "images/train800" / name).unlink()
     expected = (f"image {folder / 'images/train800/000000.jpg'} listed in {folder / 'train800.txt'} "
-                r"does not exist \(2 of the 3 listed images are missing\)")
+                rf"does not exist \({folder / 'train800.txt'}:1; 2 of the 3 listed images are missing\)")
     with raises_one_line(expected):
         vtab_samples(tmp_path, "dtd", "train800", 47)
 
@@ -270,7 +270,8 @@ def test_fgvc_missing_image_and_bad_names(tmp_path):
     folder = fgvc_dataset(tmp_path)
     os.remove(folder / "images/b/4.jpg")
     listed_in = rf"{folder / 'train.json'} \+ {folder / 'val.json'}"
-    with raises_one_line(rf"image {folder / 'images/b/4.jpg'} listed in {listed_in} does not exist"):
+    with raises_one_line(rf"image {folder / 'images/b/4.jpg'} listed in {listed_in} does not exist "
+                         rf"\({folder / 'val.json'}, key 'b/4.jpg'; 1 of the 5"):
         fgvc_samples(tmp_path, "cub", "trainval")
     with raises_one_line("unknown FGVC dataset 'cubb' \\(did you mean 'cub'\\?\\)"):
         fgvc_samples(tmp_path, "cubb", "train")

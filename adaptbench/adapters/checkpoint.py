@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import AdaptbenchError
-from ..files import atomic_path
+from ..files import NotSafetensors, atomic_path, safetensors_header, safetensors_metadata
 from .base import Adapter  # base imports nothing from here: no cycle
 
 FORMAT = "adaptbench.adapter"
@@ -100,24 +100,63 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, head: nn.Module | No
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of an adapter checkpoint; bad files raise one clear line."""
+    """(metadata, tensors) of an adapter checkpoint; a bad file is one line naming it.
+
+    The header is checked before any tensor is read (:func:`adaptbench.files.safetensors_header`),
+    so a git-lfs pointer, an empty, truncated or pickled file, or another safetensors file is
+    named as such, and so is missing or malformed adaptbench metadata.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise AdaptbenchError(f"adapter checkpoint {path} is a directory; expected an .adapter.safetensors "
+                              f"file written by adaptbench train")
     if not path.is_file():
         raise AdaptbenchError(f"adapter checkpoint {path} does not exist")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise AdaptbenchError(f"adapter checkpoint {path} is not a readable safetensors file: {err}") from None
+        header = safetensors_header(path)
+    except NotSafetensors as err:
+        hint = err.hint
+        if "torch.save" in err.reason:  # adapters are never pickled: a pickle is someone else's file
+            hint = "expected an .adapter.safetensors file written by adaptbench train"
+        raise AdaptbenchError(f"adapter checkpoint {path}: "
+                              f"{NotSafetensors(err.reason, err.lfs_pointer, hint).describe()}") from None
+    except OSError as err:
+        raise AdaptbenchError(f"adapter checkpoint {path} cannot be read: {err.strerror or err}") from None
+    metadata = safetensors_metadata(header)
     if metadata.get("format") != FORMAT:
         raise AdaptbenchError(
-            f"{path} is not an adaptbench adapter checkpoint (metadata 'format' is "
-            f"{metadata.get('format')!r}, expected {FORMAT!r})"
+            f"adapter checkpoint {path}: not an adaptbench adapter checkpoint (metadata 'format' is "
+            f"{metadata.get('format')!r}, expected {FORMAT!r}); expected a file written by adaptbench train"
         )
+    _check_metadata(metadata, path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise AdaptbenchError(f"adapter checkpoint {path} is not a readable safetensors file: {reason}") from None
     return metadata, tensors
+
+
+def _check_metadata(metadata: dict[str, str], path: Path) -> None:
+    """The metadata :func:`load_adapter` and evaluation read, present and well formed."""
+    where = f"adapter checkpoint {path}"
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise AdaptbenchError(f"{where} has format_version {metadata.get('format_version')!r}; this adaptbench "
+                              f"reads version {FORMAT_VERSION!r} (written by adaptbench "
+                              f"{metadata.get('adaptbench_version', '?')})")
+    for key in ("adapter", "adapter_config", "backbone", "backbone_weights"):
+        if not metadata.get(key):
+            raise AdaptbenchError(f"{where} lacks metadata {key!r}; expected a file written by adaptbench train")
+    for key in ("adapter_config", "head"):  # head: only with a head, in the form its task kind wrote
+        if key not in metadata:
+            continue
+        try:
+            value = json.loads(metadata[key])
+        except json.JSONDecodeError as err:
+            raise AdaptbenchError(f"{where}: metadata {key!r} is not valid JSON ({err.msg}, column {err.colno}); "
+                                  f"expected a JSON object") from None
+        if not isinstance(value, dict):
+            raise AdaptbenchError(f"{where}: metadata {key!r} is a JSON {type(value).__name__}; expected an object")
 
 
 def check_backbone(metadata: dict[str, str], backbone, path: str | os.PathLike) -> None:
@@ -137,7 +176,10 @@ def load_adapter(backbone, path: str | os.PathLike) -> tuple[Adapter, dict[str, 
 
     metadata, tensors = read_checkpoint(path)
     check_backbone(metadata, backbone, path)
-    adapter = build_adapter(metadata["adapter"], backbone, json.loads(metadata["adapter_config"]))
+    try:
+        adapter = build_adapter(metadata["adapter"], backbone, json.loads(metadata["adapter_config"]))
+    except AdaptbenchError as err:  # an adapter or option this installation does not know
+        raise AdaptbenchError(f"adapter checkpoint {path}: {err.message}") from None
     own = {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
     adapter.load_state_tensors(own, source=str(path))
     head_state = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}

@@ -210,7 +210,8 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise AdaptbenchError(f"weights file {path}: not a readable safetensors file ({_first_line(err)})") from None
+            raise AdaptbenchError(f"weights file {path}: not a readable safetensors file "
+                                  f"({_first_line(err)})") from None
     return state_dict_of(read_torch_file(path), path)  # .pth, .pt, .bin, or what torch.save wrote
 
 
@@ -231,7 +232,8 @@ def _check_is_file(path: Path) -> None:
         raise AdaptbenchError(f"weights file {path}: not {_expected(path)} (the file is empty); "
                               f"an interrupted download? fetch the real file")
     if head.startswith(GIT_LFS_POINTER):
-        raise AdaptbenchError(f"weights file {path}: not {_expected(path)} ({lfs_pointer_reason(head, path.stat().st_size)}); "
+        reason = lfs_pointer_reason(head, path.stat().st_size)
+        raise AdaptbenchError(f"weights file {path}: not {_expected(path)} ({reason}); "
                               f"fetch the real file (`git lfs pull`)")
 
 
@@ -280,7 +282,8 @@ def read_torch_file(path: str | os.PathLike, mmap: bool = False) -> Any:
         if wanted:
             raise AdaptbenchError(f"weights file {path}: refused: its pickle imports {wanted} (only tensors "
                                   f"are loaded; convert it to safetensors)") from None
-        raise AdaptbenchError(f"weights file {path}: not a readable PyTorch checkpoint ({_torch_reason(err)})") from None
+        raise AdaptbenchError(f"weights file {path}: not a readable PyTorch checkpoint "
+                              f"({_torch_reason(err)})") from None
     except Exception as err:  # noqa: BLE001 - a damaged file raises anything from zip, pickle or torch
         if "TorchScript" in str(err):
             raise AdaptbenchError(f"weights file {path}: refused: it is a TorchScript archive (torch.jit.save), "
@@ -377,19 +380,20 @@ def _check_npz(path: Path) -> None:
 
 
 @contextmanager
-def loading_weights_file(path: Path | None, model_name: str) -> Iterator[None]:
+def loading_weights_file(path: Path | None, model_name: str, display_name: str | None = None) -> Iterator[None]:
     """Around ``timm.create_model``: what goes wrong while timm reads or applies ``path`` is
     one line naming the file (and the first offending key), and so are keys timm could not
     fill from it or did not use, which timm itself only logs."""
     if path is None:
         yield
         return
-    logged = _TimmKeyLog()
+    model = (f"backbone {display_name!r} (timm model {model_name})" if display_name and display_name != model_name
+             else f"timm model {model_name!r}")
     logger = logging.getLogger("timm.models._builder")
     level = logger.level
-    logger.addHandler(logged)
-    if not logger.isEnabledFor(logging.INFO):
-        logger.setLevel(logging.INFO)
+    logged = _TimmKeyLog(logger.getEffectiveLevel())
+    logger.addFilter(logged)
+    logger.setLevel(logging.INFO)  # timm logs missing keys at INFO; the filter drops what was off
     try:
         yield
     except AdaptbenchError:
@@ -397,33 +401,36 @@ def loading_weights_file(path: Path | None, model_name: str) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - checked: only errors raised while loading weights
         if not _raised_while_loading(err):
             raise
-        raise AdaptbenchError(f"weights file {path} does not fit timm model {model_name!r}: "
-                              f"{_mismatch(err)}") from None
+        raise AdaptbenchError(f"weights file {path} does not fit {model}: {_mismatch(err)}") from None
     finally:
-        logger.removeHandler(logged)
+        logger.removeFilter(logged)
         logger.setLevel(level)
     for kind, keys in logged.keys.items():
         if keys:
             count = f"{len(keys)} tensor{'s' if len(keys) > 1 else ''}"
             what = (f"the file lacks {count} of the model's" if kind == "missing"
                     else f"the file holds {count} the model does not have")
-            raise AdaptbenchError(f"weights file {path} does not fit timm model {model_name!r}: {what} "
-                                  f"(first: {keys[0]}); expected the state dict of this model")
+            raise AdaptbenchError(f"weights file {path} does not fit {model}: {what} (first: {keys[0]}); "
+                                  f"expected the state dict of this model")
 
 
-class _TimmKeyLog(logging.Handler):
-    """Collects the keys timm's ``load_pretrained`` logs as missing or unexpected."""
+class _TimmKeyLog(logging.Filter):
+    """Collects (and drops) the keys timm's ``load_pretrained`` logs as missing or unexpected,
+    and lets through only the other records the logger would have emitted at ``level``."""
 
     _PATTERN = re.compile(r"^(Missing|Unexpected) keys \((.*?)\) (?:discovered|found)")
 
-    def __init__(self):
-        super().__init__(logging.INFO)
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
         self.keys: dict[str, list[str]] = {"missing": [], "unexpected": []}
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
         found = self._PATTERN.match(record.getMessage())
-        if found:
+        if found:  # raised as the error instead (a warning too would make two lines)
             self.keys[found.group(1).lower()] += [key.strip() for key in found.group(2).split(",") if key.strip()]
+            return False
+        return record.levelno >= self.level
 
 
 _LOADING_FRAMES = {"load_pretrained", "load_state_dict", "_load_weights", "load_checkpoint", "_torch_load",

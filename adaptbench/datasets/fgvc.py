@@ -8,6 +8,10 @@ ids found in ``train.json`` (the training split holds every class, so val and te
 same mapping; an id that only val or test knows is an error). ``trainval`` is train.json
 followed by val.json.
 
+An annotation file is read strictly, every problem one line naming the file (and the key):
+UTF-8 JSON, an object with at least one image, each image path non-empty and listed once,
+each class id a non-negative integer.
+
 The folder names, image sub-folders, class counts and split names (``FGVC_DATASETS``,
 ``FGVC_SPLITS``) live in ``formats.py``, plain data that ``adaptbench ls`` reads without
 torch; they are re-exported here.
@@ -20,33 +24,65 @@ from pathlib import Path
 
 from ..errors import AdaptbenchError, did_you_mean
 from .formats import FGVC_DATASETS, FGVC_SPLITS
-from .images import Sample, check_images_exist
+from .images import Sample, check_images_exist, read_text_file, shorten
 
 __all__ = ["FGVC_DATASETS", "FGVC_SPLITS", "fgvc_samples", "read_annotations"]
 
 LAYOUT = '<root>/<dataset folder>/{train,val,test}.json, each {"<image path>": <class id>}'
+OBJECT = '{"<image path>": <class id>, ...}'
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    # json.loads keeps the last of two equal keys silently: an image listed twice
+    found = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key)
+        found[key] = value
+    return found
 
 
 def read_annotations(path: Path) -> dict[str, int]:
     """One annotation file as {image path: class id}, with errors that name the file."""
     path = Path(path)
-    if not path.is_file():
-        raise AdaptbenchError(f"annotation file {path} does not exist; expected the FGVC layout {LAYOUT}")
+    text = read_text_file(path, "annotation file", f"the FGVC layout {LAYOUT}")
+    if not text.strip():
+        raise AdaptbenchError(f"annotation file {path} is empty; expected a JSON object {OBJECT}")
     try:
-        annotations = json.loads(path.read_text(encoding="utf-8"))
+        annotations = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as err:
         raise AdaptbenchError(
-            f"{path}:{err.lineno}: invalid JSON ({err.msg}, column {err.colno}); "
-            f'expected a JSON object {{"<image path>": <class id>}}'
+            f"{path}:{err.lineno}: invalid JSON ({err.msg.removesuffix(' at')}, column {err.colno}); "
+            f"expected a JSON object {OBJECT}"
         ) from None
+    except _DuplicateKey as err:
+        raise AdaptbenchError(f"{path}: image {shorten(err.key)} is listed twice; expected each image once") from None
     if not isinstance(annotations, dict):
         raise AdaptbenchError(
-            f"{path}: holds a JSON {type(annotations).__name__}; expected an object {{\"<image path>\": <class id>}}"
+            f"{path}: holds a JSON {_json_type(annotations)}; expected an object {OBJECT}"
         )
+    if not annotations:
+        raise AdaptbenchError(f"{path}: holds an empty JSON object (no images); expected an object {OBJECT} "
+                              f"with at least one image")
     for image, class_id in annotations.items():
+        if not image.strip():
+            raise AdaptbenchError(f"{path}: image path {image!r} is empty; expected {OBJECT}")
         if not isinstance(class_id, int) or isinstance(class_id, bool):  # bool is an int subclass
-            raise AdaptbenchError(f"{path}: class id of {image!r} is {class_id!r}; expected an integer")
+            raise AdaptbenchError(f"{path}: class id of {shorten(image)} is {shorten(class_id)}; expected an integer")
+        if class_id < 0:
+            raise AdaptbenchError(f"{path}: class id of {shorten(image)} is {class_id}; expected an integer >= 0")
     return annotations
+
+
+def _json_type(value: object) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def fgvc_samples(root: Path, dataset: str, split: str) -> list[Sample]:
@@ -59,10 +95,12 @@ def fgvc_samples(root: Path, dataset: str, split: str) -> list[Sample]:
     folder = Path(root) / folder_name
     contiguous = _contiguous_ids(folder / "train.json", num_classes)
     files = ["train.json", "val.json"] if split == "trainval" else [f"{split}.json"]
-    samples = []
+    samples, where = [], []
     for name in files:
-        samples += _labelled(folder / name, folder / image_folder, contiguous)
-    check_images_exist(samples, " + ".join(str(folder / name) for name in files))
+        labelled = _labelled(folder / name, folder / image_folder, contiguous)
+        samples += [sample for sample, _ in labelled]
+        where += [f"{folder / name}, key {shorten(image)}" for _, image in labelled]
+    check_images_exist(samples, " + ".join(str(folder / name) for name in files), where=where)
     return samples
 
 
@@ -77,7 +115,8 @@ def _contiguous_ids(train_file: Path, num_classes: int) -> dict[int, int]:
     return {class_id: index for index, class_id in enumerate(class_ids)}
 
 
-def _labelled(path: Path, image_root: Path, contiguous: dict[int, int]) -> list[Sample]:
+def _labelled(path: Path, image_root: Path, contiguous: dict[int, int]) -> list[tuple[Sample, str]]:
+    """((image path, contiguous label), the key that listed it) for every entry of ``path``."""
     samples = []
     for image, class_id in read_annotations(path).items():
         if class_id not in contiguous:
@@ -85,5 +124,5 @@ def _labelled(path: Path, image_root: Path, contiguous: dict[int, int]) -> list[
                 f"{path}: class id {class_id} of {image!r} does not occur in "
                 f"{path.parent / 'train.json'}; expected one of the ids train.json uses"
             )
-        samples.append((image_root / image, contiguous[class_id]))
+        samples.append(((image_root / image, contiguous[class_id]), image))
     return samples

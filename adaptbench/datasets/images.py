@@ -9,6 +9,7 @@ can only be found when an image is read, so ``__getitem__`` turns them into one-
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 from PIL import Image
@@ -41,6 +42,13 @@ class ImageListDataset(Dataset):
         return image, label
 
 
+#: What PIL raises for a damaged file: undecodable data as UnidentifiedImageError (an
+#: OSError), truncated data as OSError, broken headers as ValueError, SyntaxError, EOFError,
+#: struct.error, IndexError, TypeError or ZeroDivisionError, depending on the format plugin.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError,
+                 ZeroDivisionError, Image.DecompressionBombError)
+
+
 def load_rgb(path: Path, source: str = "") -> Image.Image:
     """Decode ``path`` completely as RGB, so a truncated file fails here, naming the path."""
     try:
@@ -48,21 +56,54 @@ def load_rgb(path: Path, source: str = "") -> Image.Image:
             return image.convert("RGB")  # convert() forces the full decode
     except FileNotFoundError:
         raise unreadable_image_error(path, source, "the file does not exist") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        # PIL reports undecodable data as UnidentifiedImageError (an OSError), truncated
-        # data as OSError, and some broken headers as ValueError or SyntaxError.
+    except IsADirectoryError:
+        raise unreadable_image_error(path, source, "it is a directory") from None
+    except DECODE_ERRORS as err:
         raise unreadable_image_error(path, source, err) from None
 
 
-def check_images_exist(samples: list[Sample], source: str) -> None:
-    """Fail before training when listed images are missing (existence only: fast)."""
-    missing = [path for path, _ in samples if not os.path.exists(path)]
-    if missing:
+def check_images_exist(samples: list[Sample], source: str, where: list[str] | None = None) -> None:
+    """Fail before training when listed images are missing or are not files (one ``stat``
+    each: fast). ``where``: for each sample, the place that lists it (``file:line``, or a
+    file and key), named in the message after ``source``."""
+    bad = [index for index, (path, _) in enumerate(samples) if not os.path.isfile(path)]
+    if bad:
+        first = samples[bad[0]][0]
+        at = f"{where[bad[0]]}; " if where is not None else ""
+        state = "is a directory, not an image file" if os.path.isdir(first) else "does not exist"
         raise AdaptbenchError(
-            f"image {os.path.abspath(missing[0])} listed in {source} does not exist "
-            f"({len(missing)} of the {len(samples)} listed images are missing); "
+            f"image {os.path.abspath(first)} listed in {source} {state} "
+            f"({at}{len(bad)} of the {len(samples)} listed images are missing); "
             f"expected every listed path to exist"
         )
+
+
+def read_text_file(path: Path, what: str, expected: str) -> str:
+    """A data file's text (UTF-8, a byte-order mark allowed); a folder, a missing or
+    unreadable file, or bytes that are not UTF-8 are one line naming the file (and line)."""
+    path = Path(path)
+    if path.is_dir():
+        raise AdaptbenchError(f"{what} {path} is a directory; expected {expected}")
+    if not path.exists():
+        raise AdaptbenchError(f"{what} {path} does not exist; expected {expected}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise AdaptbenchError(f"{what} {path} cannot be read ({err.strerror or err}); expected {expected}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise AdaptbenchError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            f"expected the {what} as UTF-8 text"
+        ) from None
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters, for quoting a bad value in one line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def unreadable_image_error(path: Path, source: str, reason: str | BaseException) -> AdaptbenchError:

@@ -41,9 +41,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import AdaptbenchError, did_you_mean
-from .images import check_images_exist, unreadable_image_error
+from ..files import plain_dir_mode
+from .images import DECODE_ERRORS, unreadable_image_error
 from .micro_catalog import MICRO_TASK_INFO
-from .vtab import VTAB_SPLITS, read_split_file
+from .vtab import VTAB_SPLITS, checked_split
 
 __all__ = ["MICRO_TASKS", "MicroTask", "ensure_micro_task", "get_micro_task", "micro_cache_root",
            "micro_task_folder", "task_checksum", "verify_micro_task"]
@@ -410,9 +411,8 @@ def task_checksum(folder: Path, num_classes: int | None = None) -> str:
     decoded: dict[bytes, bytes] = {}  # file bytes -> pixels: train800val200 repeats two splits
     for split in VTAB_SPLITS:
         split_file = Path(folder) / f"{split}.txt"
-        samples = read_split_file(split_file, num_classes)  # also names a missing file
+        samples = checked_split(split_file, num_classes)  # names a missing file, line or image
         digest.update(split_file.read_bytes())
-        check_images_exist(samples, str(split_file))
         for path, _ in samples:
             encoded = path.read_bytes()
             if encoded not in decoded:
@@ -425,7 +425,7 @@ def _decoded_pixels(encoded: bytes, path: Path, split_file: Path) -> bytes:
     try:
         with Image.open(io.BytesIO(encoded)) as image:
             return np.asarray(image, dtype=np.uint8).tobytes()
-    except (OSError, ValueError, SyntaxError) as err:
+    except DECODE_ERRORS as err:
         raise unreadable_image_error(path, str(split_file), err) from None
 
 
@@ -461,6 +461,7 @@ def ensure_micro_task(name: str, cache_root: Path | None = None) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(final.parent, name)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}.tmp-"))
+    os.chmod(staging, plain_dir_mode())  # mkdtemp's 0700 would make the shared cache private once renamed
     try:
         write_task(task, staging)
         verify_micro_task(name, staging)
@@ -485,7 +486,7 @@ def _remove_abandoned_staging(parent: Path, name: str, age_s: float = 3600.0) ->
 def _is_current(folder: Path, task: MicroTask) -> bool:
     """Whole (the marker is written last) and made by this version of the generator."""
     marker = folder / COMPLETE_MARKER
-    return marker.is_file() and marker.read_text().strip() == task.checksum
+    return marker.is_file() and marker.read_text(encoding="utf-8", errors="replace").strip() == task.checksum
 
 
 def _publish(staging: Path, final: Path, task: MicroTask) -> None:

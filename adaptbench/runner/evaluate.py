@@ -40,7 +40,11 @@ def evaluate_checkpoint(
     backbone = load_backbone(backbone_name, weights=weights)
     adapter, head_state = load_adapter(backbone, checkpoint)
     head = build_head(head_info.get("head", "linear"), backbone, spec)
-    head.load_state_dict(head_state)
+    try:
+        head.load_state_dict(head_state)
+    except RuntimeError as err:  # torch's message spans lines: keep its first
+        raise AdaptbenchError(f"adapter checkpoint {checkpoint}: its head does not fit task {spec.name!r} on "
+                              f"{backbone_name}: {str(err).strip().splitlines()[-1].strip()}") from None
     settings = {"lr": 1.0, "weight_decay": 0.0, "warmup_epochs": 0, "pool": head_info.get("pool")}
     module = kind.build_module(backbone, adapter, head, spec, settings)
     loader = make_loader(kind.dataset(samples, backbone.data_config, spec, split, False), batch_size, False,

@@ -163,7 +163,8 @@ class RunRecord(BaseModel):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise AdaptbenchError(f"run record {path}: not valid JSON ({err.msg}, line {err.lineno} "
+            # json's messages may end in " at" (before its own position text): drop it
+            raise AdaptbenchError(f"run record {path}: not valid JSON ({err.msg.removesuffix(' at')}, line {err.lineno} "
                                   f"column {err.colno})") from None
         except (OSError, UnicodeDecodeError) as err:
             raise AdaptbenchError(f"run record {path} cannot be read: {err}") from None

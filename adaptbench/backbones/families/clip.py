@@ -288,7 +288,8 @@ def _file_plan(path: Path, quick_gelu: bool = False, preprocess: dict | None = N
     if path.suffix not in WEIGHT_FILE_SUFFIXES:
         raise AdaptbenchError(f"weights {str(path)!r}: expected 'pretrained', 'random[:seed]' or a weights file "
                               f"ending in {', '.join(WEIGHT_FILE_SUFFIXES)}")
-    check_weights_file(path)  # a folder, an empty file, a git-lfs pointer, a refused pickle ...: one line
+    if not path.is_file():
+        raise AdaptbenchError(f"weights file {path} does not exist")
     return ClipWeightsPlan(f"file:{path}", str(path), quick_gelu=quick_gelu, preprocess=preprocess or {})
 
 
@@ -381,6 +382,8 @@ def clip_vit(
     import open_clip
 
     plan = resolve_clip_weights(model_name, pretrained, weights)
+    if plan.source.startswith("file:"):  # before open_clip reads it: a folder, an empty file, a git-lfs
+        check_weights_file(plan.source[len("file:"):])  # pointer, a refused pickle ...: one line naming it
     name = display_name or f"clip:{model_name}" + (f"/{pretrained}" if pretrained else "")
     with torch.random.fork_rng(devices=[]):
         if plan.init_seed is not None:

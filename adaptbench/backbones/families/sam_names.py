@@ -97,6 +97,8 @@ def weights_source(weights: str | None, member: str, checkpoint: str = "") -> st
     if seed is not None:
         return f"random:{seed}"
     path = Path(weights).expanduser()
+    if path.is_dir():
+        raise AdaptbenchError(f"weights file {path} is a directory; expected 'random[:seed]' or a SAM checkpoint file")
     if not path.is_file():
         official = f" such as the official {checkpoint} ({CHECKPOINT_URL}{checkpoint})" if checkpoint else ""
         raise AdaptbenchError(f"weights file {path} does not exist; expected 'random[:seed]' or a SAM "

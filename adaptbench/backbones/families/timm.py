@@ -129,7 +129,7 @@ def timm_vit(
     with torch.random.fork_rng(devices=[]):
         if load.init_seed is not None:
             torch.manual_seed(load.init_seed)
-        with loading_weights_file(load.file, model_name):  # its errors name the file
+        with loading_weights_file(load.file, model_name, display_name):  # its errors name the file
             model = timm.create_model(model_name, num_classes=0, **load.create_kwargs, **model_kwargs)
     _check_model(model_name, model)
     default_pool = pool or ("cls" if model.cls_token is not None else "mean")
