@@ -42,6 +42,8 @@ PEFT_METHODS = {
     "gralora": "GraLoRA (Jung et al. 2025) via HF PEFT: LoRA split into granular sub-blocks",
     "glora": "GLoRA (Chavan et al. 2023) via HF PEFT: generalised weight and bias scaling and shifts",
     "lily": "Lily (Zhong et al. 2024) via HF PEFT: low-rank interconnected adapters with routed B experts",
+    "adalora": "AdaLoRA (Zhang et al. 2023) via HF PEFT: SVD-form update B (A * E) whose rank budget is "
+               "reallocated by importance during training",
     **{m: f"HF PEFT's {m!r} method on linear sites" for m in (
         "adamss", "beft", "deft", "frod", "osf", "peanut", "psoft", "pvera", "supertuning", "tinylora", "unilora")},
 }
@@ -60,8 +62,6 @@ PEFT_REFUSED = {
     "ln_tuning": "targets LayerNorms, not linear sites; use the native 'ln' adapter",
     "xlora": "mixes LoRA adapters loaded from checkpoints through a transformers model's classifier",
     "poly": "routes between LoRA skills by per-example task ids, which adaptbench's tasks do not pass",
-    "adalora": "its rank budget is reallocated by PeftModel.update_and_allocate inside the training loop, "
-               "which adaptbench's tasks do not call",
     "shadow": "a parallel shadow network riding a transformers decoder loop (needs model.config)",
 }
 

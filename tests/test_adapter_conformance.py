@@ -38,7 +38,7 @@ EXPECTED_NA = {("vpt_shallow", "sam_tiny_test"), ("vpt_deep", "sam_tiny_test")}
 # HF PEFT methods through the `peft:` bridge, when PEFT is installed. Left out here (see
 # tests/test_peft_bridge.py): c3a, miss, road, shira, vblora, whose PEFT default sizes do not
 # fit the d=32 tiny ViTs, and glora, whose D scales the base bias (zero in the tiny ViTs: dead).
-PEFT_METHODS = ("lora", "loha", "lokr", "oft", "boft", "vera", "fourierft", "hra", "ia3",
+PEFT_METHODS = ("lora", "loha", "lokr", "oft", "boft", "vera", "fourierft", "hra", "ia3", "adalora",
                 "adamss", "beft", "deft", "delora", "frod", "gralora", "hira", "lily", "osf",
                 "peanut", "psoft", "pvera", "randlora", "supertuning", "tinylora", "unilora", "waveft")
 PEFT_NAMES = [f"peft:{m}" for m in PEFT_METHODS] if importlib.util.find_spec("peft") else []

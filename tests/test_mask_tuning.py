@@ -4,15 +4,20 @@ checkpoint, defaults and config errors."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import images
 from torch import nn
 
 from adaptbench.adapters import build_adapter
+from adaptbench.adapters.accounting import parameter_report
+from adaptbench.adapters.bits import pack_bits, unpack_bits
 from adaptbench.adapters.checkpoint import load_adapter, save_adapter
+from adaptbench.adapters.hooks import LossContext
 from adaptbench.adapters.mask_tuning import (
     MaskedLinear,
     MaskTuning,
@@ -20,11 +25,8 @@ from adaptbench.adapters.mask_tuning import (
     general_knowledge_loss,
     gradient_dropout,
 )
-from adaptbench.adapters.bits import pack_bits, unpack_bits
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
-from adaptbench.adapters.accounting import parameter_report
-from helpers import images
 
 THRESHOLD = 5e-3
 
@@ -121,7 +123,7 @@ def test_general_knowledge_loss_is_the_kl_of_cosine_instance_predictions():
     generator = torch.Generator().manual_seed(0)
     features, frozen = torch.randn(3, 8, generator=generator), torch.randn(3, 8, generator=generator)
     scale, temperature = 100.0, 2.0
-    cos = lambda u, v: (u @ v.T) / (u.norm(dim=1, keepdim=True) * v.norm(dim=1)[None])  # noqa: E731
+    cos = lambda u, v: (u @ v.T) / (u.norm(dim=1, keepdim=True) * v.norm(dim=1)[None])
     student = torch.softmax(scale * cos(features, frozen) / temperature, dim=1)
     teacher = torch.softmax(scale * cos(frozen, frozen) / temperature, dim=1)
     expected = temperature**2 * (teacher * (teacher.log() - student.log())).sum(1).mean()
@@ -130,7 +132,35 @@ def test_general_knowledge_loss_is_the_kl_of_cosine_instance_predictions():
     assert general_knowledge_loss(frozen, frozen, scale, 1.0).abs() < 1e-6
 
 
-def test_hooks_apply_penalty_and_gradient_dropout_in_training_only():
+def context_for(x: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> LossContext:
+    """The loss context a task hands ``extra_loss`` (mask tuning reads none of its forward)."""
+    def no_second_forward(inputs):
+        raise AssertionError("mask tuning must not run the task's forward again")
+    return LossContext(inputs=x, outputs=logits, targets=labels, loss=loss, forward=no_second_forward, step=0)
+
+
+def test_mask_norm_penalty_and_its_gradient_by_hand():
+    """extra_loss()["mask_norm"] = w * sum_sites sqrt(sum S^2), gradient w * S / ||S|| per site."""
+    backbone, adapter = adapted(norm_weight=0.3, gdr=False)
+    randomise_scores(adapter)
+    scores = [w.scores for w in adapter._masks.values()]
+    x, labels = images(), torch.tensor([0, 1])
+    logits = nn.Linear(32, 5)(backbone.train()(x))
+    term = adapter.extra_loss(context_for(x, logits, labels, F.cross_entropy(logits, labels)))
+    assert list(term) == ["mask_norm"]
+    expected = 0.3 * sum(math.sqrt(float((s.detach().double() ** 2).sum())) for s in scores)
+    assert term["mask_norm"].item() == pytest.approx(expected, rel=1e-6)
+    term["mask_norm"].backward()
+    for s in scores:
+        norm = math.sqrt(float((s.detach().double() ** 2).sum()))
+        torch.testing.assert_close(s.grad, (0.3 * s.detach().double() / norm).float(), atol=1e-9, rtol=1e-6)
+    _, off = adapted(norm_weight=0.0, gdr=False)
+    assert off.extra_loss(context_for(x, logits, labels, term["mask_norm"])) == {}
+
+
+def test_gradient_dropout_acts_on_the_task_plus_penalty_gradient():
+    """One training step as a task runs it: forward, extra_loss, backward of loss + mask_norm.
+    ``a`` = dCE/dS + 1e-4 S/||S|| (the official loss_a includes the penalty), ``b`` = dL_gk/dS."""
     backbone, adapter = adapted()
     randomise_scores(adapter)
     names = list(adapter._masks)
@@ -139,7 +169,7 @@ def test_hooks_apply_penalty_and_gradient_dropout_in_training_only():
     head = nn.Linear(32, 5)
     frozen = load_backbone("vit_tiny_test").eval()(x)
 
-    # By hand, in eval mode (hooks inactive): a = task gradient + 1e-4 S/||S||, b = dL_gk/dS.
+    # By hand, in eval mode (nothing recorded, no dropout): a and b from their definitions.
     features = backbone.eval()(x)
     task_loss = F.cross_entropy(head(features), labels)
     raw = torch.autograd.grad(task_loss, scores, retain_graph=True)
@@ -150,8 +180,12 @@ def test_hooks_apply_penalty_and_gradient_dropout_in_training_only():
         torch.testing.assert_close(s.grad, r, atol=0, rtol=0)  # eval: the plain STE gradient
         s.grad = None
 
+    logits = head(backbone.train()(x))
+    loss = F.cross_entropy(logits, labels)
+    extra = adapter.extra_loss(context_for(x, logits, labels, loss))
+    assert set(adapter._general_grads) == set(names)  # b is ready before the backward
     torch.manual_seed(3)
-    F.cross_entropy(head(backbone.train()(x)), labels).backward()
+    (loss + extra["mask_norm"]).backward()
     # The score hooks run in backward order (last block first), each drawing its U once.
     torch.manual_seed(3)
     expected = {}
@@ -161,21 +195,58 @@ def test_hooks_apply_penalty_and_gradient_dropout_in_training_only():
     for name, s in zip(names, scores):
         torch.testing.assert_close(s.grad, expected[name], atol=1e-9, rtol=1e-5)
         assert 0.05 < (s.grad == 0).float().mean() < 0.6, name  # some, not all, dropped
+    assert not adapter._general_grads  # consumed by this backward
+
+
+def test_forward_hook_only_records_and_extra_loss_runs_the_teacher():
+    """The training forward runs the backbone once and computes nothing; extra_loss runs the
+    frozen teacher once (eval mode, masks off, no grad) on the recorded inputs."""
+    backbone, adapter = adapted()
+    randomise_scores(adapter)
+    calls = []
+    backbone.register_forward_pre_hook(lambda module, args: calls.append(
+        (module.training, torch.is_grad_enabled(), [w.masking for w in adapter._masks.values()])))
+    x, labels = images(batch=4), torch.tensor([0, 1, 2, 3])
+    logits = nn.Linear(32, 5)(backbone.train()(x))
+    assert len(calls) == 1 and not adapter._general_grads
+    recorded_args, _, features = adapter._recorded
+    assert recorded_args[0] is x and features.requires_grad
+    adapter.extra_loss(context_for(x, logits, labels, F.cross_entropy(logits, labels)))
+    assert calls[1] == (False, False, [False] * len(adapter._masks))
+    assert backbone.training and all(w.masking for w in adapter._masks.values())  # restored
+    adapter.on_train_batch_end(0)
+    assert adapter._recorded is None and not adapter._general_grads
+
+
+def test_without_extra_loss_the_gradient_is_the_plain_straight_through_one():
+    """A loop that never calls the hooks trains with dL/dS only: no hidden penalty, no dropout."""
+    backbone, adapter = adapted(norm_weight=1e-2)
+    randomise_scores(adapter)
+    scores = list(adapter.trainable_parameters().values())
+    x, head = images(batch=4), nn.Linear(32, 5)
+    loss = lambda: F.cross_entropy(head(backbone(x)), torch.tensor([0, 1, 2, 3]))
+    backbone.eval()
+    raw = torch.autograd.grad(loss(), scores)
+    backbone.train()
+    loss().backward()
+    for s, r in zip(scores, raw):
+        torch.testing.assert_close(s.grad, r, atol=0, rtol=0)
 
 
 def test_without_gdr_training_gradient_is_task_plus_penalty():
     backbone, adapter = adapted(gdr=False, norm_weight=1e-2)
     randomise_scores(adapter)
     scores = list(adapter.trainable_parameters().values())
-    x, head = images(batch=4), nn.Linear(32, 5)
-    loss = lambda: F.cross_entropy(head(backbone(x)), torch.tensor([0, 1, 2, 3]))  # noqa: E731
+    x, labels, head = images(batch=4), torch.tensor([0, 1, 2, 3]), nn.Linear(32, 5)
     backbone.eval()
-    raw = torch.autograd.grad(loss(), scores)
+    raw = torch.autograd.grad(F.cross_entropy(head(backbone(x)), labels), scores)
     backbone.train()
-    loss().backward()
+    logits = head(backbone(x))
+    loss = F.cross_entropy(logits, labels)
+    (loss + adapter.extra_loss(context_for(x, logits, labels, loss))["mask_norm"]).backward()
     for s, r in zip(scores, raw):
         torch.testing.assert_close(s.grad, r + 1e-2 * s.detach() / s.detach().norm(), atol=1e-9, rtol=1e-6)
-    assert not backbone._forward_hooks
+    assert not backbone._forward_hooks and not adapter._handles
 
 
 def test_masked_fraction():
@@ -262,6 +333,7 @@ def test_defaults_are_the_papers():
         f"blocks.{b}.{s}.scores" for b in range(2) for s in ("qkv", "attn_out"))
     assert all(torch.all(w.scores == 1e-2) for w in adapter._masks.values())
     assert MaskTuning.identity_at_init and MaskTuning.mergeable and MaskTuning.adds_parameters
+    assert MaskTuning.version == 2  # the penalty became a loss term
     # Sites are configurable: the MLP linears too, only in the chosen blocks.
     _, mlp = adapted(sites=("mlp_in", "mlp_out"), blocks=(-1,))
     assert sorted(mlp.trainable_parameters()) == ["blocks.1.mlp_in.scores", "blocks.1.mlp_out.scores"]
@@ -296,7 +368,7 @@ def test_run_record_carries_the_masked_fraction(tmp_path):
     result = run(RunConfig(task="micro/digits", backbone="vit_tiny_test", adapter="mask_tuning",
                            epochs=1, batch_size=64, lr=1e-2),
                  RunPlace(out_dir=tmp_path, num_workers=0, save_adapter=False))
-    info = result.record["train_info"]
+    info = json.loads(result.record_path.read_text())["train_info"]  # the record as written
     assert info["status"] == "success", info["error"]
     fraction = info["adapter_stats"]["masked_fraction"]
     assert 0.0 < fraction < 1.0  # lr 1e-2 flips some masks within one epoch, not all

@@ -8,14 +8,21 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import images
 from torch import nn
 
 from adaptbench.adapters import build_adapter
-from adaptbench.adapters.mosa import MoSA, MoSAConfig, SparseModuleBottleneck, balanced_partition
+from adaptbench.adapters.accounting import parameter_report
+from adaptbench.adapters.hooks import LossContext
+from adaptbench.adapters.mosa import (
+    MoSA,
+    MoSAConfig,
+    SparseModuleBottleneck,
+    balanced_partition,
+    symmetric_kl,
+)
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
-from adaptbench.adapters.accounting import parameter_report
-from helpers import images
 
 BACKBONES = ["vit_tiny_test", "vit_tiny_test_reg"]
 
@@ -222,7 +229,9 @@ def test_defaults_are_the_official_vtab_setting():
     assert (config.bottleneck, config.num_modules, config.scale) == (16, 4, 0.1)
     assert (config.dropout, config.act) == (0.1, "gelu")
     assert (config.partition_seed, config.blocks) == (0, None)
+    assert config.consistency_weight == 1.0  # ADAPTER.ADDITIONAL True, REG_WEIGHT 1.0
     assert MoSA.mergeable is False and MoSA.identity_at_init is True
+    assert MoSA.version == 2  # the consistency loss joined the method
 
 
 def test_parameter_count_is_one_adapter_plus_a_bias_per_module():
@@ -265,6 +274,8 @@ def test_options_from_the_command_line():
     ({"dropout": 1.0}, "dropout=1.0"),
     ({"act": "tanh"}, "act='tanh'"),
     ({"partition_seed": -1}, "partition_seed=-1"),
+    ({"consistency_weight": -0.5}, "consistency_weight=-0.5"),
+    ({"consistency_weight": float("inf")}, "consistency_weight=inf"),
 ])
 def test_invalid_options_are_refused_with_the_value(options, needle):
     with pytest.raises(AdaptbenchError, match="mosa option " + needle.replace("(", r"\(")):
@@ -306,3 +317,73 @@ def test_no_tensor_stays_dead_once_modules_repeat():
             assert all(p.grad.abs().sum() > 0 for p in adapter.trainable_parameters().values())
     unchanged = [n for n, p in adapter.trainable_parameters().items() if torch.equal(p, before[n])]
     assert not unchanged
+
+
+# -- the two-draw consistency loss (official ADDITIONAL / REG_WEIGHT) ---------------------------
+
+class CountingForward:
+    """A stand-in for the task's second forward: returns fixed logits and counts its calls."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits, self.inputs = logits, []
+
+    def __call__(self, inputs):
+        self.inputs.append(inputs)
+        return self.logits
+
+
+def context(outputs: torch.Tensor, forward, inputs=None) -> LossContext:
+    return LossContext(inputs=images() if inputs is None else inputs, outputs=outputs,
+                       targets=torch.tensor([0, 1, 2, 3]), loss=torch.tensor(0.0), forward=forward, step=0)
+
+
+def official_symmetric_kl(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """MoSA src/solver/losses.py symmetric_KL_loss, written with torch.nn.functional."""
+    first = F.kl_div(F.log_softmax(z1, dim=-1), F.softmax(z2.detach(), dim=-1), reduction="batchmean")
+    second = F.kl_div(F.log_softmax(z2, dim=-1), F.softmax(z1.detach(), dim=-1), reduction="batchmean")
+    return 0.5 * (first + second)
+
+
+def test_consistency_term_is_the_official_symmetric_kl_by_hand():
+    backbone, adapter = adapted(consistency_weight=0.7)
+    backbone.train()
+    generator = torch.Generator().manual_seed(2)
+    z1 = torch.randn(4, 6, generator=generator).requires_grad_()
+    z2 = torch.randn(4, 6, generator=generator).requires_grad_()
+    second = CountingForward(z2)
+    ctx = context(z1, second)
+    term = adapter.extra_loss(ctx)
+    assert list(term) == ["consistency"] and len(second.inputs) == 1 and second.inputs[0] is ctx.inputs
+    p, q = z1.detach().softmax(-1), z2.detach().softmax(-1)
+    by_hand = 0.5 * ((q * (q.log() - p.log())).sum() + (p * (p.log() - q.log())).sum()) / 4
+    torch.testing.assert_close(term["consistency"], 0.7 * by_hand, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(term["consistency"], 0.7 * official_symmetric_kl(z1, z2), atol=1e-6, rtol=1e-6)
+    # the detach pattern: each half moves only its own prediction, d/dz1 = w/2 (p - q) / B
+    term["consistency"].backward()
+    torch.testing.assert_close(z1.grad, 0.7 * 0.5 * (p - q) / 4, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(z2.grad, 0.7 * 0.5 * (q - p) / 4, atol=1e-7, rtol=1e-5)
+
+
+def test_consistency_is_zero_for_equal_outputs_and_symmetric():
+    z1, z2 = torch.randn(3, 5), torch.randn(3, 5)
+    assert symmetric_kl(z1, z1.clone()).abs() < 1e-7
+    torch.testing.assert_close(symmetric_kl(z1, z2), symmetric_kl(z2, z1))
+
+
+def test_dense_logits_are_compared_per_position():
+    """Class dimension 1: (B, C, H, W) logits count every position as a sample of the batch mean."""
+    z1, z2 = torch.randn(2, 5, 3, 3), torch.randn(2, 5, 3, 3)
+    rows = lambda z: z.movedim(1, -1).reshape(-1, 5)
+    torch.testing.assert_close(symmetric_kl(z1, z2), official_symmetric_kl(rows(z1), rows(z2)))
+
+
+def test_weight_zero_or_eval_mode_runs_no_second_forward():
+    z1 = torch.randn(4, 6)
+    backbone, off = adapted(consistency_weight=0.0)
+    second = CountingForward(torch.randn(4, 6))
+    assert off.extra_loss(context(z1, second)) == {} and second.inputs == []
+    backbone, on = adapted()
+    backbone.eval()  # eval runs the merged adapter twice: the term is 0, so it is skipped
+    assert on.extra_loss(context(z1, second)) == {} and second.inputs == []
+    backbone.train()
+    assert set(on.extra_loss(context(z1, second))) == {"consistency"} and len(second.inputs) == 1

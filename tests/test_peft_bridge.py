@@ -9,9 +9,11 @@ errors with PEFT missing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,16 +22,17 @@ from torch import nn
 
 from adaptbench._peft_methods import PEFT_METHODS, installed_peft_methods
 from adaptbench.adapters import build_adapter
-from adaptbench.adapters.checkpoint import read_checkpoint, save_adapter
+from adaptbench.adapters.checkpoint import load_adapter, read_checkpoint, save_adapter
+from adaptbench.adapters.hooks import LossContext
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
 from adaptbench.registry import ADAPTERS
 
 peft = pytest.importorskip("peft")
+from helpers import images
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from adaptbench.adapters.peft_bridge import METHOD_FACTS
-from helpers import images
 
 INSTALL_HINT = 'pip install "adaptbench[peft]"'
 # PEFT's default sizes need a wider model than the d=32 tiny ViTs (they fit ViT-B's 768):
@@ -292,10 +295,147 @@ def test_train_run_with_a_bridged_method_writes_a_success_record(tmp_path):
     result = run(RunConfig(task="micro/digits", backbone="vit_tiny_test", adapter="peft:loha",
                            adapter_options={"r": "4"}, epochs=1, batch_size=64),
                  RunPlace(out_dir=tmp_path, num_workers=0))
-    info = result.record["train_info"]
+    info = json.loads(result.record_path.read_text())["train_info"]  # the record as written
     assert info["status"] == "success", info["error"]
     _, adapter = adapted("peft:loha", {"r": "4"})
     assert info["params"]["trainable"] == adapter.trainable_count()
     assert info["params"]["extra_inference_merged"] == 0  # LoHa merges
     metadata, _ = read_checkpoint(result.checkpoint_path)
     assert metadata["adapter"] == "peft:loha"
+
+
+# -- AdaLoRA: the rank allocator and the orthogonal regulariser through the training hooks -------
+
+def loss_context(model, head, x, labels) -> LossContext:
+    logits = head(model(x))
+    return LossContext(inputs=x, outputs=logits, targets=labels, loss=F.cross_entropy(logits, labels),
+                       forward=lambda inputs: head(model(inputs)), step=0)
+
+
+def test_adalora_orth_reg_equals_peft_own_computation(monkeypatch):
+    model, adapter = adapted("peft:adalora", {"orth_reg_weight": "0.3"})
+    head, x, labels = nn.Linear(32, 5), images(), torch.tensor([0, 1])
+    ours = adapter.extra_loss(loss_context(model, head, x, labels))
+    assert list(ours) == ["orth_reg"]
+    # PEFT adds the term in AdaLoraModel.forward to an output's .loss: give it one of 0
+    monkeypatch.setattr(model, "forward", lambda *args, **kwargs: SimpleNamespace(loss=torch.zeros(())))
+    peft_term = adapter._tuner(x).loss
+    torch.testing.assert_close(ours["orth_reg"], peft_term, atol=1e-6, rtol=1e-6)
+    # and by hand: 0.3 * mean over the 2 x 2 factors of sqrt(sum((Gram - I)^2))
+    params = adapter.trainable_parameters()
+    norms = []
+    for block in range(2):
+        a, b = params[f"blocks.{block}.qkv.lora_A"].detach(), params[f"blocks.{block}.qkv.lora_B"].detach()
+        for gram in (a @ a.T, b.T @ b):
+            norms.append(math.sqrt(float(((gram - torch.eye(12)) ** 2).sum())))
+    assert ours["orth_reg"].item() == pytest.approx(0.3 * sum(norms) / 4, rel=1e-5)
+    # the gradients agree too (the term trains A and B, not E)
+    grads = torch.autograd.grad(ours["orth_reg"], list(params.values()), allow_unused=True)
+    peft_grads = torch.autograd.grad(peft_term, list(params.values()), allow_unused=True)
+    for name, g, h in zip(params, grads, peft_grads):
+        if name.endswith("lora_E"):
+            assert g is None and h is None
+        else:
+            torch.testing.assert_close(g, h, atol=1e-7, rtol=1e-5)
+    off_model, off = adapted("peft:adalora", {"orth_reg_weight": "0"})
+    assert off.extra_loss(loss_context(off_model, head, x, labels)) == {}
+
+
+def adalora_loop(model, adapter, total_steps: int, after_step=None) -> nn.Linear:
+    """A task's loop by hand: loss + extra terms, backward, step, then on_train_batch_end
+    before the next zero_grad (PEFT's update_and_allocate reads .grad)."""
+    head = nn.Linear(32, 5)
+    optimizer = torch.optim.Adam([*adapter.trainable_parameters().values(), *head.parameters()], lr=1e-2)
+    labels = torch.tensor([0, 1, 2, 3])
+    adapter.on_train_start(total_steps)
+    model.train()
+    for step in range(total_steps):
+        optimizer.zero_grad()
+        context = loss_context(model, head, images(step, batch=4), labels)
+        (context.loss + sum(adapter.extra_loss(context).values())).backward()
+        optimizer.step()
+        adapter.on_train_batch_end(step)
+        if after_step:
+            after_step(step)
+    model.eval()
+    return head
+
+
+def kept_triplets(adapter) -> list[int]:
+    """Per layer, the singular values E the allocator has not zeroed."""
+    params = adapter.trainable_parameters()
+    return [int(torch.count_nonzero(params[f"blocks.{b}.qkv.lora_E"])) for b in range(2)]
+
+
+def test_adalora_rank_budget_is_reallocated_after_tinit():
+    """init_r 4 on 2 layers: a budget of 8 triplets, cut towards target_r 2 (4 in all) on the
+    cubic schedule between tinit = 2 and total - tfinal = 8, then fixed."""
+    model, adapter = adapted("peft:adalora", {"init_r": "4", "target_r": "2", "tinit": "2", "tfinal": "2"})
+    assert adapter._tuner.peft_config["default"].total_step == 5  # the placeholder, before the run
+    kept = []
+    adalora_loop(model, adapter, 10, after_step=lambda step: kept.append(sum(kept_triplets(adapter))))
+    assert adapter._tuner.rankallocator.peft_config.total_step == 10
+    assert kept[:3] == [8, 8, 8]  # steps 0..tinit: the whole budget
+    budget = lambda step: int(4 * (1 - (step - 2) / 6) ** 3 + 4)
+    assert kept[3:8] == [budget(step) for step in range(3, 8)]
+    assert kept[3] < 8 and kept[8:] == [4, 4]  # the final budget, kept in the last phase
+    pattern = adapter._tuner.peft_config["default"].rank_pattern
+    assert sorted(sum(mask) for mask in pattern.values()) == sorted(kept_triplets(adapter))
+
+
+def test_adalora_checkpoint_and_merge_after_reallocation(tmp_path):
+    model, adapter = adapted("peft:adalora", {"init_r": "4", "target_r": "2", "tinit": "1", "tfinal": "1"})
+    assert sorted(adapter.trainable_parameters()) == sorted(
+        f"blocks.{b}.qkv.lora_{f}" for b in range(2) for f in "ABE")  # ranknum is not trained
+    head = adalora_loop(model, adapter, 6)
+    assert sum(kept_triplets(adapter)) == 4
+    path = save_adapter(adapter, tmp_path / "adalora.safetensors", head=head)
+    fresh = load_backbone("vit_tiny_test")
+    loaded, _ = load_adapter(fresh, path)
+    assert kept_triplets(loaded) == kept_triplets(adapter)
+    torch.testing.assert_close(fresh.eval()(images(9)), model(images(9)), atol=0, rtol=0)
+    before = model(images(9))
+    adapter.merge()
+    torch.testing.assert_close(model(images(9)), before, atol=1e-5, rtol=1e-5)
+    adapter.on_train_batch_end(6)  # merged: nothing left to allocate
+
+
+def test_adalora_hooks_called_out_of_order_say_how_to_call_them():
+    model, adapter = adapted("peft:adalora")
+    with pytest.raises(AdaptbenchError, match=r"on_train_start\(total_steps\) must run before"):
+        adapter.on_train_batch_end(0)
+    adapter.on_train_start(4)
+    head = nn.Linear(32, 5)
+    F.cross_entropy(head(model.train()(images())), torch.tensor([0, 1])).backward()
+    for param in adapter.trainable_parameters().values():
+        param.grad = None  # what optimizer.zero_grad() leaves
+    with pytest.raises(AdaptbenchError, match=r"before optimizer\.zero_grad\(\)"):
+        adapter.on_train_batch_end(0)
+
+
+@pytest.mark.parametrize("options,total,fragment", [
+    ({"tinit": "5", "tfinal": "5"}, 10, "tinit=5, tfinal=5: expected tinit < total_steps - tfinal for this run's 10"),
+    ({}, 0, "a run of 0 optimiser steps"),
+])
+def test_adalora_schedule_that_does_not_fit_the_run_is_refused(options, total, fragment):
+    _, adapter = adapted("peft:adalora", options)
+    with pytest.raises(AdaptbenchError) as err:
+        adapter.on_train_start(total)
+    assert fragment in err.value.message and "\n" not in err.value.message
+
+
+@pytest.mark.parametrize("options,fragment", [
+    ({"target_r": "16"}, "target_r=16: expected 0 <= target_r <= init_r=12"),
+    ({"deltaT": "0"}, "deltaT=0"),
+    ({"tinit": "-1"}, "tinit=-1"),
+    ({"init_r": "0"}, "init_r=0"),
+])
+def test_adalora_options_that_would_fail_mid_training_are_refused(options, fragment):
+    with pytest.raises(AdaptbenchError, match=fragment):
+        adapted("peft:adalora", options)
+
+
+def test_adalora_options_leave_out_what_the_run_sets():
+    fields = set(ADAPTERS.get("peft:adalora").config_class.help())
+    assert {"init_r", "target_r", "tinit", "tfinal", "deltaT", "orth_reg_weight", "lora_alpha"} <= fields
+    assert not {"r", "total_step", "rank_pattern"} & fields

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
+from helpers import images
 from torch import nn
 
 from adaptbench.adapters import build_adapter
+from adaptbench.adapters.hooks import LossContext
 from adaptbench.adapters.repadapter import RepAdapterConfig, RepAdapterLinear
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
-from helpers import images
 
 D = 32  # vit_tiny_test width
 
@@ -62,6 +64,7 @@ def test_defaults_are_the_papers():
     assert (config.hidden_dim, config.groups, config.scale, config.dropout) == (8, 2, 1.0, 0.1)
     assert config.sites == ("qkv", "mlp_in")  # "repblock": before attention and before the MLP
     assert config.blocks is None
+    assert config.b_norm_weight == 0.0  # the LossRep penalty: off in every official script
 
 
 def test_init_a_xavier_b_and_biases_zero():
@@ -152,6 +155,7 @@ def test_attn_only_variant():
     ({"groups": 0}, "groups=0"),
     ({"dropout": 1.0}, "dropout=1.0"),
     ({"sites": ("mlp_out",)}, "'mlp_out'"),
+    ({"b_norm_weight": -1.0}, "b_norm_weight=-1.0"),
 ])
 def test_config_errors_name_the_value(options, bad):
     with pytest.raises(AdaptbenchError, match=bad):
@@ -161,3 +165,41 @@ def test_config_errors_name_the_value(options, bad):
 def test_groups_must_divide_the_width():
     with pytest.raises(AdaptbenchError, match="groups=3.*width 32"):
         build_adapter("repadapter", load_backbone("vit_tiny_test"), {"hidden_dim": 6, "groups": 3})
+
+
+# -- the optional penalty on B (official side branch "Update LossRep") ----------------------------
+
+def loss_context() -> LossContext:
+    def no_forward(inputs):
+        raise AssertionError("the penalty needs no forward")
+    return LossContext(inputs=images(), outputs=torch.zeros(2, 5), targets=torch.tensor([0, 1]),
+                       loss=torch.tensor(0.0), forward=no_forward, step=0)
+
+
+def test_b_norm_penalty_is_lambda_times_the_norms_of_b_weight_and_bias():
+    """LossRep: lambda * sum over adapters of torch.norm(conv_B.weight) + torch.norm(conv_B.bias)."""
+    _, _, adapter = randomised({"b_norm_weight": 0.25})
+    params = adapter.trainable_parameters()
+    b_tensors = [p for n, p in params.items() if n.endswith((".B.weight", ".B.bias"))]
+    assert len(b_tensors) == 2 * 2 * 2  # 2 blocks x (qkv, mlp_in) x (weight, bias)
+    term = adapter.extra_loss(loss_context())
+    assert list(term) == ["b_norm"]
+    by_hand = 0.25 * sum(math.sqrt(sum(float(v) ** 2 for v in p.detach().flatten())) for p in b_tensors)
+    assert term["b_norm"].item() == pytest.approx(by_hand, rel=1e-6)
+    term["b_norm"].backward()
+    for name, param in params.items():
+        if name.endswith((".B.weight", ".B.bias")):
+            torch.testing.assert_close(param.grad, 0.25 * param.detach() / param.detach().norm())
+        else:
+            assert param.grad is None, name  # A is not penalised
+
+
+def test_b_norm_penalty_is_off_by_default_and_harmless_at_zero_init():
+    _, _, off = randomised({})
+    assert off.extra_loss(loss_context()) == {}
+    torch.manual_seed(0)
+    adapter = build_adapter("repadapter", load_backbone("vit_tiny_test"), {"b_norm_weight": 1.0})
+    term = adapter.extra_loss(loss_context())["b_norm"]
+    term.backward()  # B = 0 at init: the norm's subgradient there is 0, not NaN
+    assert term.item() == 0.0
+    assert all(torch.count_nonzero(p.grad) == 0 for n, p in adapter.trainable_parameters().items() if ".B." in n)

@@ -22,9 +22,11 @@ ViT-B/16 configs mask the attention input projection (our ``qkv``) and output pr
 selection configurable over ``qkv``, ``attn_out``, ``mlp_in``, ``mlp_out``.
 
 **Mask-norm penalty.** The official configs add ``1e-4 * sum_sites ||S_site||_2`` (an L2 norm,
-not squared, per score tensor: ``MASK_LOSS: True``, ``LOSS_WEIGHT: 1e-4``) to the task loss.
-Its gradient ``norm_weight * S / ||S||_2`` is added in the score hook (below), so the task's
-loss and training loop stay untouched.
+not squared, per score tensor: ``MASK_LOSS: True``, ``LOSS_WEIGHT: 1e-4``; ``RegLoss(param, 2)``
+in ``code/loss/reg_loss.py``, summed over every ``mask_real`` in ``forward_backward``) to the
+task loss. :meth:`MaskTuning.extra_loss` returns it as ``mask_norm``, so the task adds it to its
+loss and it reaches the scores through the ordinary backward (gradient
+``norm_weight * S / ||S||_2``).
 
 **Gradient dropout (GDR, paper Eq. 7; ``graddrop_backward_and_update`` in the official
 trainer).** Per score element, with ``a`` the gradient of the task loss (plus the penalty) and
@@ -38,7 +40,9 @@ probability ``|a| / (|a| + |b|)`` where they conflict; ``b`` itself is never app
 ``lambda = 1`` a dropped gradient is zeroed, with ``lambda < 1`` it is scaled by ``1 - lambda``.
 Officially ``L_gk = T^2 KL(p_zs || p)`` between the zero-shot CLIP prediction ``p_zs`` of the
 frozen image encoder and the masked model's prediction ``p``, both softmaxes of
-``100 * cos(image feature, class text embedding) / T`` with ``T = 1``.
+``100 * cos(image feature, class text embedding) / T`` with ``T = 1`` (``KLLoss`` in
+``code/trainers/masktuning.py`` writes it as the cross-entropy ``-T^2 sum p_zs log p``, which
+differs from the KL by the teacher's entropy: the same gradient).
 
 Departure (no text encoder here). Our backbones have no text tower, and the task head is
 trained with the masks, so there is no zero-shot classifier to compare. The general-knowledge
@@ -55,15 +59,29 @@ how far the masks move each image's feature relative to the other images of the 
 the zero-shot logits measured it relative to the class prompts (a batch of 1 gives
 ``L_gk = 0``: nothing is dropped).
 
-Hooks (no change to the training loop). A forward hook on the backbone, active only in
-training mode with gradients enabled, runs the frozen model on the same images (masks off,
-eval mode, no grad: the official teacher pass), computes ``L_gk`` and its gradient ``b`` with
-respect to every score (``autograd.grad`` with the graph retained: the official code's first of
-two backward passes). A gradient hook on each score tensor then turns the task gradient into
-the GDR gradient above; ``U`` comes from torch's global RNG, so ``torch.manual_seed`` makes it
-reproducible. Cost with ``gdr``: one extra no-grad forward and one extra backward per step,
-as in the official code. Only ``backbone(images)`` (pooled) triggers the hook; a task that
-calls ``forward_features`` directly trains with the mask-norm penalty but no dropout.
+Where each piece runs (the training hooks of ``adapters/hooks.py``, which every task kind
+calls). The official ``graddrop_backward_and_update`` backpropagates ``L_gk`` once to read
+``b``, then the task loss plus the penalty to read ``a``, and rewrites each score's gradient
+before the optimiser step. Here:
+
+* a forward hook on the backbone, active only in training mode with gradients enabled, only
+  *records* the inputs and the adapted pooled features ``f`` of the task's forward (computing
+  nothing: the features exist only inside that forward, and a task's loss context holds the
+  head's logits, not them);
+* :meth:`MaskTuning.extra_loss` runs the frozen model on the recorded inputs (masks off, eval
+  mode, no grad: the official teacher pass), computes ``L_gk`` and its gradient ``b`` with
+  respect to every score (``autograd.grad`` with the graph retained: the official first
+  backward), and returns the mask-norm penalty;
+* the task's backward of its loss plus ``mask_norm`` gives each score its ``a``; a gradient hook
+  on each score tensor turns it into the GDR gradient above. ``U`` comes from torch's global
+  RNG, so ``torch.manual_seed`` makes it reproducible.
+
+Cost with ``gdr``: one extra no-grad forward and one extra backward per step, as in the
+official code. A loop that never calls ``extra_loss`` trains the masks with the plain
+straight-through gradient (no penalty, nothing dropped); so does a task that calls
+``forward_features`` instead of ``backbone(images)`` (the pooled forward the hook records).
+Under a loss scaler (``16-mixed`` precision) ``a`` reaches the score hooks multiplied by the
+scale and ``b`` does not, which biases ``P`` towards keeping ``a``: train GDR in 32-bit or bf16.
 
 Checkpoints store the binary masks packed 8 per byte (the official ``save_model`` stores the
 binarised masks as bytes too), so the file shows the method's real 1-bit size; loading sets
@@ -96,6 +114,7 @@ from ..errors import AdaptbenchError
 from ..registry import register_adapter
 from .base import Adapter, AdapterConfig, SiteWrapper, blocks_of, require
 from .bits import pack_bits, unpack_bits
+from .hooks import LossContext
 
 MASKABLE_SITES = ("qkv", "attn_out", "mlp_in", "mlp_out")
 PAPER_SITES = ("qkv", "attn_out")  # the MHSA weights (official MASK_MLP: False)
@@ -218,14 +237,16 @@ class MaskTuning(Adapter):
     """Regularized Mask Tuning (Zheng et al. 2023): binary masks on frozen weights"""
 
     mergeable = True  # W0 * B(S) is written into the weight
+    version = 2  # 2: the penalty is a loss term and L_gk is computed in extra_loss
 
     def __init__(self, config: MaskTuningConfig | None = None):
         super().__init__(config)
         self._masks: dict[str, MaskedLinear] = {}  # declared score name -> wrapper (kept after merge)
-        self._general_grads: dict[str, torch.Tensor] = {}
+        self._general_grads: dict[str, torch.Tensor] = {}  # b of this step, consumed by the score hooks
+        self._recorded: tuple | None = None  # (args, kwargs, pooled features) of the last training forward
         self._collecting_general_grads = False
         self._in_frozen_pass = False
-        self._forward_hook = None
+        self._handles: list = []
 
     def _attach(self, backbone) -> None:
         config: MaskTuningConfig = self.config
@@ -237,29 +258,59 @@ class MaskTuning(Adapter):
                 name = f"blocks.{block}.{site}.scores"
                 self.declare(name, wrapper.scores)
                 self._masks[name] = wrapper
-                wrapper.scores.register_hook(functools.partial(self._regularised_gradient, name))
+                if config.gdr:
+                    self._handles.append(wrapper.scores.register_hook(functools.partial(self._dropped_gradient, name)))
         if config.gdr:
-            self._forward_hook = backbone.register_forward_hook(self._record_general_grads, with_kwargs=True)
+            self._handles.append(backbone.register_forward_hook(self._record_features, with_kwargs=True))
+
+    # -- the training hooks -------------------------------------------------------------
+    def extra_loss(self, context: LossContext) -> dict[str, torch.Tensor]:
+        """The mask-norm penalty; with ``gdr``, also prepares this step's ``b`` for the score hooks."""
+        if self.merged:
+            return {}
+        if self.config.gdr:
+            self._general_grads = self._general_knowledge_grads()
+        if self.config.norm_weight == 0:
+            return {}
+        return {"mask_norm": self.config.norm_weight * self.mask_norm()}
+
+    def mask_norm(self) -> torch.Tensor:
+        """``sum_sites ||S_site||_2`` (unsquared L2 norm of each score tensor)."""
+        return torch.stack([torch.linalg.vector_norm(w.scores) for w in self._masks.values()]).sum()
+
+    def on_train_batch_end(self, step: int) -> None:
+        self._forget_step()
+
+    def _forget_step(self) -> None:
+        """Nothing of a finished step may leak into the next one's gradients (or keep its graph)."""
+        self._general_grads.clear()
+        self._recorded = None
 
     # -- gradient dropout ---------------------------------------------------------------
-    def _record_general_grads(self, backbone, args, kwargs, output) -> None:
-        """Forward hook: the gradient of the general-knowledge term w.r.t. every score."""
-        if not (backbone.training and torch.is_grad_enabled() and output.requires_grad):
-            return
-        if self._in_frozen_pass or self.merged:
-            return
-        with self._frozen_model(backbone), torch.no_grad():
-            frozen = backbone(*args, **kwargs)
+    def _record_features(self, backbone, args, kwargs, output) -> None:
+        """Forward hook: remember the training forward's inputs and pooled features."""
+        if backbone.training and torch.is_grad_enabled() and output.requires_grad and not self._in_frozen_pass:
+            self._recorded = (args, kwargs, output)
+
+    def _general_knowledge_grads(self) -> dict[str, torch.Tensor]:
+        """``b``: the gradient of ``L_gk`` w.r.t. every score, for the recorded forward."""
+        recorded, self._recorded = self._recorded, None
+        if recorded is None:
+            return {}
+        args, kwargs, features = recorded
+        with self._frozen_model(self.backbone), torch.no_grad():
+            frozen = self.backbone(*args, **kwargs)
         config: MaskTuningConfig = self.config
-        loss = general_knowledge_loss(output, frozen, config.gdr_logit_scale, config.gdr_temperature)
+        loss = general_knowledge_loss(features, frozen, config.gdr_logit_scale, config.gdr_temperature)
         names = list(self._masks)
-        self._collecting_general_grads = True
+        self._collecting_general_grads = True  # the score hooks must pass b through untouched
         try:
+            # the graph is kept for the task's own backward through the same forward
             grads = torch.autograd.grad(loss, [self._masks[n].scores for n in names],
                                         retain_graph=True, allow_unused=True)
         finally:
             self._collecting_general_grads = False
-        self._general_grads = {n: g for n, g in zip(names, grads) if g is not None}
+        return {n: g for n, g in zip(names, grads) if g is not None}
 
     @contextmanager
     def _frozen_model(self, backbone):
@@ -278,23 +329,14 @@ class MaskTuning(Adapter):
                 wrapper.masking = True
             self._in_frozen_pass = False
 
-    def _regularised_gradient(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        """Score hook: task gradient + mask-norm penalty gradient, then gradient dropout."""
-        wrapper = self._masks[name]
-        if self._collecting_general_grads or not wrapper.training:
+    def _dropped_gradient(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        """Score hook: GDR of ``a`` (the score's whole gradient: task loss + penalty) given ``b``."""
+        if self._collecting_general_grads or not self._masks[name].training:
             return grad
-        task_grad = grad + self._norm_penalty_grad(wrapper.scores)
         general_grad = self._general_grads.pop(name, None)
-        if general_grad is None:
-            return task_grad
-        return gradient_dropout(task_grad, general_grad, self.config.gdr_lambda)
-
-    def _norm_penalty_grad(self, scores: torch.Tensor) -> torch.Tensor | float:
-        """d(norm_weight * ||S||_2)/dS = norm_weight * S / ||S||_2 (0 where S = 0)."""
-        norm = torch.linalg.vector_norm(scores.detach())
-        if self.config.norm_weight == 0 or norm == 0:
-            return 0.0
-        return self.config.norm_weight * scores.detach() / norm
+        if general_grad is None:  # extra_loss did not run for this step: nothing to drop against
+            return grad
+        return gradient_dropout(grad, general_grad, self.config.gdr_lambda)
 
     # -- reporting ----------------------------------------------------------------------
     @torch.no_grad()
@@ -311,10 +353,10 @@ class MaskTuning(Adapter):
     # -- merging ------------------------------------------------------------------------
     def _merge(self) -> None:
         super()._merge()
-        if self._forward_hook is not None:
-            self._forward_hook.remove()
-            self._forward_hook = None
-        self._general_grads.clear()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._forget_step()
 
     # -- state: the binary masks, 1 bit a weight ----------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -41,6 +41,22 @@ The partition is drawn once, from ``partition_seed + block`` (its own generator,
 the global RNG), and kept as a non-persistent buffer: a checkpoint stores only the weights, and
 rebuilding the adapter from its saved config redraws the same partition.
 
+*Consistency loss* (the official VTAB-1k recipe: ``MODEL.ADAPTER.ADDITIONAL True``,
+``REG_WEIGHT 1.0``, ``ADD_WEIGHT 0.0`` in ``scripts/mosa/vit/VTAB/vtab.sh``). Every training batch
+runs through the model a second time, with its own module draws, and the loss gains
+
+    L_cons = w * (KL(sg(q) || p) + KL(sg(p) || q)) / 2,    p = softmax(z1), q = softmax(z2),
+
+z1 the logits of the task's forward (whose cross-entropy is the task loss), z2 those of the
+second forward, sg a stop-gradient, KL summed over classes and averaged over the batch, in
+float32 (``symmetric_KL_loss`` in ``src/solver/losses.py``: ``F.kl_div(log_softmax(z1),
+softmax(z2.detach()), reduction="batchmean")`` plus the mirrored term, times 0.5; added to the
+cross-entropy in ``forward_one_batch``, ``src/engine/trainer.py``). Each half pulls one draw's
+prediction towards the other's; the second forward's cross-entropy is not added
+(``ADD_WEIGHT = 0``). ``consistency_weight`` is w (official ``REG_WEIGHT`` = 1; 0 turns the term
+and its second forward off). It is returned by :meth:`MoSA.extra_loss` as ``consistency``; a
+dense task's logits (B, C, H, W) are treated per position (class dimension 1).
+
 ``merge()`` (adaptbench's contract: fold into the *backbone* weights) is impossible: the adapter
 has a GELU, so ``mergeable = False``. MoSA's own "merge" (of the sparse modules into one
 adapter) is what eval mode computes, by construction.
@@ -55,12 +71,9 @@ Departures from the official code, and why:
 * The module draw uses torch's global RNG (``torch.manual_seed`` reproduces it) rather than
   Python's ``random``; the partition is a seeded ``randperm`` cut into N equal runs rather than
   ``kthvalue`` bins of a uniform score (the same distribution: a random balanced partition).
-* Not implemented here, because it lives in the training step rather than in the adapter: the
-  official VTAB recipe's ``ADAPTER.ADDITIONAL = True, REG_WEIGHT = 1.0`` runs every batch twice
-  (two independent module draws) and adds the symmetric KL divergence between the two outputs'
-  softmaxes, ``(KL(p || sg(q)) + KL(q || sg(p))) / 2``, to the cross-entropy. The official options
-  to split the down-projection too (``SHARE = "up"`` / ``None``) and ``MERGE = "joint"`` are not
-  offered.
+* The official options to split the down-projection too (``SHARE = "up"`` / ``None``),
+  ``MERGE = "joint"``, the deep hidden-state regulariser (``DEEPREG``) and the second
+  forward's own cross-entropy (``ADD_WEIGHT``, 0 in the VTAB script) are not offered.
 * The full text of the paper could not be read here; which of these choices the paper calls its
   "hierarchical sparse strategy" is not settled from the code alone (the dense shared
   down-projection with a sparse up-projection is the structural choice the official scripts make).
@@ -76,6 +89,7 @@ from torch import nn
 
 from ..registry import register_adapter
 from .base import Adapter, AdapterConfig, blocks_of, require
+from .hooks import LossContext
 from .layers import ACTIVATIONS, Bottleneck, ParallelBranch
 
 
@@ -91,6 +105,10 @@ class MoSAConfig(AdapterConfig):
     partition_seed: int = field(
         default=0, metadata={"help": "seed of the random partition of W_up (block b uses seed + b)"}
     )
+    consistency_weight: float = field(
+        default=1.0, metadata={"help": "w of the two-draw symmetric-KL consistency loss (official REG_WEIGHT 1; "
+                                       "0: off, no second forward)"}
+    )
     blocks: tuple[int, ...] | None = field(
         default=None, metadata={"help": "block indices to adapt (default: every block)"}
     )
@@ -103,6 +121,22 @@ class MoSAConfig(AdapterConfig):
         require(0.0 <= self.dropout < 1.0, f"mosa option dropout={self.dropout}: expected 0 <= dropout < 1")
         require(self.act in ACTIVATIONS, f"mosa option act={self.act!r}: expected one of {sorted(ACTIVATIONS)}")
         require(self.partition_seed >= 0, f"mosa option partition_seed={self.partition_seed}: expected >= 0")
+        require(0.0 <= self.consistency_weight < float("inf"),
+                f"mosa option consistency_weight={self.consistency_weight}: expected a finite number >= 0")
+
+
+def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``(KL(sg(q) || p) + KL(sg(p) || q)) / 2`` of the softmaxes p, q of two logit tensors over
+    dimension 1, summed over classes and averaged over the rest (the batch): each half moves
+    only the prediction it compares against the other, detached one."""
+    log_p = F.log_softmax(first.float(), dim=1)
+    log_q = F.log_softmax(second.float(), dim=1)
+    return (_kl(log_q.detach(), log_p) + _kl(log_p.detach(), log_q)) / 2
+
+
+def _kl(log_target: torch.Tensor, log_input: torch.Tensor) -> torch.Tensor:
+    """KL(target || input) from log-probabilities, summed over dim 1, averaged over the rest."""
+    return (log_target.exp() * (log_target - log_input)).sum(dim=1).mean()
 
 
 def balanced_partition(shape: tuple[int, ...], num_modules: int, generator: torch.Generator) -> torch.Tensor:
@@ -162,6 +196,7 @@ class MoSA(Adapter):
 
     mergeable = False  # the GELU forbids folding into the backbone; eval already merges the modules
     stochastic_training = True  # one module drawn per forward in training, all merged at eval
+    version = 2  # 2: the two-draw consistency loss of the official VTAB recipe
 
     def _attach(self, backbone) -> None:
         config: MoSAConfig = self.config
@@ -178,6 +213,14 @@ class MoSA(Adapter):
             self.branches[block] = wrapper
             for name, param in wrapper.adapter.named_parameters():
                 self.declare(f"blocks.{block}.mlp.{name}", param)
+
+    def extra_loss(self, context: LossContext) -> dict[str, torch.Tensor]:
+        """The consistency term between the task's forward and a second one with fresh draws."""
+        weight = self.config.consistency_weight
+        # in eval mode both forwards are the merged adapter: the term is 0, skip its forward
+        if weight == 0 or not self.backbone.training:
+            return {}
+        return {"consistency": weight * symmetric_kl(context.outputs, context.forward(context.inputs))}
 
     def inference_params(self) -> int:
         # evaluation runs one merged adapter: the N per-module up biases average into one

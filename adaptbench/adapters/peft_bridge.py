@@ -44,6 +44,19 @@ backbone with those names as ``target_modules`` (the tuner rather than
 VeRA's frozen projections), then declares every new tensor that requires grad as
 ``blocks.{i}.{site}.<PEFT parameter path>`` (or ``shared.<path>`` when several sites hold
 it). ``merge()`` calls each PEFT layer's ``merge`` and puts its base layer back.
+AdaLoRA (``peft:adalora``; Zhang et al., "Adaptive Budget Allocation for Parameter-Efficient
+Fine-Tuning", ICLR 2023) is more than a layer, and uses the training hooks (``hooks.py``):
+``W0 x + (alpha / ranknum) B (A * E) x`` with ``E`` (the singular values) 0 at init, whose
+triplets PEFT's ``RankAllocator`` prunes from ``init_r`` towards ``target_r`` per layer on a cubic
+budget schedule over ``tinit`` .. ``total_step - tfinal``. ``on_train_start(total_steps)`` sets
+the config's ``total_step`` (the allocator reads it at every call; it is not an option, and
+``tinit < total_steps - tfinal`` is checked there); ``on_train_batch_end(step)`` calls the
+tuner's ``update_and_allocate(step)``, which reads every factor's ``.grad`` (sensitivity
+``|p * grad|``): it must run after ``optimizer.step()`` and before ``zero_grad``. PEFT adds the
+orthogonal regulariser ``orth_reg_weight * mean over A, B of ||A A^T - I||_F, ||B^T B - I||_F``
+only to a transformers output's ``.loss`` (``AdaLoraModel.forward``); ``extra_loss`` returns
+it as ``orth_reg``. PEFT's ``r`` (unused by AdaLoRA: ``init_r`` is its rank) is not exposed.
+
 Options that would touch the frozen backbone are not exposed (``bias`` trains its biases:
 use ``bitfit``; ``fan_in_fan_out`` is for GPT-2's Conv1D), and an initialisation that
 rewrites the frozen weights (LoRA's ``init_lora_weights=pissa``) is refused.
@@ -66,6 +79,7 @@ from .._peft_methods import PEFT_INSTALL_HINT, installed_peft_methods
 from ..backbones.anatomy import LINEAR_SITES
 from ..errors import AdaptbenchError
 from .base import Adapter, AdapterConfig, blocks_of, require
+from .hooks import LossContext
 
 ADAPTER_NAME = "default"  # PEFT's name for the one adapter a layer holds
 
@@ -102,6 +116,8 @@ METHOD_FACTS = {
     "beft": MethodFacts(("qkv",), True, False, "bias update starts at 0; PEFT cannot merge it into a "
                                                "bias-free linear (vit_tiny_test_reg's qkv)"),
     "lily": MethodFacts(("qkv",), True, False, "B experts start at 0; PEFT's Lily layer has no merge"),
+    "adalora": MethodFacts(("qkv",), True, True, "E (the singular values) = 0 at init; merge adds "
+                                                 "B (A * E) alpha / ranknum to W"),
     **{m: MethodFacts(("qkv",), True, True, "identity at init and exact merge, checked on the tiny ViTs")
        for m in ("adamss", "deft", "delora", "frod", "gralora", "hira", "miss", "osf", "peanut", "psoft",
                  "pvera", "randlora", "road", "shira", "supertuning", "tinylora", "waveft")},
@@ -119,6 +135,10 @@ _NOT_EXPOSED = {
     "use_effective_conv2d",  # convolutions only
     "megatron_core", "use_qalora", "qalora_group_size",  # sharded or quantised base layers
     "ensure_weight_tying", "save_projection",  # about PEFT's own models and files
+}
+# Per method: PEFT fields the method ignores or adaptbench sets from the run.
+_NOT_EXPOSED_BY_METHOD = {
+    "adalora": {"r", "total_step"},  # r: unused (init_r is the rank); total_step: on_train_start
 }
 _SIMPLE_TYPES = (int, float, bool, str)
 
@@ -150,9 +170,15 @@ class PeftBridgeConfig(AdapterConfig):
         """The PEFT config for these module names (raises one line when PEFT refuses it)."""
         extra = {"feedforward_modules": feedforward_modules or []} if self.peft_method == "ia3" else {}
         try:
-            return self.peft_config_class(target_modules=target_modules, **extra, **self.peft_options())
+            return self.peft_config_class(target_modules=target_modules, **extra, **self.run_placeholders(),
+                                          **self.peft_options())
         except (ValueError, TypeError) as err:
             raise AdaptbenchError(f"peft:{self.peft_method} options {self.peft_options()}: {_one_line(err)}") from None
+
+    def run_placeholders(self) -> dict[str, Any]:
+        """PEFT fields that only the run knows, with values that pass PEFT's validation until
+        the training hooks set the real ones (none by default)."""
+        return {}
 
     def _coerce_peft_fields(self) -> None:
         """CLI values arrive as strings; PEFT wants its types (``init_weights`` may be a
@@ -204,13 +230,15 @@ def _our_hint(types: tuple[type, ...]) -> Any:
     return functools.reduce(operator.or_, types)
 
 
-def make_config_class(method: str, peft_config_class: type, facts: MethodFacts) -> type[PeftBridgeConfig]:
+def make_config_class(method: str, peft_config_class: type, facts: MethodFacts,
+                      base: type[PeftBridgeConfig] = PeftBridgeConfig) -> type[PeftBridgeConfig]:
     hints = typing.get_type_hints(peft_config_class)
     base_fields = {f.name for f in dataclasses.fields(_peft().config.PeftConfig)}
+    hidden = _NOT_EXPOSED | _NOT_EXPOSED_BY_METHOD.get(method, set())
     specs, accepted = [], {}
     for f in dataclasses.fields(peft_config_class):
         types = _accepted_types(hints.get(f.name))
-        if f.name in base_fields or f.name in _NOT_EXPOSED or types is None or f.default is dataclasses.MISSING:
+        if f.name in base_fields or f.name in hidden or types is None or f.default is dataclasses.MISSING:
             continue
         accepted[f.name] = types
         specs.append((f.name, _our_hint(types), field(default=f.default, metadata={"help": _help(f)})))
@@ -220,7 +248,7 @@ def make_config_class(method: str, peft_config_class: type, facts: MethodFacts) 
         ("blocks", tuple[int, ...] | None, field(default=None, metadata={
             "help": "block indices to adapt (default: every block)"})),
     ]
-    config = dataclasses.make_dataclass(f"Peft{_camel(method)}Config", specs, bases=(PeftBridgeConfig,),
+    config = dataclasses.make_dataclass(f"Peft{_camel(method)}Config", specs, bases=(base,),
                                         namespace={"__module__": __name__})
     config.peft_method = method
     config.peft_config_class = peft_config_class
@@ -248,6 +276,7 @@ class PeftBridge(Adapter):
     def __init__(self, config: AdapterConfig | None = None):
         super().__init__(config)
         self._sites: list[tuple[str, int]] = []
+        self._tuner = None  # PEFT's tuner (BaseTuner) over the backbone: methods with training hooks use it
 
     def _attach(self, backbone) -> None:
         config: PeftBridgeConfig = self.config
@@ -271,7 +300,7 @@ class PeftBridge(Adapter):
 
     def _inject(self, backbone, peft_config) -> None:
         try:
-            self.tuner_class(backbone, peft_config, adapter_name=ADAPTER_NAME)
+            self._tuner = self.tuner_class(backbone, peft_config, adapter_name=ADAPTER_NAME)
         except (ValueError, TypeError, RuntimeError, AttributeError, NotImplementedError) as err:
             raise AdaptbenchError(
                 f"peft:{self.peft_method} cannot adapt {backbone.name!r} at {list(self.config.targets)}: "
@@ -318,6 +347,83 @@ class PeftBridge(Adapter):
             layer = layer.base_layer if isinstance(layer, TokenRows) else layer
             layer.merge(adapter_names=[ADAPTER_NAME])
             self.backbone.replace_site(site, block, layer.get_base_layer())
+
+
+# -- AdaLoRA: a method with training hooks -------------------------------------------------------
+@dataclass
+class AdaLoraBridgeConfig(PeftBridgeConfig):
+    """The AdaLoRA fields are PEFT's; ``total_step`` comes from the run (``on_train_start``)."""
+
+    def validate(self) -> None:
+        # checked here because PEFT fails on them only mid-training (a modulo by zero, kthvalue)
+        require(self.init_r >= 1, f"peft:adalora option init_r={self.init_r}: expected an integer >= 1")
+        require(0 <= self.target_r <= self.init_r,
+                f"peft:adalora option target_r={self.target_r}: expected 0 <= target_r <= init_r={self.init_r}")
+        require(self.deltaT >= 1, f"peft:adalora option deltaT={self.deltaT}: expected an integer >= 1")
+        for name in ("tinit", "tfinal"):
+            require(getattr(self, name) >= 0, f"peft:adalora option {name}={getattr(self, name)}: expected >= 0")
+        super().validate()
+
+    def run_placeholders(self) -> dict[str, Any]:
+        # the shortest schedule PEFT accepts; on_train_start replaces it by the run's length
+        return {"total_step": self.tinit + self.tfinal + 1}
+
+
+class AdaLoraBridge(PeftBridge):
+    """``peft:adalora``: PEFT's AdaLoRA layers, its rank allocator driven by the training hooks."""
+
+    def __init__(self, config: AdapterConfig | None = None):
+        super().__init__(config)
+        self.total_steps: int | None = None
+
+    def on_train_start(self, total_steps: int) -> None:
+        config = self.config
+        require(total_steps >= 1, f"peft:adalora: a run of {total_steps} optimiser steps has no budget schedule")
+        require(config.tinit < total_steps - config.tfinal,
+                f"peft:adalora options tinit={config.tinit}, tfinal={config.tfinal}: expected "
+                f"tinit < total_steps - tfinal for this run's {total_steps} optimiser steps (lower tinit or tfinal)")
+        # the allocator holds the tuner's config object: both read total_step from it at every call
+        self._tuner.rankallocator.set_total_step(total_steps)
+        self.total_steps = total_steps
+
+    def on_train_batch_end(self, step: int) -> None:
+        if self.merged:
+            return
+        if self.total_steps is None:
+            raise AdaptbenchError("peft:adalora: on_train_start(total_steps) must run before on_train_batch_end: "
+                                  "the rank budget is scheduled over the run's length")
+        missing = [name for name, param in self._declared.items() if param.grad is None]
+        if missing:
+            raise AdaptbenchError(
+                f"peft:adalora: on_train_batch_end({step}) found no gradient on {missing[0]}: call it after "
+                f"optimizer.step() and before optimizer.zero_grad() (the rank allocator reads .grad)"
+            )
+        self._tuner.update_and_allocate(step)
+
+    def extra_loss(self, context: LossContext) -> dict[str, torch.Tensor]:
+        weight = self.config.orth_reg_weight
+        if weight == 0 or self.merged:
+            return {}
+        return {"orth_reg": weight * orthogonality_penalty(self._singular_vectors())}
+
+    def _singular_vectors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(A, B) of every layer: right (r x in) and left (out x r) singular-vector factors."""
+        return [(self._declared[f"blocks.{block}.{site}.lora_A"], self._declared[f"blocks.{block}.{site}.lora_B"])
+                for site, block in self._sites]
+
+
+def orthogonality_penalty(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The mean, over every A and every B, of ``||A A^T - I||_F`` and ``||B^T B - I||_F``: the
+    r x r Gram matrices of the singular vectors against the identity (``AdaLoraModel.forward``)."""
+    grams = [gram for a, b in pairs for gram in (a @ a.T, b.T @ b)]
+    return torch.stack([torch.linalg.matrix_norm(gram - torch.eye(len(gram), dtype=gram.dtype, device=gram.device))
+                        for gram in grams]).mean()
+
+
+# Methods whose adapter or config is more than the generic bridge.
+METHOD_CLASSES: dict[str, tuple[type[PeftBridge], type[PeftBridgeConfig]]] = {
+    "adalora": (AdaLoraBridge, AdaLoraBridgeConfig),
+}
 
 
 class TokenRows(nn.Module):
@@ -372,7 +478,8 @@ def bridged_adapter(method: str) -> type[PeftBridge]:
 
     peft_type = peft.PeftType[method.upper()]
     facts = METHOD_FACTS.get(method, UNCHECKED)
-    adapter = type(f"Peft{_camel(method)}", (PeftBridge,), {
+    base, config_base = METHOD_CLASSES.get(method, (PeftBridge, PeftBridgeConfig))
+    adapter = type(f"Peft{_camel(method)}", (base,), {
         "__doc__": offered[method],
         "__module__": __name__,
         "peft_method": method,
@@ -381,6 +488,6 @@ def bridged_adapter(method: str) -> type[PeftBridge]:
         "identity_at_init": facts.identity_at_init,
         "mergeable": facts.mergeable,
     })
-    adapter.config_class = make_config_class(method, PEFT_TYPE_TO_CONFIG_MAPPING[peft_type], facts)
+    adapter.config_class = make_config_class(method, PEFT_TYPE_TO_CONFIG_MAPPING[peft_type], facts, config_base)
     adapter.name = f"peft:{method}"
     return adapter

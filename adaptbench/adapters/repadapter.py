@@ -31,9 +31,23 @@ the module's own default, s = 1 (also the few-shot configs' value).
 Departures from the official code: it patches timm's ``Block.forward`` and runs the adapter
 as ``nn.Conv1d`` on transposed tokens; here the ``qkv`` / ``mlp_in`` sites are wrapped through the
 anatomy and the adapter is the same maps written on the last (channel) dimension, so it also
-serves SAM's (B, H, W, C) tokens. A later commit of the official training script (2024, "Update
-LossRep", not in the paper) adds an L2 penalty on B to the loss; it is a training-loss term,
-not part of the adapter, and is not reproduced.
+serves SAM's (B, H, W, C) tokens.
+
+Optional penalty on B (``b_norm_weight``, default 0: off). The official repository has one
+training-loss term, on a side branch only: commit 1285c27 "Update LossRep" (2024-04-18), which
+main's later HEAD 360992f "fix repadapter" does not contain. Its ``train.py`` adds
+
+    L_B = lambda * sum over adapters of (||W_B||_2 + ||b_B||_2)
+
+(``torch.norm(param, p=2)`` of every parameter whose name contains ``adapter_attn.conv_B`` or
+``adapter_mlp.conv_B``: B's weight and bias, each an unsquared Frobenius norm) with
+``lambda = --sparse_lambda``. Its argparse default is 1.0, but every script of that commit
+(``scripts/train_repblock.sh``, ``train_repattn.sh``, ``search_repblock.sh``,
+``search_repattn.sh``) passes ``sparse_lambda=0``, and the per-task VTAB-1k configs
+(``configs/repblock/*.yaml``, initial commit of 2022-11) predate it. So the official recipe
+trains without it and the default here is 0; ``b_norm_weight = lambda`` turns it on, returned
+by :meth:`RepAdapter.extra_loss` as ``b_norm`` (its gradient at B = 0 is 0: torch's subgradient
+of a norm at zero, so the zero-initialised B is not pushed anywhere by it).
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ from torch import nn
 from ..errors import AdaptbenchError
 from ..registry import register_adapter
 from .base import Adapter, AdapterConfig, SiteWrapper, blocks_of, require
+from .hooks import LossContext
 from .layers import init_down
 
 # The adapter must sit right before a linear to be merged into it: the inputs of the
@@ -67,6 +82,10 @@ class RepAdapterConfig(AdapterConfig):
     blocks: tuple[int, ...] | None = field(
         default=None, metadata={"help": "block indices to adapt (default: every block)"}
     )
+    b_norm_weight: float = field(
+        default=0.0, metadata={"help": "lambda of the penalty lambda * sum (||W_B||_2 + ||b_B||_2) (official "
+                                       "side-branch sparse_lambda; 0 in its scripts: off)"}
+    )
 
     def validate(self) -> None:
         require(self.hidden_dim >= 1, f"repadapter option hidden_dim={self.hidden_dim}: expected an integer >= 1")
@@ -77,6 +96,8 @@ class RepAdapterConfig(AdapterConfig):
         require(len(self.sites) > 0, f"repadapter option sites: expected at least one of {REPADAPTER_SITES}")
         for site in self.sites:
             require(site in REPADAPTER_SITES, f"repadapter site {site!r}: expected one of {REPADAPTER_SITES}")
+        require(0.0 <= self.b_norm_weight < float("inf"),
+                f"repadapter option b_norm_weight={self.b_norm_weight}: expected a finite number >= 0")
 
 
 class GroupedLinearAdapter(nn.Module):
@@ -156,6 +177,14 @@ class RepAdapter(Adapter):
                 self.declare(f"{prefix}.A.bias", branch.down.bias)
                 self.declare(f"{prefix}.B.weight", branch.up_weight)
                 self.declare(f"{prefix}.B.bias", branch.up_bias)
+
+    def extra_loss(self, context: LossContext) -> dict[str, torch.Tensor]:
+        """``lambda * sum (||W_B||_2 + ||b_B||_2)`` over the adapters, when ``b_norm_weight`` > 0."""
+        weight = self.config.b_norm_weight
+        if weight == 0 or self.merged:
+            return {}
+        norms = [torch.linalg.vector_norm(p) for n, p in self._declared.items() if ".B." in n]
+        return {"b_norm": weight * torch.stack(norms).sum()}
 
 
 register_adapter("repadapter", RepAdapterConfig, RepAdapter)

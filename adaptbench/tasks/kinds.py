@@ -83,12 +83,16 @@ class TaskModule(L.LightningModule):
         return total
 
     def on_train_start(self) -> None:
+        self._steps_reported = self.global_step
         self.adapter.on_train_start(int(self.trainer.estimated_stepping_batches))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # Lightning has stepped the optimiser (global_step counts it) and not yet zeroed the
-        # gradients: they are zeroed at the start of the next step (AdaLoRA reads them).
-        self.adapter.on_train_batch_end(self.global_step - 1)
+        # gradients: they are zeroed inside the next step's closure (AdaLoRA reads them).
+        # Under gradient accumulation a batch may end without a step: the hook is per step.
+        if self.global_step > self._steps_reported:
+            self._steps_reported = self.global_step
+            self.adapter.on_train_batch_end(self.global_step - 1)
 
     # -- evaluation -----------------------------------------------------------------------------
     def _evaluate(self, batch, metrics: MetricCollection, loss_name: str) -> None:
