@@ -171,7 +171,9 @@ def test_merged_equals_unmerged(adapter_name, backbone_name):
     unmerged = backbone(images(7))
     promised = parameter_report(adapter).extra_inference_merged
     adapter.merge()
-    torch.testing.assert_close(backbone(images(7)), unmerged, atol=1e-5, rtol=1e-5)
+    # float32: the merged matmul sums in another order than base + delta (FourierFT's delta is an
+    # inverse FFT scaled by 150), which moved one output by 1.9e-5 on this CPU (~0.7 in size)
+    torch.testing.assert_close(backbone(images(7)), unmerged, atol=5e-5, rtol=1e-4)
     assert adapter.extra_inference_params() == 0 == promised
     # merging leaves no wrapper behind (the count may still grow: a shift merged into a
     # bias-free linear gives it a bias)

@@ -180,3 +180,18 @@ def test_a_backbone_option_its_family_cannot_honour_is_one_line():
     with pytest.raises(AdaptbenchError, match=r"backbone option keep_projection=False does not apply to vit_tiny_test"):
         load_backbone("vit_tiny_test", options={"keep_projection": False})
     assert load_backbone("vit_tiny_test", options={"img_size": 48}).data_config.input_size[-1] == 48
+
+
+def test_the_runner_and_eval_import_no_kind_by_name():
+    """They dispatch on the task's kind: no module of the runner, the API or the CLI imports one."""
+    import ast
+    from pathlib import Path
+
+    import adaptbench
+
+    package = Path(adaptbench.__file__).parent
+    sources = [*sorted((package / "runner").glob("*.py")), package / "api.py", package / "cli.py"]
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "classification" not in (node.module or ""), f"{path.name} imports {node.module}"
