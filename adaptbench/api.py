@@ -181,9 +181,8 @@ def check_matrix(matrix: MatrixRun, source: str | os.PathLike | None = None) -> 
 
     Raises :class:`MatrixProblems` (each problem prefixed with ``source``, default the spec's path).
     """
-    from .runner.validate import spec_precisions
     from .runner.train import check_environment, quiet_lightning
-    from .runner.validate import problems, validate_spec
+    from .runner.validate import problems, spec_precisions, validate_spec
 
     source = str(source if source is not None else matrix.spec.path)
     found = problems(validate_spec(matrix.spec, matrix.options.data_root, matrix.capabilities))  # anatomies built once
@@ -196,29 +195,19 @@ def check_matrix(matrix: MatrixRun, source: str | os.PathLike | None = None) -> 
         check_environment(matrix.options.accelerator, precision)
 
 
-def run_matrix(
-    spec: str | os.PathLike | MatrixSpec,
-    *,
-    out: str | os.PathLike | None = None,
-    data_root: str | os.PathLike | None = None,
-    workers: int = 1,
-    retry_failed: bool = False,
-    accelerator: str = "auto",
-    leaderboard: bool = True,
-    plugin_files: Sequence[str] = (),
-) -> MatrixSummary:
+def run_matrix(spec: str | os.PathLike | MatrixSpec, **options: Any) -> MatrixSummary:
     """Run every cell of a matrix spec, as ``adaptbench run`` does; return its summary.
 
-    ``spec``: a spec file (YAML) or a loaded :class:`~adaptbench.runner.spec.MatrixSpec`.
-    ``out`` / ``data_root`` override the spec's; ``workers`` cells run in parallel processes
+    ``spec``: a spec file (YAML) or a loaded :class:`~adaptbench.runner.spec.MatrixSpec`;
+    ``options`` are :func:`plan_matrix`'s (``out``, ``data_root``, ``workers``, ``retry_failed``,
+    ``accelerator``, ``leaderboard``, ``plugin_files``). ``out`` / ``data_root`` override the spec's; ``workers`` cells run in parallel processes
     (``plugin_files`` are imported in each); cells whose record says success are skipped
     (failed ones too, unless ``retry_failed``). With ``leaderboard`` the spec's leaderboard
     files are written (``summary.leaderboard_files``). The spec is checked first: problems
     raise :class:`MatrixProblems` (an AdaptbenchError) and nothing runs. A failed cell does not
     raise: ``summary.failed`` counts them and their records hold the errors.
     """
-    matrix = plan_matrix(spec, out=out, data_root=data_root, workers=workers, retry_failed=retry_failed,
-                         accelerator=accelerator, leaderboard=leaderboard, plugin_files=plugin_files)
+    matrix = plan_matrix(spec, **options)
     check_matrix(matrix, spec if isinstance(spec, (str, os.PathLike)) else None)
     return matrix.run()
 

@@ -195,3 +195,18 @@ def test_the_runner_and_eval_import_no_kind_by_name():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert "classification" not in (node.module or ""), f"{path.name} imports {node.module}"
+
+
+def test_a_wrong_data_root_answers_before_torch_is_imported(tmp_path):
+    """Names and split files are checked first: a wrong --data-root costs the CLI's start-up."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom adaptbench.cli import main\n"
+            "rc = main(['train', '--task', 'vtab1k/cifar', '--data-root', sys.argv[1], '--backbone',"
+            " 'timm:vit_base_patch16_224.augreg_in21k', '--adapter', 'lora'])\n"
+            "print(rc, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nope")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert "nope/cifar does not exist" in result.stderr

@@ -13,17 +13,18 @@ import struct
 from pathlib import Path
 
 from PIL import Image
-from torch.utils.data import Dataset
 
 from ..errors import AdaptbenchError
 
 Sample = tuple[Path, int]
 
 
-class ImageListDataset(Dataset):
+class ImageListDataset:
     """Images read with PIL as RGB, then ``transform``; ``source`` names the split in errors.
 
-    Holds only paths, ints and the transform, so it pickles into DataLoader workers.
+    A map-style dataset (``__len__`` and ``__getitem__`` are all a DataLoader asks for), so this
+    module needs no torch: reading split lists stays cheap. Holds only paths, ints and the
+    transform, so it pickles into DataLoader workers.
     """
 
     def __init__(self, samples: list[Sample], transform=None, source: str = ""):
