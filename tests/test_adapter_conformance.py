@@ -3,7 +3,8 @@ every family (timm with a class token, timm with register tokens, open_clip with
 with QuickGELU + LayerScale, segment-anything with windowed and global blocks and a neck).
 
 Registering an adapter (or a backbone family) is enough to have it tested here (STYLE.md
-item 3). A pair the adapter declares impossible (``Adapter.unsupported``) must be refused at
+item 3). Training steps call the adapter's hooks as every task kind does (``extra_loss``
+terms must be finite scalars). A pair the adapter declares impossible (``Adapter.unsupported``) must be refused at
 attach with :class:`NotApplicable` and its reason, and the pair is listed in ``EXPECTED_NA``
 so that no pair becomes n/a silently.
 """
@@ -20,13 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaptbench.adapters import SiteWrapper, adapter_class, build_adapter
+from adaptbench.adapters.accounting import parameter_report
 from adaptbench.adapters.base import NotApplicable
 from adaptbench.adapters.checkpoint import load_adapter, save_adapter
+from adaptbench.adapters.hooks import LossContext
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
 from adaptbench.registry import ADAPTERS
-from adaptbench.adapters.accounting import parameter_report
-
 
 TIMM_TINY = ("vit_tiny_test", "vit_tiny_test_reg")
 OTHER_FAMILIES = {"clip_tiny_test": "open_clip", "clip_tiny_test_quickgelu": "open_clip", "sam_tiny_test": "segment_anything"}
@@ -77,16 +78,29 @@ def test_not_applicable_pairs_are_exactly_the_declared_ones(adapter_name, backbo
 
 
 def train_steps(backbone, adapter, steps: int = STEPS) -> nn.Linear:
-    """A few Adam steps on random labels through a fresh head (as a task would)."""
+    """A few Adam steps on random labels through a fresh head, calling the adapter's training
+    hooks as every task kind does (``tasks/kinds.py``); each extra term must be a finite scalar."""
     head = nn.Linear(backbone.anatomy.feature_dim, 5)
     params = list(adapter.trainable_parameters().values()) + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-2)
     labels = torch.tensor([0, 1, 2, 3])
+
+    def model(x):
+        return head(backbone(x))
+
     backbone.train()
+    adapter.on_train_start(steps)
     for step in range(steps):
         optimizer.zero_grad()
-        F.cross_entropy(head(backbone(images(step))), labels).backward()
+        inputs = images(step)
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, labels)
+        extras = adapter.extra_loss(LossContext(inputs, logits, labels, loss, model, step))
+        for name, term in extras.items():
+            assert term.ndim == 0 and torch.isfinite(term), f"extra loss {name!r}: {term}"
+        (loss + sum(extras.values())).backward()
         optimizer.step()
+        adapter.on_train_batch_end(step)
     backbone.eval()
     return head
 
