@@ -236,14 +236,8 @@ def make_leaderboard(records: RunRecord | str | os.PathLike | Iterable[RunRecord
     Also callable as ``adaptbench.leaderboard(records, format=...)``."""
     if format not in LEADERBOARD_FORMATS:
         raise AdaptbenchError(f"format {format!r}: expected one of {', '.join(LEADERBOARD_FORMATS)}")
-    from .leaderboard import (
-        build_leaderboards,
-        load_records as read_records,
-        render_csv,
-        render_html,
-        render_latex,
-        render_markdown,
-    )
+    from .leaderboard import build_leaderboards
+    from .leaderboard import load_records as read_records
     from .runner.records import RunRecord
 
     given = [records] if isinstance(records, (str, os.PathLike, RunRecord)) else list(records)
@@ -259,6 +253,14 @@ def make_leaderboard(records: RunRecord | str | os.PathLike | Iterable[RunRecord
     boards = build_leaderboards(loaded)
     if not boards:
         raise AdaptbenchError("leaderboard: no final run records: only tune records were given")
+    return render_leaderboards(boards, format)
+
+
+def render_leaderboards(boards: list, format: str) -> str:  # noqa: A002 - the CLI's --format
+    """Built leaderboards as ``md``, ``csv`` (each headed ``# <benchmark>`` when several), ``tex``
+    or ``html`` text."""
+    from .leaderboard import render_csv, render_html, render_latex, render_markdown
+
     if format == "csv":
         return "\n".join(f"# {b.benchmark}\n{render_csv(b)}" if len(boards) > 1 else render_csv(b) for b in boards)
     return {"md": render_markdown, "tex": render_latex, "html": render_html}[format](boards)

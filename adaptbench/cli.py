@@ -77,20 +77,16 @@ def _add_generated_flag(parser: argparse.ArgumentParser, option) -> None:
 
 
 def _add_run(commands) -> None:
+    from .config import MatrixRunOptions, cli_fields
+
     run = commands.add_parser(
         "run", help="run a benchmark matrix spec (backbones x adapters x tasks x seeds); resumable",
         description="Run every cell of a matrix spec (YAML), skipping cells whose record says success, "
                     "then print and write the leaderboard.",
     )
     run.add_argument("spec", help="a matrix spec, e.g. benchmarks/micro.yaml")
-    run.add_argument("--workers", type=int, default=1,
-                     help="cells run in parallel worker processes (GPU machines: one cell per device)")
-    run.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
-    run.add_argument("--retry-failed", action="store_true", help="run again the cells whose record says failed")
-    run.add_argument("--out", default=None, help="folder for run records (default: the spec's out)")
-    run.add_argument("--data-root", default=None, help="data folder (default: the spec's data_root)")
-    run.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu")
-    run.add_argument("--no-leaderboard", action="store_true", help="do not print or write the leaderboard")
+    for option in cli_fields(MatrixRunOptions):
+        _add_generated_flag(run, option)
     run.set_defaults(handler=cmd_run)
 
 
@@ -104,17 +100,13 @@ def _add_validate(commands) -> None:
 
 
 def _add_eval(commands) -> None:
-    evaluate = commands.add_parser("eval", help="evaluate a saved adapter checkpoint on a task split")
-    evaluate.add_argument("--checkpoint", required=True, help="an adapter .safetensors written by train")
-    evaluate.add_argument("--task", required=True)
-    evaluate.add_argument("--backbone", required=True)
-    evaluate.add_argument("--weights", default=None)
-    evaluate.add_argument("--split", default=None, help="default: the task's test split")
-    evaluate.add_argument("--data-root", default=None)
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--num-workers", type=int, default=0)
-    evaluate.add_argument("--accelerator", default="auto")
-    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    from .config import EvalOptions, cli_fields
+
+    evaluate = commands.add_parser("eval", help="evaluate a saved adapter checkpoint on a task split",
+                                   description="The options are the fields of adaptbench/config.py's EvalOptions.")
+    for option in cli_fields(EvalOptions, skip=("as_json",)):
+        _add_generated_flag(evaluate, option)
+    evaluate.add_argument("--json", dest="as_json", action="store_true", help="print the metrics as JSON")
     evaluate.set_defaults(handler=cmd_eval)
 
 
@@ -137,17 +129,8 @@ def _add_leaderboard(commands) -> None:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .leaderboard import (
-        FORMATS,
-        build_leaderboards,
-        load_records,
-        render_csv,
-        render_html,
-        render_latex,
-        render_markdown,
-        render_terminal,
-        write_leaderboards,
-    )
+    from .api import render_leaderboards
+    from .leaderboard import FORMATS, build_leaderboards, load_records, render_terminal, write_leaderboards
 
     formats = [f.strip() for given in args.format for f in given.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
@@ -168,11 +151,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         Console(width=200).print(render_terminal(boards))
         return 0
     for fmt in formats:  # text to stdout, e.g. `adaptbench leaderboard results --format md > table.md`
-        if fmt == "csv":
-            print("\n".join(f"# {b.benchmark}\n{render_csv(b)}" if len(boards) > 1 else render_csv(b)
-                            for b in boards), end="")
-        else:
-            print({"md": render_markdown, "tex": render_latex, "html": render_html}[fmt](boards), end="")
+        print(render_leaderboards(boards, fmt), end="")
     return 0
 
 
@@ -285,16 +264,18 @@ def _nested_key(model, nested_model) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
+    from .config import EvalOptions
     from .runner.evaluate import evaluate_checkpoint
     from .runner.train import quiet_lightning
 
+    options = _config_from_flags(EvalOptions, args)
     quiet_lightning()
     metrics = evaluate_checkpoint(
-        args.checkpoint, args.task, args.backbone, weights=args.weights, split=args.split,
-        data_root=args.data_root, batch_size=args.batch_size, num_workers=args.num_workers,
-        accelerator=args.accelerator,
+        options.checkpoint, options.task, options.backbone, weights=options.weights, split=options.split,
+        data_root=options.data_root, batch_size=options.batch_size, num_workers=options.num_workers,
+        accelerator=options.accelerator,
     )
-    if args.json:
+    if options.as_json:
         print(json.dumps(metrics, indent=2, sort_keys=True))
     else:
         for split, values in metrics.items():
@@ -306,15 +287,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .api import MatrixProblems, check_matrix, plan_matrix
+    from .config import MatrixRunOptions
     from .runner.matrix import dry_run_table
 
-    if args.workers < 1:
-        raise AdaptbenchError(f"--workers {args.workers}: expected an integer >= 1")
+    options = _config_from_flags(MatrixRunOptions, args)
     console = Console() if sys.stdout.isatty() else Console(width=160)  # logs: wide enough for the tables
-    matrix = plan_matrix(args.spec, out=args.out, data_root=args.data_root, workers=args.workers,
-                         retry_failed=args.retry_failed, accelerator=args.accelerator,
-                         leaderboard=not args.no_leaderboard, plugin_files=args.plugin, console=console)
-    if args.dry_run:
+    matrix = plan_matrix(args.spec, out=options.out, data_root=options.data_root, workers=options.workers,
+                         retry_failed=options.retry_failed, accelerator=options.accelerator,
+                         leaderboard=options.leaderboard, plugin_files=args.plugin, console=console)
+    if options.dry_run:
         console.print(dry_run_table(matrix))
         return 0
     try:

@@ -124,6 +124,34 @@ class RunPlaceOptions(_Model):
     progress: bool = Field(False, description="show Lightning's progress bar")
 
 
+class EvalOptions(_Model):
+    """``adaptbench eval``: a saved adapter checkpoint on one split of a task."""
+
+    checkpoint: str = Field(description="an adapter .safetensors written by train")
+    task: str = RunConfig.model_fields["task"]
+    backbone: str = RunConfig.model_fields["backbone"]
+    weights: str | None = RunConfig.model_fields["weights"]
+    split: str | None = Field(None, description="split to evaluate (default: the task's test split)")
+    data_root: str | None = RunPlaceOptions.model_fields["data_root"]
+    batch_size: int = RunConfig.model_fields["batch_size"]
+    num_workers: int = Field(0, ge=0, description="data loader worker processes")
+    accelerator: Accelerator = RunPlaceOptions.model_fields["accelerator"]
+    as_json: bool = Field(False, description="print the metrics as JSON")
+
+
+class MatrixRunOptions(_Model):
+    """``adaptbench run SPEC``: how to run a matrix (none of it changes a cell's id)."""
+
+    workers: int = Field(1, ge=1, description="cells run in parallel worker processes (GPU machines: one "
+                                              "cell per device)")
+    dry_run: bool = Field(False, description="list the cells and their status; run nothing")
+    retry_failed: bool = Field(False, description="run again the cells whose record says failed")
+    out: str | None = Field(None, description="folder for run records (default: the spec's out)")
+    data_root: str | None = Field(None, description="data folder (default: the spec's data_root)")
+    accelerator: Accelerator = RunPlaceOptions.model_fields["accelerator"]
+    leaderboard: bool = Field(True, description="print and write the leaderboard at the end")
+
+
 #: The RunConfig fields a spec's ``train:`` block (and a grid) may set: trainer settings.
 TRAIN_FIELDS: tuple[str, ...] = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
                                  "label_smoothing", "pool", "precision", "head")

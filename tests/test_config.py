@@ -122,3 +122,15 @@ def test_a_gpu_run_on_a_machine_without_one_is_refused_before_any_cell(tmp_path)
     result = adaptbench("run", str(spec), "--accelerator", "gpu", cwd=tmp_path)
     assert_one_line_error(result, "--accelerator gpu")
     assert no_records(tmp_path / "results")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["eval", "--checkpoint", "x.safetensors", "--task", "micro/digits", "--backbone", "vit_micro",
+      "--batch-size", "-3"], "--batch-size -3: expected an integer >= 1"),
+    (["eval", "--checkpoint", "x.safetensors", "--task", "micro/digits", "--backbone", "vit_micro",
+      "--num-workers", "two"], "--num-workers two: expected an integer >= 0"),
+    (["run", "spec.yaml", "--accelerator", "tpu"], "--accelerator tpu: expected one of 'auto'"),
+    (["run", "spec.yaml", "--workers", "0"], "--workers 0: expected an integer >= 1"),
+])
+def test_every_commands_flags_are_checked_by_their_fields(argv, fragment, tmp_path):
+    assert_one_line_error(adaptbench(*argv, cwd=tmp_path), fragment)
