@@ -14,7 +14,8 @@ import pytest
 import adaptbench
 from adaptbench import AdaptbenchError
 
-MICRO_LINEAR = {"task": "micro/digits", "backbone": "vit_micro", "adapter": "linear", "epochs": 1, "batch_size": 128}
+MICRO_LINEAR = {"task": "micro/digits", "backbone": "vit_micro", "adapter": "linear", "epochs": 1, "batch_size": 128,
+                "lr": 0.01}
 
 
 def python(code: str, cwd: Path | None = None) -> str:
@@ -57,7 +58,7 @@ def test_train_returns_the_success_record_it_wrote(trained):
     record, out = trained
     assert isinstance(record, adaptbench.RunRecord)
     assert record.status == "success"
-    assert 0.0 <= record.train_info.metrics["test"]["top1"] <= 1.0
+    assert record.train_info.metrics["test"]["top1"] > 0.4  # learnt: chance is 0.1 (measured 0.71)
     assert (out / f"{record.run_id}.json").is_file()
     assert adaptbench.RunRecord.read(out / f"{record.run_id}.json").run_id == record.run_id
 

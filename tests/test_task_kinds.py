@@ -131,7 +131,7 @@ def test_a_linear_probe_on_digits_learns_in_two_epochs(tmp_path):
     config = RunConfig(task="micro/digits", backbone="vit_micro", adapter="linear", epochs=2, lr=0.01,
                        batch_size=64)
     record = run(config, RunPlace(out_dir=tmp_path, accelerator="cpu", save_adapter=False)).record
-    assert record.primary_score() > 0.5  # measured 0.78
+    assert record.primary_score() > 0.5  # measured 0.85
 
 
 def test_epochs_zero_evaluates_without_training(tmp_path):
