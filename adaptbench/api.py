@@ -108,11 +108,12 @@ def run_checked(config: RunConfig, place: RunPlace) -> RunResult:
     Names and data come first: a typo or a wrong data root must not wait for a backbone. An
     n/a adapter raises AdaptbenchError saying where its n/a record is.
     """
-    from .registry import ADAPTERS, BACKBONES, TASKS
+    from .registry import ADAPTERS, BACKBONES, HEADS, TASKS
     from .runner.train import check_environment, check_splits, is_not_applicable, quiet_lightning, run
 
     ADAPTERS.require(config.adapter)
     TASKS.require(config.task)
+    HEADS.require(config.head)
     check_splits(config, place.data_root)  # split lists only: no torch yet
     BACKBONES.require(config.backbone)  # a family member check may import its library (timm)
     from .adapters import adapter_class

@@ -176,10 +176,16 @@ def _check_train(train: Any, keys: tuple[Any, ...], where: Where) -> dict[str, A
 
 
 def _check_field(model, key: str, value: Any, keys: tuple[Any, ...], where: Where) -> None:
+    from ..registry import HEADS
+
     try:
         check_value(model, key, value)
+        if key == "head":  # a registered name, like the adapter's and the backbone's
+            HEADS.require(value)
     except ValueError as err:
         raise where.error(keys, str(err)) from None
+    except AdaptbenchError as err:
+        raise where.error(keys, err.message) from None
 
 
 def _check_section(model, values: Any, keys: tuple[Any, ...], where: Where):
