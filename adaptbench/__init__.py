@@ -39,7 +39,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "RunConfig": ("adaptbench.config", "RunConfig"),
     "RunPolicy": ("adaptbench.config", "RunPolicy"),
     "BackboneOptions": ("adaptbench.config", "BackboneOptions"),
-    "RunRecord": ("adaptbench.runner.records", "RunRecord"),
+    "RunRecord": ("adaptbench.records", "RunRecord"),
 }
 _LEADERBOARD = "leaderboard"
 

@@ -27,14 +27,12 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
 
     from .config import RunConfig, RunPlaceOptions, RunPolicy
     from .runner.matrix import MatrixRun, MatrixSpec, MatrixSummary
-    from .runner.records import RunRecord
+    from .records import RunRecord
     from .runner.train import RunPlace, RunResult
 
 __all__ = ["MatrixProblems", "check_matrix", "load_records", "make_leaderboard", "plan_matrix", "run_checked",
            "run_matrix", "run_place", "train"]
 
-#: The formats :func:`make_leaderboard` renders (``adaptbench.leaderboard.FORMATS``).
-LEADERBOARD_FORMATS = ("md", "csv", "tex", "html")
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -229,39 +227,10 @@ def load_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.D
     return records_frame(read_records(_paths(paths)))
 
 
-def make_leaderboard(records: RunRecord | str | os.PathLike | Iterable[RunRecord | str | os.PathLike],
-                     format: str = "md") -> str:  # noqa: A002 - the CLI's --format
-    """The leaderboard of ``records`` (run records, record files or folders, mixed as you like)
-    as text: ``format`` is ``md``, ``csv``, ``tex`` or ``html`` (``adaptbench leaderboard
-    --format``); one table per benchmark (csv: each headed ``# <benchmark>`` when several).
-    Also callable as ``adaptbench.leaderboard(records, format=...)``."""
-    if format not in LEADERBOARD_FORMATS:
-        raise AdaptbenchError(f"format {format!r}: expected one of {', '.join(LEADERBOARD_FORMATS)}")
-    from .leaderboard import build_leaderboards
-    from .leaderboard import load_records as read_records
-    from .runner.records import RunRecord
+def make_leaderboard(records, format: str = "md") -> str:  # noqa: A002 - the CLI's --format
+    """The leaderboard of ``records`` (RunRecords, record files or folders) as ``md``, ``csv``,
+    ``tex`` or ``html`` text; also ``adaptbench.leaderboard(records, format=...)``
+    (:func:`adaptbench.leaderboard.text.make_leaderboard`)."""
+    from .leaderboard.text import make_leaderboard as render
 
-    given = [records] if isinstance(records, (str, os.PathLike, RunRecord)) else list(records)
-    loaded = [item for item in given if isinstance(item, RunRecord)]
-    paths = [item for item in given if not isinstance(item, RunRecord)]
-    bad = [item for item in paths if not isinstance(item, (str, os.PathLike))]
-    if bad:
-        raise AdaptbenchError(f"leaderboard records: expected RunRecords or paths, got {type(bad[0]).__name__}")
-    if paths:
-        loaded += read_records(paths)
-    if not loaded:
-        raise AdaptbenchError("leaderboard: no run records given")
-    boards = build_leaderboards(loaded)
-    if not boards:
-        raise AdaptbenchError("leaderboard: no final run records: only tune records were given")
-    return render_leaderboards(boards, format)
-
-
-def render_leaderboards(boards: list, format: str) -> str:  # noqa: A002 - the CLI's --format
-    """Built leaderboards as ``md``, ``csv`` (each headed ``# <benchmark>`` when several), ``tex``
-    or ``html`` text."""
-    from .leaderboard import render_csv, render_html, render_latex, render_markdown
-
-    if format == "csv":
-        return "\n".join(f"# {b.benchmark}\n{render_csv(b)}" if len(boards) > 1 else render_csv(b) for b in boards)
-    return {"md": render_markdown, "tex": render_latex, "html": render_html}[format](boards)
+    return render(records, format)

@@ -129,7 +129,7 @@ def _add_leaderboard(commands) -> None:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .api import render_leaderboards
+    from .leaderboard.text import render_leaderboards
     from .leaderboard import FORMATS, build_leaderboards, load_records, render_terminal, write_leaderboards
 
     formats = [f.strip() for given in args.format for f in given.split(",") if f.strip()]

@@ -93,7 +93,7 @@ def test_train_prints_metrics_and_writes_a_record(lora_run):
 
 def test_same_config_gives_the_same_run_id(lora_run, tmp_path):
     _, out = lora_run
-    from adaptbench.runner.records import run_id
+    from adaptbench.records import run_id
 
     [record_path] = out.glob("*.json")
     config = json.loads(record_path.read_text())["run_info"]["config"]

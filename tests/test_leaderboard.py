@@ -34,7 +34,7 @@ from adaptbench.leaderboard import (
     write_leaderboards,
 )
 from adaptbench.leaderboard.plot import pareto_figure, pareto_front
-from adaptbench.runner.records import RunRecord, TaskInfo
+from adaptbench.records import RunRecord, TaskInfo
 
 VIT_B = "timm:vit_base_patch16_224.augreg_in21k"
 MICRO_GROUPS = {"digits": "natural", "texture": "natural", "faces": "natural", "count": "structured"}

@@ -11,7 +11,7 @@ import pytest
 from adaptbench.errors import AdaptbenchError
 from adaptbench.runner.cells import cell_id, choose_grid_point, search_groups
 from adaptbench.runner.spec import load_spec
-from adaptbench.tasks.catalog import task_groups
+from adaptbench.tasks.groups import task_groups
 from adaptbench.runner.train import RunConfig, record_path_for, resolved_config, start_record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def test_cells_apply_spec_then_adapter_then_grid_settings(tmp_path):
 
 def test_cell_id_is_the_run_id_of_the_resolved_config(tmp_path):
     from adaptbench.registry import TASKS
-    from adaptbench.runner.records import run_id
+    from adaptbench.records import run_id
 
     config = RunConfig(task="micro/digits", backbone="vit_tiny_test", adapter="lora", epochs=2)
     assert cell_id(config) == run_id(resolved_config(config, TASKS.get("micro/digits")))

@@ -111,7 +111,7 @@ def test_every_step_adds_the_adapters_terms_logs_them_and_calls_its_hooks():
     assert counting.starts == [6] and counting.steps == list(range(6))
     # the step's loss is the task's plus the term, computed on the same outputs
     context = counting.contexts[-1]
-    expected = context.loss + 0.25 * context.outputs.pow(2).mean()
+    expected = (context.loss + 0.25 * context.outputs.pow(2).mean()).detach()
     assert losses[-1] == pytest.approx(float(expected), rel=1e-5)
     assert "train_extra_known" in trainer.logged_metrics
 

@@ -55,7 +55,7 @@ in the mean column it was computed as, one row per (method, source), so disagree
 stay visible. They average the whole benchmark; the notes say how many tasks ours cover.
 
 Aggregation uses pandas, plots matplotlib (Agg), the terminal view rich. ``load_records``
-(files and folders -> :class:`~adaptbench.runner.records.RunRecord` s) and ``records_frame``
+(files and folders -> :class:`~adaptbench.records.RunRecord` s) and ``records_frame``
 (records -> one typed row each, for programs) are in ``records.py``; the arithmetic in
 ``aggregate.py``; formats and files in ``render.py``.
 """
@@ -95,11 +95,11 @@ __all__ = [
 
 class _CallableModule(types.ModuleType):
     """This subpackage's module class: ``adaptbench.leaderboard(records, format="md")`` is the
-    Python API's leaderboard (:func:`adaptbench.api.make_leaderboard`), and the module stays a
+    Python API's leaderboard (:func:`adaptbench.leaderboard.text.make_leaderboard`), and the module stays a
     module for ``from adaptbench.leaderboard import build_leaderboards``."""
 
     def __call__(self, records, format: str = "md") -> str:  # noqa: A002 - the CLI's --format
-        from ..api import make_leaderboard
+        from .text import make_leaderboard
 
         return make_leaderboard(records, format=format)
 

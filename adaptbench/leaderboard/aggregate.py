@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..runner.records import RunRecord
+from ..records import RunRecord
 from .records import flatten, record_facts
 from .references import MEAN_COLUMN_OF_KIND, REFERENCE_BACKBONE, references_for
 

@@ -1,7 +1,7 @@
 """Finding run records on disk and reading the facts a leaderboard needs from each.
 
 A *run record* is the JSON that ``adaptbench train`` / ``adaptbench run`` write, one per run,
-read through the typed :class:`~adaptbench.runner.records.RunRecord` (the only code that knows
+read through the typed :class:`~adaptbench.records.RunRecord` (the only code that knows
 its nesting; schema 1 records are upgraded there). :func:`load_records` collects them from
 files and folders; :func:`record_facts` turns one record into a flat dict (one row of the
 long table that ``aggregate.py`` pivots); :func:`records_frame` is that long table for
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import AdaptbenchError
-from ..runner.records import SUCCESS, RunRecord, config_hash, is_run_record, row_config
+from ..records import SUCCESS, RunRecord, config_hash, is_run_record, row_config
 
 #: Keys every record must have below ``run_info.config`` (the rest may be missing).
 REQUIRED_CONFIG_KEYS = ("task", "backbone", "adapter")

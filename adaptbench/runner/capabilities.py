@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import AdaptbenchError, one_line
-from .records import not_applicable_message
+from ..records import not_applicable_message
 
 
 class Capabilities:

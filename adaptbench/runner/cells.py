@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..errors import AdaptbenchError
-from .records import SUCCESS, RunRecord
+from ..records import SUCCESS, RunRecord
 from .spec import GRID_OPTION_PREFIX, AdapterEntry, BackboneEntry, MatrixSpec
 from .train import cell_id, record_path_for
 

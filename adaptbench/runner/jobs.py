@@ -54,7 +54,7 @@ Report = Callable[[CellEvent], None]
 def execute_cell(job: CellJob, report: Report) -> CellOutcome:
     """Run one cell and write its record; any failure is recorded and returned, not raised."""
     from ..errors import one_line
-    from .records import FAILED, NOT_APPLICABLE, SUCCESS
+    from ..records import FAILED, NOT_APPLICABLE, SUCCESS
     from .train import is_not_applicable, run
 
     started = time.perf_counter()

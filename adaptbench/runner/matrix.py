@@ -27,7 +27,7 @@ from .cells import Cell, SearchGroup, choose_grid_point, load_cell_record, recor
 from .executors import Executor, LocalExecutor
 from .jobs import CellJob, CellOutcome
 from .progress import MatrixProgress
-from .records import FAILED, NOT_APPLICABLE, SUCCESS, RunRecord, reason_of
+from ..records import FAILED, NOT_APPLICABLE, SUCCESS, RunRecord, reason_of
 from .spec import MatrixSpec
 from .train import RunPlace, record_not_applicable, record_path_for, record_unrun_failure
 

@@ -329,7 +329,7 @@ def _check_combinations(train: dict[str, Any], entry: AdapterEntry, index: int,
 def _expand_tasks(items: list[Any], where: Where) -> tuple[str, ...]:
     from ..registry import TASKS
 
-    from ..tasks.catalog import task_groups
+    from ..tasks.groups import task_groups
 
     groups = task_groups()
     tasks: list[str] = []

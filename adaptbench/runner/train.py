@@ -27,7 +27,7 @@ from typing import Any
 from ..config import RunConfig, RunPolicy
 from ..errors import AdaptbenchError, one_line
 from .protocol import split_plan
-from .records import RunRecord, TaskInfo, meta_info
+from ..records import RunRecord, TaskInfo, meta_info
 
 
 @dataclass
@@ -76,7 +76,7 @@ def resolved_config(config: RunConfig, spec=None) -> dict[str, Any]:
 
 def cell_id(config: RunConfig) -> str:
     """The run id of ``config``: the hash of its resolved form (its record's file name)."""
-    from .records import config_hash
+    from ..records import config_hash
 
     return config_hash(resolved_config(config))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..datasets.formats import FGVC_DATASETS, SPLITS, VTAB1K_TASKS
 
-__all__ = ["FGVC_DATASETS", "SPLITS", "TaskSpec", "VTAB1K_TASKS", "builtin_task_specs", "task_groups"]
+__all__ = ["FGVC_DATASETS", "SPLITS", "TaskSpec", "VTAB1K_TASKS", "builtin_task_specs"]
 
 
 @dataclass(frozen=True)
@@ -62,24 +62,3 @@ def _micro_specs() -> list[TaskSpec]:
 
 def builtin_task_specs() -> list[TaskSpec]:
     return _vtab_specs() + _fgvc_specs() + _micro_specs()
-
-
-def task_groups() -> dict[str, list[str]]:
-    """Group name -> task names: each benchmark (``vtab1k``) and each of its groups (``vtab1k/natural``)."""
-    from ..registry import TASKS
-
-    groups: dict[str, list[str]] = {}
-    for name in _in_catalogue_order(TASKS.names()):
-        benchmark, sep, _ = name.partition("/")
-        if not sep:
-            continue
-        spec = TASKS.get(name)
-        groups.setdefault(benchmark, []).append(name)
-        groups.setdefault(f"{benchmark}/{spec.group}", []).append(name)
-    return groups
-
-
-def _in_catalogue_order(names: list[str]) -> list[str]:
-    """Built-in tasks in the order the benchmarks list them (VTAB's Natural first), then plugins'."""
-    order = {spec.name: index for index, spec in enumerate(builtin_task_specs())}
-    return sorted(names, key=lambda name: (order.get(name, len(order)), name))

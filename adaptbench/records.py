@@ -45,8 +45,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import AdaptbenchError
-from ..files import atomic_write
+from .errors import AdaptbenchError
+from .files import atomic_write
 
 SCHEMA_VERSION = 2
 SUCCESS, FAILED, NOT_APPLICABLE = "success", "failed", "n/a"
@@ -280,7 +280,7 @@ def library_versions() -> dict[str, str]:
 
 def git_state() -> dict[str, Any]:
     """The commit of the adaptbench checkout that ran (None when not a git checkout)."""
-    package_dir = Path(__file__).resolve().parent.parent
+    package_dir = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "-C", str(package_dir), "rev-parse", "HEAD"],
                                 capture_output=True, text=True, timeout=5)
