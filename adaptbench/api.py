@@ -117,8 +117,9 @@ def run_checked(config: RunConfig, place: RunPlace) -> RunResult:
     from .adapters import adapter_class
 
     adapter_class(config.adapter).config_class.from_dict(config.adapter_options, adapter=config.adapter)
-    from .backbones import check_backbone_weights
+    from .backbones import check_backbone_options, check_backbone_weights
 
+    check_backbone_options(config.backbone, config.backbone_options)
     check_backbone_weights(config.backbone, config.weights)  # where the weights come from, before Lightning
     quiet_lightning()
     check_environment(place.accelerator, config.precision)

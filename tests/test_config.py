@@ -117,6 +117,11 @@ def test_backbone_options_in_a_spec_are_checked_and_reach_the_cells(tmp_path):
                     "tasks: [micro/digits]\nadapters: [linear]\n")
     with pytest.raises(AdaptbenchError, match=r"spec.yaml:2: backbones\[0\].options.img_size: expected an integer"):
         load_spec(path)
+    path.write_text("backbones:\n  - name: vit_tiny_test\n    options:\n      quick_gelu: true\n"
+                    "tasks: [micro/digits]\nadapters: [linear]\n")
+    with pytest.raises(AdaptbenchError, match=r"spec.yaml:4: backbones\[0\].options.quick_gelu: backbone option "
+                                              r"quick_gelu=True does not apply to vit_tiny_test"):
+        load_spec(path)
 
 
 def test_a_gpu_run_on_a_machine_without_one_is_refused_before_any_cell(tmp_path):

@@ -32,7 +32,7 @@ def __getattr__(name: str):
     return value
 
 __all__ = ["Anatomy", "Backbone", "DataConfig", "DenseFeatures", "TokenGeometry", "load_backbone",
-           "check_backbone_weights", "backbone_anatomy", "BLOCK_SITES", "GLOBAL_SITES", "LINEAR_SITES", "NORM_SITES", "QKV_PARTS"]
+           "check_backbone_weights", "check_backbone_options", "backbone_anatomy", "BLOCK_SITES", "GLOBAL_SITES", "LINEAR_SITES", "NORM_SITES", "QKV_PARTS"]
 
 
 def load_backbone(name: str, weights: str | None = None, options=None, **factory_kwargs) -> Backbone:
@@ -45,20 +45,32 @@ def load_backbone(name: str, weights: str | None = None, options=None, **factory
     ``factory_kwargs`` go to the factory unchecked (Python use: ``patch_size=8`` for a timm
     model built small).
     """
+    options = check_backbone_options(name, options)
+    backbone = BACKBONES.get(name)(weights=weights, **options.factory_options(), **factory_kwargs)
+    backbone.grad_checkpointing = options.grad_checkpointing
+    return backbone
+
+
+def check_backbone_options(name: str, options=None):
+    """``options`` as :class:`~adaptbench.config.BackboneOptions`, refused in one line when the
+    family of ``name`` cannot honour one (its factory's ``accepted_options``); builds nothing."""
     from ..config import BackboneOptions
     from ..errors import AdaptbenchError
 
     options = options if isinstance(options, BackboneOptions) else BackboneOptions(**(options or {}))
-    factory = BACKBONES.get(name)
-    given = options.factory_options()
-    accepted = tuple(getattr(factory, "accepted_options", ()))
-    for option, value in given.items():
-        if option not in accepted:
-            raise AdaptbenchError(f"backbone option {option}={value!r} does not apply to {name}; it accepts "
-                                  f"{', '.join(accepted) or 'no options'} (and grad_checkpointing)")
-    backbone = factory(weights=weights, **given, **factory_kwargs)
-    backbone.grad_checkpointing = options.grad_checkpointing
-    return backbone
+    refused = refused_backbone_options(name, options)
+    if refused:
+        accepted = tuple(getattr(BACKBONES.get(name), "accepted_options", ()))
+        value = options.factory_options()[refused[0]]
+        raise AdaptbenchError(f"backbone option {refused[0]}={value!r} does not apply to {name}; it accepts "
+                              f"{', '.join(accepted) or 'no options'} (and grad_checkpointing)")
+    return options
+
+
+def refused_backbone_options(name: str, options) -> list[str]:
+    """The options set in ``options`` that the factory of ``name`` does not accept."""
+    accepted = tuple(getattr(BACKBONES.get(name), "accepted_options", ()))
+    return [option for option in options.factory_options() if option not in accepted]
 
 
 def backbone_anatomy(name: str, options=None) -> Anatomy:

@@ -304,7 +304,20 @@ def _backbone_entry(item: Any, index: int, where: Where) -> BackboneEntry:
     if weights and not (weights in ("pretrained", "random") or weights.startswith("random:")):
         weights = str(Path(weights).expanduser())
     options = _check_section(BackboneOptions, item.get("options") or {}, (*keys, "options"), where)
+    _check_backbone_options(name, options, (*keys, "options"), where)
     return BackboneEntry(name, weights, options)
+
+
+def _check_backbone_options(name: str, options: BackboneOptions, keys: tuple[Any, ...], where: Where) -> None:
+    """The options the backbone's family can honour, the error at the option's line."""
+    from ..backbones import check_backbone_options, refused_backbone_options
+
+    refused = refused_backbone_options(name, options)
+    if refused:
+        try:
+            check_backbone_options(name, options)
+        except AdaptbenchError as err:
+            raise where.error((*keys, refused[0]), err.message) from None
 
 
 def _check_combinations(train: dict[str, Any], entry: AdapterEntry, index: int,

@@ -121,8 +121,9 @@ def _adapter_detail(entry: AdapterEntry) -> str:
 def _backbone_detail(entry: BackboneEntry, capabilities: Capabilities) -> str:
     """Weights present (asked of the backbone's family, never loaded nor downloaded here) and
     an anatomy that can be read (the backbone built on the meta device)."""
-    from ..backbones import check_backbone_weights
+    from ..backbones import check_backbone_options, check_backbone_weights
 
+    check_backbone_options(entry.name, entry.options)
     weights = check_backbone_weights(entry.name, entry.weights)
     anatomy = capabilities.anatomy(entry.name)
     return (f"weights {weights}; {anatomy.token_layout} tokens, {anatomy.num_blocks} blocks, "
