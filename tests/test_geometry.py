@@ -87,19 +87,29 @@ def old_guess(backbone, tokens: int) -> tuple[int, tuple[int, int]]:
 
 
 # -- Convpass and the DD adapter at several input sizes -----------------------------------------
-@pytest.mark.parametrize("backbone_name,size,grid", SIZES)
-def test_convpass_follows_the_grid_of_each_forward(backbone_name, size, grid):
+def block_calls(backbone_name: str, adapter_name: str, size, grid):
+    """One eval forward of a tiny backbone with ``adapter_name`` (randomised, scale 0.5) at
+    ``size``: (backbone, adapter, prefix, [(block index, input, output)]), inputs checked to
+    hold the ``grid`` of that forward."""
     backbone = tiny(backbone_name)
     prefix = backbone.anatomy.num_prefix_tokens
-    adapter = build_adapter("convpass", backbone, {"scale": 0.5})
+    adapter = build_adapter(adapter_name, backbone, {"scale": 0.5})
     randomise(adapter)
     backbone.eval()
     records, _ = record_calls(backbone.blocks)
     with torch.no_grad():
         backbone(images(size=size))
-        assert [index for index, _, _ in records] == [0, 1]
+    assert [index for index, _, _ in records] == [0, 1]
+    for _, x, _ in records:
+        assert x.shape == (2, prefix + grid[0] * grid[1], WIDTH)
+    return backbone, adapter, prefix, records
+
+
+@pytest.mark.parametrize("backbone_name,size,grid", SIZES)
+def test_convpass_follows_the_grid_of_each_forward(backbone_name, size, grid):
+    backbone, adapter, prefix, records = block_calls(backbone_name, "convpass", size, grid)
+    with torch.no_grad():
         for index, x, got in records:
-            assert x.shape == (2, prefix + grid[0] * grid[1], WIDTH)
             block = backbone.blocks[index]
             expected = convpass_block_by_hand(block, x, adapter, index, 0.5, prefix, grid)
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -112,17 +122,9 @@ def test_convpass_follows_the_grid_of_each_forward(backbone_name, size, grid):
 
 @pytest.mark.parametrize("backbone_name,size,grid", SIZES)
 def test_dd_adapter_follows_the_grid_of_each_forward(backbone_name, size, grid):
-    backbone = tiny(backbone_name)
-    prefix = backbone.anatomy.num_prefix_tokens
-    adapter = build_adapter("dd_adapter", backbone, {"scale": 0.5})
-    randomise(adapter)
-    backbone.eval()
-    records, _ = record_calls(backbone.blocks)
+    backbone, adapter, prefix, records = block_calls(backbone_name, "dd_adapter", size, grid)
     with torch.no_grad():
-        backbone(images(size=size))
-        assert [index for index, _, _ in records] == [0, 1]
         for index, x, got in records:
-            assert x.shape == (2, prefix + grid[0] * grid[1], WIDTH)
             y = backbone.blocks[index].base_layer(x)
             params = declared_under(adapter, f"blocks.{index}.block.")
             expected = y + 0.5 * dd_by_hand(y, params, prefix, grid=grid)
