@@ -202,10 +202,10 @@ def fgvc_dataset(root: Path, dataset: str = "cub") -> Path:
     """A tiny dataset in VPT's json layout: ids start at 1 and have gaps."""
     folder_name, image_folder, _ = FGVC_DATASETS[dataset]
     folder = root / folder_name
-    for split, annotations in FGVC_SPLITS.items():
-        for image, class_id in annotations.items():
+    for split, labels in FGVC_SPLITS.items():
+        for image, class_id in labels.items():
             write_image(folder / image_folder / image, class_id)
-        (folder / f"{split}.json").write_text(json.dumps(annotations, indent=1))
+        (folder / f"{split}.json").write_text(json.dumps(labels, indent=1))
     return folder
 
 
