@@ -117,10 +117,13 @@ def run_checked(config: RunConfig, place: RunPlace) -> RunResult:
     from .adapters import adapter_class
 
     adapter_class(config.adapter).config_class.from_dict(config.adapter_options, adapter=config.adapter)
+    from .adapters.base import check_precision
     from .backbones import check_backbone_options, check_backbone_weights
 
+    check_precision(config.adapter, config.precision)
     check_backbone_options(config.backbone, config.backbone_options)
     check_backbone_weights(config.backbone, config.weights)  # where the weights come from, before Lightning
+    config = config.for_accelerator(place.accelerator)  # "auto" precision: the id holds the real one
     quiet_lightning()
     check_environment(place.accelerator, config.precision)
     try:
@@ -181,6 +184,7 @@ def check_matrix(matrix: MatrixRun, source: str | os.PathLike | None = None) -> 
 
     Raises :class:`MatrixProblems` (each problem prefixed with ``source``, default the spec's path).
     """
+    from .config import auto_precision
     from .runner.train import check_environment, quiet_lightning
     from .runner.validate import problems, spec_precisions, validate_spec
 
@@ -192,7 +196,8 @@ def check_matrix(matrix: MatrixRun, source: str | os.PathLike | None = None) -> 
         raise MatrixProblems(message, lines)
     quiet_lightning()
     for precision in spec_precisions(matrix.spec):  # before any cell: a machine problem poisons no record
-        check_environment(matrix.options.accelerator, precision)
+        check_environment(matrix.options.accelerator, auto_precision(matrix.options.accelerator)
+                          if precision == "auto" else precision)
 
 
 def run_matrix(spec: str | os.PathLike | MatrixSpec, **options: Any) -> MatrixSummary:

@@ -28,9 +28,12 @@ from pydantic.fields import FieldInfo
 
 from .errors import AdaptbenchError
 
-#: Lightning's precision settings (an enumeration: a typo is refused before any cell runs).
-Precision = Literal["32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]
+#: Lightning's precision settings (an enumeration: a typo is refused before any cell runs),
+#: and "auto": bf16-mixed on a CUDA device (16-mixed where it lacks bf16), 32-true elsewhere.
+Precision = Literal["auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+#: Precisions that store parameters in half precision (an adapter with fp32 state refuses them).
+HALF_PARAMETER_PRECISIONS = ("16-true", "bf16-true")
 Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
 
 
@@ -79,7 +82,8 @@ class RunConfig(_Model):
                                                               "(default: 10% of the epochs)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="cross-entropy label smoothing")
     pool: Literal["cls", "mean"] | None = Field(None, description="feature pooling (default: the backbone's)")
-    precision: Precision = Field("32-true", description="Lightning precision")
+    precision: Precision = Field("auto", description="Lightning precision (auto: bf16-mixed on CUDA, "
+                                                     "32-true on the CPU; resolved before the run id is taken)")
 
     @model_validator(mode="after")
     def _warmup_within_epochs(self) -> RunConfig:
@@ -87,6 +91,13 @@ class RunConfig(_Model):
             raise ConfigError(("warmup_epochs",), f"expected at most the epochs ({self.epochs}), "
                                                   f"got {self.warmup_epochs}")
         return self
+
+    def for_accelerator(self, accelerator: str) -> RunConfig:
+        """This config with ``precision: auto`` resolved for ``accelerator`` (the id holds the
+        precision a run really used)."""
+        if self.precision != "auto":
+            return self
+        return self.model_copy(update={"precision": auto_precision(accelerator)})
 
     def resolved_epochs(self, task_default: int) -> int:
         return task_default if self.epochs is None else self.epochs
@@ -101,14 +112,49 @@ class RunConfig(_Model):
 
 
 class RunPolicy(_Model):
-    """How the trainer runs: recorded with each run, not part of its identity."""
+    """How the trainer runs: recorded with each run (resolved for its device), not part of its
+    identity: none of it changes the method, only its speed and its last bits."""
 
-    deterministic: bool = Field(True, description="deterministic algorithms where torch has them "
-                                                  "(warns where it has none; off: faster cuDNN autotuning)")
-    matmul_precision: Literal["highest", "high", "medium"] = Field(
-        "highest", description="torch.set_float32_matmul_precision (high: TF32 on Ampere+ GPUs)")
+    deterministic: bool | None = Field(None, description="deterministic algorithms where torch has them "
+                                                         "(default: on on the CPU, off on GPUs, where they "
+                                                         "forbid cuDNN autotuning; the seed still fixes data "
+                                                         "order and initialisation)")
+    matmul_precision: Literal["auto", "highest", "high", "medium"] = Field(
+        "auto", description="torch.set_float32_matmul_precision for fp32 matmuls (auto: high, i.e. TF32, "
+                            "on CUDA; highest on the CPU)")
     validation: Literal["end", "every_epoch"] = Field(
         "end", description="tune stage: validate once after the last epoch, or after every epoch")
+    compile: bool = Field(False, description="torch.compile the backbone after the adapter is attached "
+                                             "(pays when compile time is small against the cell's)")
+    feature_cache: bool = Field(True, description="train the head on cached backbone features when "
+                                                  "nothing before the head is trained (the linear probe)")
+
+    def for_device(self, cuda: bool) -> RunPolicy:
+        """The policy with its device-dependent defaults filled in (what the record stores)."""
+        return self.model_copy(update={
+            "deterministic": (not cuda) if self.deterministic is None else self.deterministic,
+            "matmul_precision": ("high" if cuda else "highest") if self.matmul_precision == "auto"
+            else self.matmul_precision,
+        })
+
+
+def auto_precision(accelerator: str) -> str:
+    """What ``precision: auto`` means on ``accelerator``: bf16-mixed on CUDA (16-mixed on GPUs
+    without bf16), 32-true elsewhere (CPU autocast is slower than fp32 on most CPUs)."""
+    if not uses_cuda(accelerator):
+        return "32-true"
+    import torch
+
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` puts a run on a CUDA device here."""
+    if accelerator in ("cpu", "mps"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class RunPlaceOptions(_Model):
@@ -117,8 +163,9 @@ class RunPlaceOptions(_Model):
     data_root: str | None = Field(None, description="folder holding the VTAB-1k / FGVC data (or "
                                                     "ADAPTBENCH_DATA_ROOT)")
     accelerator: Accelerator = Field("auto", description="Lightning accelerator")
-    num_workers: int | None = Field(None, ge=0, description="data loader worker processes (default: 0 for "
-                                                            "embedded tasks, else the usable CPUs - 1, at most 8)")
+    num_workers: int | None = Field(None, ge=0, description="threads that decode a split into the cache "
+                                                            "the first time it is read (0: this thread; "
+                                                            "default: the usable CPUs)")
     out: str = Field("results", description="folder for run records")
     save_adapter: bool = Field(True, description="write the adapter checkpoint (safetensors) beside the record")
     progress: bool = Field(False, description="show Lightning's progress bar")
@@ -134,7 +181,9 @@ class EvalOptions(_Model):
     split: str | None = Field(None, description="split to evaluate (default: the task's test split)")
     data_root: str | None = RunPlaceOptions.model_fields["data_root"]
     batch_size: int = RunConfig.model_fields["batch_size"]
-    num_workers: int = Field(0, ge=0, description="data loader worker processes")
+    num_workers: int | None = Field(None, ge=0, description="threads that decode a split into the cache "
+                                                            "the first time it is read (0: this thread; "
+                                                            "default: the usable CPUs)")
     accelerator: Accelerator = RunPlaceOptions.model_fields["accelerator"]
     as_json: bool = Field(False, description="print the metrics as JSON")
 

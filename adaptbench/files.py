@@ -11,17 +11,25 @@ The file then has the permissions a plain ``open(path, "w")`` would give it (see
 :func:`safetensors_header` reads and checks a ``.safetensors`` file's header without
 loading a tensor; its :class:`NotSafetensors` carries a reason fit for a one-line message
 (a git-lfs pointer, an empty or truncated file, a pickle with the wrong name ...).
+
+Cached folders (generated micro tasks, decoded splits, cached features) go through
+:func:`build_folder_once`: built in a hidden staging folder beside the target, under a lock
+file, and renamed into place whole, so a reader sees a complete folder or none, and a build
+killed with ``kill -9`` leaves only a staging folder that the next build removes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import shutil
+import tempfile
 import os
 import stat
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,6 +62,70 @@ def atomic_write(path: str | os.PathLike, content: str | bytes) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     return Path(path)
+
+
+def build_folder_once(final: str | os.PathLike, is_current: Callable[[Path], bool],
+                      build: Callable[[Path], None]) -> Path:
+    """The folder ``final``: kept when ``is_current(final)``, else made by ``build(staging)``
+    in a hidden staging folder beside it and renamed into place.
+
+    Builders in the same parent folder take turns on a lock of that folder (``flock``: the
+    kernel releases it when a holder dies, and it leaves no file behind), so the second finds
+    the first's folder and builds nothing, and any staging folder met while holding the lock
+    was left by a killed build: it is removed. A
+    stale ``final`` (``is_current`` false: made by older code, or half-made by a non-atomic
+    writer) is moved aside in one rename, then replaced, so readers never see a mixture.
+    """
+    final = Path(final)
+    if is_current(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(final.parent):
+        if is_current(final):  # built by whoever held the lock before us
+            return final
+        for abandoned in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(abandoned, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+        os.chmod(staging, plain_dir_mode())  # mkdtemp's 0700 would make a shared cache private
+        try:
+            build(staging)
+            _publish_folder(staging, final, is_current)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename succeeded
+    return final
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def _publish_folder(staging: Path, final: Path, is_current: Callable[[Path], bool]) -> None:
+    """Rename ``staging`` to ``final``; if a writer that takes no lock got there first with a
+    current folder, keep theirs."""
+    if _try_rename(staging, final) or is_current(final):
+        return
+    aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+    _try_rename(final, aside)
+    if not _try_rename(staging, final) and not is_current(final):
+        from .errors import AdaptbenchError
+
+        raise AdaptbenchError(f"cannot move the built folder {staging} to {final}; "
+                              f"expected {final.parent} to be writable")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _try_rename(source: Path, target: Path) -> bool:
+    try:
+        os.rename(source, target)  # atomic; fails when target is a non-empty folder
+        return True
+    except OSError:
+        return False
 
 
 def current_umask() -> int:

@@ -124,6 +124,8 @@ class TrainInfo(_Section):
     extra_losses: list[str] = Field(default_factory=list)
     wall_time_s: float | None = None
     train_images_per_s: float | None = None
+    eval_images_per_s: float | None = None  # evaluation split, input pipeline included
+    timings: dict[str, float] = Field(default_factory=dict)  # decode_s, features_s, fit_s, eval_s
     peak_memory_bytes: int | None = None
     peak_memory_kind: str | None = None
     data: dict[str, Any] | None = None

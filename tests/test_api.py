@@ -95,7 +95,7 @@ def test_train_takes_a_run_config(monkeypatch, tmp_path):
     monkeypatch.setattr("adaptbench.runner.train.run", run)
     config = adaptbench.RunConfig(**MICRO_LINEAR)
     assert adaptbench.train(config, out=tmp_path, save_adapter=False, policy={"deterministic": False}) == "the record"
-    assert seen["config"] is config
+    assert seen["config"] == config.model_copy(update={"precision": "32-true"})  # "auto" resolved: no GPU here
     assert seen["place"].out_dir == tmp_path and not seen["place"].save_adapter
     assert seen["place"].policy == adaptbench.RunPolicy(deterministic=False)
 

@@ -26,7 +26,7 @@ from adaptbench.backbones import load_backbone
 from adaptbench.backbones.families.micro import MICRO_WEIGHTS, vit_micro
 from adaptbench.backbones.timm_weights import check_weights_file, read_weights_file
 from adaptbench.datasets.fgvc import read_annotations
-from adaptbench.datasets.images import ImageListDataset
+from adaptbench.datasets.decoded import ImageField, LabelField, decoded_split
 from adaptbench.datasets.vtab import read_split_file, vtab_samples
 from adaptbench.errors import AdaptbenchError
 from adaptbench.files import atomic_write, plain_file_mode
@@ -134,9 +134,10 @@ def test_an_undecodable_image_is_named_when_read(tmp_path, content):
     folder = vtab_task(tmp_path)
     bad = folder / "images/test/000001.png"
     bad.write_bytes(content)
-    dataset = ImageListDataset(vtab_samples(tmp_path, "eurosat", "test", 10), source=str(folder / "test.txt"))
-    one_line_error(lambda: dataset[1], f"cannot read image {bad} (listed in {folder / 'test.txt'})",
-                   "expected a readable image file")
+    samples = vtab_samples(tmp_path, "eurosat", "test", 10)
+    fields = {"images": ImageField((8, 8), "bicubic"), "labels": LabelField()}
+    one_line_error(lambda: decoded_split(samples, fields, task="t", split="test", source=samples.source),
+                   f"cannot read image {bad} (listed in {folder / 'test.txt'})", "expected a readable image file")
 
 
 # -- FGVC annotation files ---------------------------------------------------------------------

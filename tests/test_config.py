@@ -46,7 +46,7 @@ def test_every_field_has_help_and_every_scalar_field_a_flag():
     ({"lr": 0}, "lr", "expected a positive number"),
     ({"lr": float("inf")}, "lr", "expected a positive number"),
     ({"epochs": 1.5}, "epochs", "expected an integer >= 0"),
-    ({"precision": "bf16_mixed"}, "precision", "expected one of '32-true'"),
+    ({"precision": "bf16_mixed"}, "precision", "expected one of 'auto', '32-true'"),
     ({"pool": "max"}, "pool", "expected one of 'cls', 'mean'"),
     ({"warmup_epochs": 5, "epochs": 1}, "warmup_epochs", "expected at most the epochs (1), got 5"),
     ({"backbone_options": {"img_size": 2}}, "backbone_options.img_size", "expected an integer >= 8"),
@@ -90,7 +90,7 @@ def _spec(tmp_path, body: str):
 
 
 @pytest.mark.parametrize("body, expected", [
-    ("train: {precision: bf16_mixed}\n", "spec.yaml:4: train.precision: expected one of '32-true'"),
+    ("train: {precision: bf16_mixed}\n", "spec.yaml:4: train.precision: expected one of 'auto', '32-true'"),
     ("train: {epochs: 1, warmup_epochs: 5}\n", "spec.yaml:4: train.warmup_epochs: expected at most the epochs (1), got 5"),
     ("policy: {validation: sometimes}\n", "spec.yaml:4: policy.validation: expected one of 'end', 'every_epoch'"),
     ("policy: {fast: true}\n", "spec.yaml:4: policy.fast: unknown key"),

@@ -14,19 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from adaptbench.datasets import (
     FGVC_DATASETS,
     VTAB1K_TASKS,
     VTAB_SPLITS,
-    ImageListDataset,
     check_images_exist,
     fgvc_samples,
     read_split_file,
     vtab_samples,
 )
+from adaptbench.datasets.decoded import ImageField, LabelField, decoded_split
+from adaptbench.datasets.images import load_rgb
 from adaptbench.errors import AdaptbenchError
 
 # -- helpers -------------------------------------------------------------------------------
@@ -83,19 +83,19 @@ def test_vtab_reads_every_split_relative_to_the_split_file(tmp_path):
         assert samples[0][0] == folder / f"images/{split}/000000.jpg"
 
 
-def test_image_list_dataset_gives_rgb_and_applies_the_transform(tmp_path):
+def test_an_image_decodes_as_rgb_at_the_size_asked(tmp_path):
     write_image(tmp_path / "gray.png", value=200, mode="L")
-    dataset = ImageListDataset([(tmp_path / "gray.png", 3)], transform=np.asarray)
-    pixels, label = dataset[0]
-    assert len(dataset) == 1 and label == 3
-    assert pixels.shape == (6, 6, 3) and (pixels == 200).all()
+    pixels = ImageField((6, 6), "bicubic").decode((tmp_path / "gray.png", 3), "here.txt")
+    assert pixels.shape == (6, 6, 3) and pixels.dtype == np.uint8 and (pixels == 200).all()
+    assert LabelField().decode((tmp_path / "gray.png", 3), "") == 3
 
 
-def test_image_list_dataset_pickles_for_loader_workers(tmp_path):
+def test_a_sample_list_pickles_with_where_it_was_listed(tmp_path):
     folder = vtab_task(tmp_path)
-    dataset = ImageListDataset(vtab_samples(tmp_path, "dtd", "test", 47), source=str(folder / "test.txt"))
-    clone = pickle.loads(pickle.dumps(dataset))
-    assert clone.samples == dataset.samples and clone[1][1] == 5
+    samples = vtab_samples(tmp_path, "dtd", "test", 47)
+    clone = pickle.loads(pickle.dumps(samples))
+    assert clone == samples and clone.source == str(folder / "test.txt") and clone.where == samples.where
+    assert clone.where[1] == f"{folder / 'test.txt'}:2"
 
 
 @pytest.mark.parametrize("line,fragment", [
@@ -154,28 +154,34 @@ def test_missing_image_paths_are_reported_absolute(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "deleted"])
-def test_unreadable_image_is_named_when_loaded(tmp_path, damage):
+def test_unreadable_image_is_named_when_decoded(tmp_path, damage):
     folder = vtab_task(tmp_path)
-    dataset = ImageListDataset(vtab_samples(tmp_path, "dtd", "test", 47), source="dtd/test.txt")
+    samples = vtab_samples(tmp_path, "dtd", "test", 47)
     bad = folder / "images/test/000000.jpg"
     if damage == "garbage":
         bad.write_bytes(b"this is not a jpeg")
     elif damage == "truncated":  # a valid header, then nothing
         bad.write_bytes(bad.read_bytes()[:200])
-    else:  # vanished after the up-front check
+    else:  # vanished after the split was listed: the decode's existence check names its line
         bad.unlink()
-    with raises_one_line(rf"cannot read image {bad} \(listed in dtd/test.txt\): .+; expected a readable image file"):
-        dataset[0]
-    assert dataset[1][1] == 5  # the other images still load
+    split_file = folder / "test.txt"
+    expected = (rf"image {bad} listed in {split_file} does not exist \({split_file}:1; " if damage == "deleted"
+                else rf"cannot read image {bad} \(listed in {split_file}\): .+; expected a readable image file")
+    with raises_one_line(expected):
+        decode_split(samples)
+    assert load_rgb(samples[1][0]).mode == "RGB"  # the other images still load
 
 
-def test_unreadable_image_error_crosses_a_loader_worker(tmp_path):
+def test_an_unreadable_image_error_crosses_the_decoding_threads(tmp_path):
     folder = vtab_task(tmp_path)
-    (folder / "images/test/000000.jpg").write_bytes(b"garbage")
-    dataset = ImageListDataset(vtab_samples(tmp_path, "dtd", "test", 47), source="dtd/test.txt")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=list)
-    with pytest.raises(AdaptbenchError, match="cannot read image .*000000.jpg"):
-        next(iter(loader))
+    (folder / "images/test/000001.jpg").write_bytes(b"garbage")
+    with pytest.raises(AdaptbenchError, match="cannot read image .*000001.jpg"):
+        decode_split(vtab_samples(tmp_path, "dtd", "test", 47), workers=2)
+
+
+def decode_split(samples, workers=None):
+    return decoded_split(samples, {"images": ImageField((8, 8), "bicubic"), "labels": LabelField()},
+                         task="t", split="test", source=samples.source, where=samples.where, workers=workers)
 
 
 # -- FGVC ------------------------------------------------------------------------------------
@@ -228,8 +234,7 @@ def test_fgvc_image_sub_folders(tmp_path, dataset, image_root):
     folder = fgvc_dataset(tmp_path, dataset)
     samples = fgvc_samples(tmp_path, dataset, "test")
     assert samples[0][0] == folder / image_root / "c/5.jpg"
-    image, label = ImageListDataset(samples)[0]
-    assert image.mode == "RGB" and label == 3
+    assert load_rgb(samples[0][0]).mode == "RGB" and samples[0][1] == 3
 
 
 def test_fgvc_id_unknown_to_train_names_file_and_key(tmp_path):

@@ -188,6 +188,9 @@ class Adapter:
     # True when training runs a randomly drawn sub-network (MoSA) and evaluation the whole
     # one: a tensor may then miss the gradient of one training step without being dead.
     stochastic_training: ClassVar[bool] = False
+    #: Why the adapter's trained state must stay float32 (None: any precision). It then refuses
+    #: the precisions that store parameters in half precision (``16-true``, ``bf16-true``).
+    fp32_state: ClassVar[str | None] = None
     needs: ClassVar[Needs] = Needs()
     # Bumped whenever the method's maths changes: it enters every run's cell id, so a resumed
     # matrix re-runs the cells an older version produced (lm-eval's task VERSION).
@@ -258,6 +261,12 @@ class Adapter:
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         return dict(self._declared)
+
+    def changes_backbone(self) -> bool:
+        """True when the adapter trains, wraps or perturbs anything inside the backbone; False
+        (the linear probe) means the backbone's output depends on the image alone, so the
+        runner may cache it (``runner/features.py``)."""
+        return bool(self._declared or self._wrapped or self.stochastic_training)
 
     # -- training hooks (``hooks.py``), called by every task kind ------------------------------
     def extra_loss(self, context: LossContext) -> dict[str, torch.Tensor]:
@@ -354,6 +363,17 @@ class InPlaceAdapter(Adapter):
 
     def _merge(self) -> None:
         """The trained tensors already are the backbone's."""
+
+
+def check_precision(adapter: str, precision: str) -> None:
+    """Refuse a precision that would store ``adapter``'s fp32 state in half precision (one line)."""
+    from ..config import HALF_PARAMETER_PRECISIONS
+    from . import adapter_class
+
+    reason = adapter_class(adapter).fp32_state
+    if reason and precision in HALF_PARAMETER_PRECISIONS:
+        raise AdaptbenchError(f"adapter {adapter} with precision {precision}: {reason}; expected a precision "
+                              f"that keeps parameters in float32 (auto, 32-true, bf16-mixed or 16-mixed)")
 
 
 def blocks_of(config_blocks: tuple[int, ...] | None, backbone) -> list[int]:

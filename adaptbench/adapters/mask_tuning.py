@@ -237,6 +237,7 @@ class MaskTuning(Adapter):
     """Regularized Mask Tuning (Zheng et al. 2023): binary masks on frozen weights"""
 
     mergeable = True  # W0 * B(S) is written into the weight
+    fp32_state = "its scores (near 1e-2) take updates near 1e-5, which half precision rounds away"
     version = 2  # 2: the penalty is a loss term and L_gk is computed in extra_loss
 
     def __init__(self, config: MaskTuningConfig | None = None):

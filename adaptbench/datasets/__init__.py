@@ -16,7 +16,12 @@ import importlib
 
 _EXPORTS = {
     "Sample": "images",
-    "ImageListDataset": "images",
+    "SampleList": "images",
+    "load_rgb": "images",
+    "decoded_split": "decoded",
+    "cached_arrays": "decoded",
+    "ImageField": "decoded",
+    "LabelField": "decoded",
     "check_images_exist": "images",
     "VTAB_SPLITS": "formats",
     "VTAB1K_TASKS": "formats",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import AdaptbenchError, did_you_mean
 from .formats import FGVC_DATASETS, FGVC_SPLITS
-from .images import Sample, check_images_exist, read_text_file, shorten
+from .images import Sample, SampleList, check_images_exist, read_text_file, shorten
 
 __all__ = ["FGVC_DATASETS", "FGVC_SPLITS", "fgvc_samples", "read_annotations"]
 
@@ -85,8 +85,9 @@ def _json_type(value: object) -> str:
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def fgvc_samples(root: Path, dataset: str, split: str) -> list[Sample]:
-    """The validated samples of one split of an FGVC dataset, with contiguous labels."""
+def fgvc_samples(root: Path, dataset: str, split: str, check_files: bool = True) -> SampleList:
+    """The validated samples of one split of an FGVC dataset, with contiguous labels;
+    ``check_files``: also check that every listed image exists (see ``vtab_samples``)."""
     if dataset not in FGVC_DATASETS:
         raise AdaptbenchError(f"unknown FGVC dataset {dataset!r}{did_you_mean(dataset, FGVC_DATASETS)}")
     if split not in FGVC_SPLITS:
@@ -100,7 +101,9 @@ def fgvc_samples(root: Path, dataset: str, split: str) -> list[Sample]:
         labelled = _labelled(folder / name, folder / image_folder, contiguous)
         samples += [sample for sample, _ in labelled]
         where += [f"{folder / name}, key {shorten(image)}" for _, image in labelled]
-    check_images_exist(samples, " + ".join(str(folder / name) for name in files), where=where)
+    samples = SampleList(samples, " + ".join(str(folder / name) for name in files), where)
+    if check_files:
+        check_images_exist(samples)
     return samples
 
 

@@ -1,9 +1,11 @@
-"""A list of (image path, label) as a torch Dataset, with errors that name the file.
+"""Samples (image path, label) and reading them, with errors that name the file.
 
-Both readers (``vtab.py``, ``fgvc.py``) and the generated micro tasks end here. Existence
-is checked up front for a whole split (cheap: one ``stat`` per image); decoding problems
-can only be found when an image is read, so ``__getitem__`` turns them into one-line
-:class:`AdaptbenchError` messages that name the file and the split file that listed it.
+Both readers (``vtab.py``, ``fgvc.py``) and the generated micro tasks list their samples as a
+:class:`SampleList`, which remembers the split file (and line) of each. Existence is checked
+for a whole split at once (one ``stat`` per image), when the decode cache first decodes it
+(``decoded.py``); decoding problems can only be found when an image is read, so
+:func:`load_rgb` turns them into one-line :class:`AdaptbenchError` messages that name the
+file and the split file that listed it. No torch here: reading split lists stays cheap.
 """
 
 from __future__ import annotations
@@ -19,28 +21,14 @@ from ..errors import AdaptbenchError
 Sample = tuple[Path, int]
 
 
-class ImageListDataset:
-    """Images read with PIL as RGB, then ``transform``; ``source`` names the split in errors.
+class SampleList(list):
+    """A split's samples, with where they were listed, for errors that name the place:
+    ``source`` (the split file or files) and ``where`` (per sample, e.g. ``file:line``)."""
 
-    A map-style dataset (``__len__`` and ``__getitem__`` are all a DataLoader asks for), so this
-    module needs no torch: reading split lists stays cheap. Holds only paths, ints and the
-    transform, so it pickles into DataLoader workers.
-    """
-
-    def __init__(self, samples: list[Sample], transform=None, source: str = ""):
-        self.samples = list(samples)
-        self.transform = transform
+    def __init__(self, samples=(), source: str = "", where: list[str] | None = None):
+        super().__init__(samples)
         self.source = source
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        image = load_rgb(path, self.source)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        self.where = where
 
 
 #: What PIL raises for a damaged file: undecodable data as UnidentifiedImageError (an
@@ -63,10 +51,12 @@ def load_rgb(path: Path, source: str = "") -> Image.Image:
         raise unreadable_image_error(path, source, err) from None
 
 
-def check_images_exist(samples: list[Sample], source: str, where: list[str] | None = None) -> None:
-    """Fail before training when listed images are missing or are not files (one ``stat``
-    each: fast). ``where``: for each sample, the place that lists it (``file:line``, or a
-    file and key), named in the message after ``source``."""
+def check_images_exist(samples: list[Sample], source: str | None = None, where: list[str] | None = None) -> None:
+    """Fail when listed images are missing or are not files (one ``stat`` each). ``where``:
+    for each sample, the place that lists it (``file:line``, or a file and key), named in the
+    message after ``source``; both default to a :class:`SampleList`'s own."""
+    source = source if source is not None else getattr(samples, "source", "")
+    where = where if where is not None else getattr(samples, "where", None)
     bad = [index for index, (path, _) in enumerate(samples) if not os.path.isfile(path)]
     if bad:
         first = samples[bad[0]][0]

@@ -31,8 +31,6 @@ import io
 import os
 import shutil
 import tempfile
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import AdaptbenchError, did_you_mean
-from ..files import plain_dir_mode
+from ..files import build_folder_once
+from .decoded import CACHE_ENV, cache_root  # noqa: F401 - CACHE_ENV re-exported
 from .images import DECODE_ERRORS, unreadable_image_error
 from .micro_catalog import MICRO_TASK_INFO
 from .vtab import VTAB_SPLITS, checked_split
@@ -49,7 +48,6 @@ from .vtab import VTAB_SPLITS, checked_split
 __all__ = ["MICRO_TASKS", "MicroTask", "ensure_micro_task", "get_micro_task", "micro_cache_root",
            "micro_task_folder", "task_checksum", "verify_micro_task"]
 
-CACHE_ENV = "ADAPTBENCH_CACHE"
 FORMAT_VERSION = "v1"
 COMPLETE_MARKER = ".complete"  # written last, holds the checksum the folder was verified against
 SIZE = 32  # procedural images are SIZE x SIZE grayscale
@@ -445,7 +443,7 @@ def verify_micro_task(name: str, path: Path) -> str:
 # -- the cache -----------------------------------------------------------------------------
 def micro_cache_root() -> Path:
     """``$ADAPTBENCH_CACHE``, else ``~/.cache/adaptbench``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "adaptbench").expanduser()
+    return cache_root()
 
 
 def micro_task_folder(name: str, cache_root: Path | None = None) -> Path:
@@ -455,60 +453,19 @@ def micro_task_folder(name: str, cache_root: Path | None = None) -> Path:
 def ensure_micro_task(name: str, cache_root: Path | None = None) -> Path:
     """The task's VTAB-1k folder (``<root>/<task>``), generated and verified on first use."""
     task = get_micro_task(name)
-    final = micro_task_folder(name, cache_root)
-    if _is_current(final, task):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_staging(final.parent, name)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}.tmp-"))
-    os.chmod(staging, plain_dir_mode())  # mkdtemp's 0700 would make the shared cache private once renamed
-    try:
+
+    def build(staging: Path) -> None:
         write_task(task, staging)
         verify_micro_task(name, staging)
         (staging / COMPLETE_MARKER).write_text(task.checksum)
-        _publish(staging, final, task)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename succeeded
-    return final
 
-
-def _remove_abandoned_staging(parent: Path, name: str, age_s: float = 3600.0) -> None:
-    """Remove staging folders left by killed runs (generation takes seconds, not an hour)."""
-    for staging in parent.glob(f".{name}.tmp-*"):
-        try:
-            abandoned = time.time() - staging.stat().st_mtime > age_s
-        except FileNotFoundError:  # another process just published or removed it
-            continue
-        if abandoned:
-            shutil.rmtree(staging, ignore_errors=True)
+    return build_folder_once(micro_task_folder(name, cache_root), lambda folder: _is_current(folder, task), build)
 
 
 def _is_current(folder: Path, task: MicroTask) -> bool:
     """Whole (the marker is written last) and made by this version of the generator."""
     marker = folder / COMPLETE_MARKER
     return marker.is_file() and marker.read_text(encoding="utf-8", errors="replace").strip() == task.checksum
-
-
-def _publish(staging: Path, final: Path, task: MicroTask) -> None:
-    """Rename ``staging`` to ``final``; if another process got there first, keep theirs."""
-    if _try_rename(staging, final) or _is_current(final, task):
-        return
-    # ``final`` is half made (an older, non-atomic writer) or stale (older generators):
-    # move it aside in one rename, so readers never see a mixture, then put ours in place.
-    aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    _try_rename(final, aside)
-    if not _try_rename(staging, final) and not _is_current(final, task):
-        raise AdaptbenchError(f"cannot move the generated micro task {staging} to {final}; "
-                              f"expected {final.parent} to be writable")
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _try_rename(source: Path, target: Path) -> bool:
-    try:
-        os.rename(source, target)  # atomic; fails when target is a non-empty folder
-        return True
-    except OSError:
-        return False
 
 
 def _print_checksums() -> None:

@@ -1,9 +1,11 @@
 """On-disk format readers, registered by format name (a task's ``format``).
 
-A reader turns one split of one dataset into ``[(image path, label), ...]`` and says what
-layout it expects (for the "pass --data-root" message). It only reads split lists: it
-neither decodes images nor imports torch, so every split a run will read can be checked
-before any backbone is built (fail fast). Plugins add formats with
+A reader turns one split of one dataset into ``[(image path, label), ...]`` (best a
+``datasets.images.SampleList``, which remembers the file and line of each sample for error
+messages) and says what layout it expects (for the "pass --data-root" message). It only
+reads split lists: it neither opens images (their existence is checked once, when the
+decode cache decodes the split) nor imports torch, so every split a run will read can be
+checked before any backbone is built (fail fast). Plugins add formats with
 ``register_reader("myformat", MyReader)`` or an ``adaptbench.tasks`` entry point named
 ``reader.myformat``.
 
@@ -38,7 +40,7 @@ class Vtab1kReader(Reader):
     def samples(self, root: Path, spec: Any, split: str) -> list[tuple[Path, int]]:
         from .vtab import vtab_samples
 
-        return vtab_samples(root, spec.dataset, split, spec.num_classes)
+        return vtab_samples(root, spec.dataset, split, spec.num_classes, check_files=False)
 
     def layout(self, spec: Any) -> str:
         return f"<root>/{spec.dataset}/{{train800,val200,train800val200,test}}.txt"
@@ -50,7 +52,7 @@ class FgvcReader(Reader):
     def samples(self, root: Path, spec: Any, split: str) -> list[tuple[Path, int]]:
         from .fgvc import fgvc_samples
 
-        return fgvc_samples(root, spec.dataset, split)
+        return fgvc_samples(root, spec.dataset, split, check_files=False)
 
     def layout(self, spec: Any) -> str:
         from .formats import FGVC_DATASETS

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import AdaptbenchError
 from .formats import VTAB1K_TASKS, VTAB_SPLITS
-from .images import Sample, check_images_exist, read_text_file, shorten
+from .images import Sample, SampleList, check_images_exist, read_text_file, shorten
 
 __all__ = ["VTAB_SPLITS", "VTAB1K_TASKS", "checked_split", "read_split_file", "read_split_lines", "vtab_samples"]
 
@@ -94,21 +94,25 @@ def _parse_line(path: Path, number: int, line: str, num_classes: int | None) -> 
     return image, label
 
 
-def checked_split(split_file: Path, num_classes: int | None = None) -> list[Sample]:
-    """The samples of one split file, each listed image checked to exist (a missing one is
-    named with the split file's line that lists it)."""
+def checked_split(split_file: Path, num_classes: int | None = None, check_files: bool = True) -> SampleList:
+    """The samples of one split file, each remembering its line; with ``check_files`` each
+    listed image is checked to exist (a missing one is named with the line that lists it)."""
     numbered = read_split_lines(split_file, num_classes)
-    samples = [sample for _, sample in numbered]
-    check_images_exist(samples, str(split_file), where=[f"{split_file}:{number}" for number, _ in numbered])
+    samples = SampleList([sample for _, sample in numbered], str(split_file),
+                         [f"{split_file}:{number}" for number, _ in numbered])
+    if check_files:
+        check_images_exist(samples)
     return samples
 
 
-def vtab_samples(root: Path, task_dir: str, split: str, num_classes: int) -> list[Sample]:
-    """The validated samples of one split of one VTAB-1k task (``<root>/<task_dir>``)."""
+def vtab_samples(root: Path, task_dir: str, split: str, num_classes: int, check_files: bool = True) -> SampleList:
+    """The validated samples of one split of one VTAB-1k task (``<root>/<task_dir>``);
+    ``check_files``: also check that every listed image exists (runs leave it to the decode
+    cache, which checks once, when it decodes the split)."""
     if split not in VTAB_SPLITS:
         raise AdaptbenchError(f"unknown VTAB-1k split {split!r}; expected one of {', '.join(VTAB_SPLITS)}")
     folder = Path(root) / task_dir
     if not folder.is_dir():
         state = "is not a folder" if folder.exists() else "does not exist"
         raise AdaptbenchError(f"VTAB-1k task folder {folder} {state}; expected the layout {LAYOUT}")
-    return checked_split(folder / f"{split}.txt", num_classes)
+    return checked_split(folder / f"{split}.txt", num_classes, check_files)

@@ -50,6 +50,7 @@ class SearchGroup:
     backbone: BackboneEntry
     adapter: AdapterEntry
     task: str
+    accelerator: str = "auto"  # resolves ``precision: auto`` (the cell id holds the real one)
 
     @property
     def has_grid(self) -> bool:
@@ -75,6 +76,7 @@ class SearchGroup:
 
     def _cell(self, point: dict[str, Any], seed: int, stage: str, extra: dict[str, Any] | None = None) -> Cell:
         config = cell_config(self.spec, self.backbone, self.adapter, self.task, point, seed, stage)
+        config = config.for_accelerator(self.accelerator)
         annotations = {"spec": self.spec.name, "adapter_label": self.adapter.label, **(extra or {})}
         if stage == "tune":
             annotations["grid_point"] = point
@@ -95,9 +97,10 @@ def cell_config(spec: MatrixSpec, backbone: BackboneEntry, adapter: AdapterEntry
                      weights=backbone.weights, backbone_options=backbone.options, seed=seed, stage=stage, **train)
 
 
-def search_groups(spec: MatrixSpec) -> list[SearchGroup]:
-    """Every (backbone, adapter, task) of the spec, in the order written (adapters vary fastest)."""
-    return [SearchGroup(spec, backbone, adapter, task)
+def search_groups(spec: MatrixSpec, accelerator: str = "auto") -> list[SearchGroup]:
+    """Every (backbone, adapter, task) of the spec, in the order written (adapters vary fastest);
+    ``accelerator``: where its cells will run (it decides what ``precision: auto`` means)."""
+    return [SearchGroup(spec, backbone, adapter, task, accelerator)
             for backbone in spec.backbones for task in spec.tasks for adapter in spec.adapters]
 
 

@@ -17,14 +17,15 @@ def evaluate_checkpoint(
     split: str | None = None,
     data_root: str | None = None,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     accelerator: str = "auto",
 ) -> dict[str, dict[str, float]]:
     """{split: {metric: value}} of the checkpoint's model on ``split`` (default: test)."""
     from ..adapters.checkpoint import load_adapter, read_checkpoint
     from ..backbones import load_backbone
     from ..registry import TASKS
-    from ..tasks.data import make_loader
+    from ..config import auto_precision
+    from ..tasks.data import split_batches
     from ..tasks.heads import build_head
     from ..tasks.kinds import task_kind
     from ..tasks.samples import task_samples
@@ -47,10 +48,11 @@ def evaluate_checkpoint(
                               f"{backbone_name}: {str(err).strip().splitlines()[-1].strip()}") from None
     settings = {"lr": 1.0, "weight_decay": 0.0, "warmup_epochs": 0, "pool": head_info.get("pool")}
     module = kind.build_module(backbone, adapter, head, spec, settings)
-    loader = make_loader(kind.dataset(samples, backbone.data_config, spec, split, False), batch_size, False,
-                         num_workers, 0)
-    trainer = trainer_for(RunPlace(accelerator=accelerator), "32-true", max_epochs=0)
-    evaluated = trainer.test(module, loader, verbose=False)
+    module.set_inputs(kind.batch_transform(backbone.data_config, train=False))
+    batches = split_batches(kind, samples, backbone.data_config, spec, split, batch_size, shuffle=False, seed=0,
+                            workers=num_workers)
+    trainer = trainer_for(RunPlace(accelerator=accelerator), auto_precision(accelerator), max_epochs=0)
+    evaluated = trainer.test(module, batches.to(trainer.strategy.root_device), verbose=False)
     return {split: {k.removeprefix("test_"): float(v) for k, v in (evaluated[0] if evaluated else {}).items()}}
 
 

@@ -66,7 +66,7 @@ class MatrixRun:
         self.spec = spec
         self.options = options
         self.out = Path(options.out or spec.out)
-        self.groups = search_groups(spec)
+        self.groups = search_groups(spec, options.accelerator)
         self.console = console or Console()
         self.executor = executor or LocalExecutor(options.workers, plugin_files=options.plugin_files)
         self.capabilities = Capabilities()

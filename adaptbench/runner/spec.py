@@ -19,7 +19,7 @@ Keys (all but ``backbones``, ``adapters`` and ``tasks`` optional)::
       - {name: lora, label: lora_r4, options: {r: 4}, train: {lr: 5e-3}, grid: {...}}
     seeds: [0, 1, 2]                 # or a count: 3 -> [0, 1, 2]
     train: {epochs: 100, batch_size: 64, lr: 1e-3, weight_decay: 1e-4}   # adaptbench.config.TRAIN_FIELDS
-    policy: {deterministic: true, matmul_precision: highest, validation: end}  # not part of cell ids
+    policy: {deterministic: true, matmul_precision: auto, validation: end, compile: false}  # not in cell ids
     grid: {lr: [1e-3, 1e-2], options.r: [4, 8]}   # searched on the tune stage, then final runs
     data_root: ~/data/vtab-1k        # where tasks read their data (the CLI's --data-root wins)
     out: results/micro               # run records (default results/<name>)

@@ -17,14 +17,13 @@ input: it is always recorded, with status ``n/a`` and the reason, then raised.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, RunPolicy
+from ..config import RunConfig, RunPolicy, uses_cuda
 from ..errors import AdaptbenchError, one_line
 from .protocol import split_plan
 from ..records import RunRecord, TaskInfo, meta_info
@@ -120,6 +119,8 @@ def run(
     Lightning callbacks (progress reporting). ``record_setup_failures``: also record bad
     input found before training as a failed run (the matrix runner sets it).
     """
+    config = config.for_accelerator(place.accelerator)  # "auto" precision: the id holds the real one
+    place = replace(place, policy=place.policy.for_device(uses_cuda(place.accelerator)))
     record = start_record(config, annotations, place.policy)
     record_path = record_path_for(place.out_dir, record.run_id)
     started = time.perf_counter()
@@ -192,6 +193,7 @@ class Prepared:
     loaders: dict[str, Any]
     settings: dict[str, Any]
     device: str
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def check_splits(config: RunConfig, data_root: str | None) -> dict[str, list]:
@@ -206,12 +208,14 @@ def check_splits(config: RunConfig, data_root: str | None) -> dict[str, list]:
 
 
 def _prepare(config: RunConfig, place: RunPlace, resolved: dict[str, Any]) -> Prepared:
-    """Check the data, then build backbone, adapter, head, module and loaders."""
+    """Check the data, then build backbone, adapter, head and module, and decode the splits."""
     import lightning as L
 
     from ..adapters import build_adapter
+    from ..adapters.base import check_precision
     from ..backbones import load_backbone
     from ..registry import TASKS
+    from ..tasks.data import split_batches
     from ..tasks.heads import build_head
     from ..tasks.kinds import task_kind
 
@@ -219,53 +223,66 @@ def _prepare(config: RunConfig, place: RunPlace, resolved: dict[str, Any]) -> Pr
     kind = task_kind(spec.kind)
     plan = split_plan(spec, config.stage)
     samples = check_splits(config, place.data_root)
+    check_precision(config.adapter, config.precision)
     L.seed_everything(config.seed, workers=True, verbose=False)
     backbone = load_backbone(config.backbone, weights=config.weights, options=config.backbone_options)
     adapter = build_adapter(config.adapter, backbone, config.adapter_options)
     settings = {"lr": config.lr, "weight_decay": config.weight_decay, "warmup_epochs": resolved["warmup_epochs"],
                 "label_smoothing": config.label_smoothing, "pool": config.pool, "head": config.head}
     module = kind.build_module(backbone, adapter, build_head(config.head, backbone, spec), spec, settings)
-    workers = place.num_workers if place.num_workers is not None else _default_workers(spec)
-    loaders = {
-        role: _loader(kind, samples[split], backbone, spec, split, config, workers, train=role == "train")
+    if place.policy.compile:
+        backbone.compile()  # in place: parameter names, hooks and the adapter's references stay
+    started = time.perf_counter()
+    batches = {
+        role: split_batches(kind, samples[split], backbone.data_config, spec, split, config.batch_size,
+                            shuffle=role == "train", seed=config.seed, workers=place.num_workers)
         for role, split in (("train", plan.train_split), ("eval", plan.eval_split))
     }
-    return Prepared(spec, kind, plan, backbone, adapter, module, loaders, settings, _device_name(place.accelerator))
-
-
-def _loader(kind, samples, backbone, spec, split: str, config: RunConfig, workers: int, train: bool):
-    from ..tasks.data import make_loader
-
-    dataset = kind.dataset(samples, backbone.data_config, spec, split, train)
-    return make_loader(dataset, config.batch_size, train, workers, config.seed)
-
-
-def _default_workers(spec) -> int:
-    # The embedded tasks decode tiny PNGs: worker processes cost more than they save.
-    return 0 if spec.embedded else min(8, max(1, _usable_cpus() - 1))
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # what this process may use (cgroups, Slurm)
-    except AttributeError:
-        return os.cpu_count() or 2
+    timings = {"decode_s": time.perf_counter() - started}
+    return Prepared(spec, kind, plan, backbone, adapter, module, batches, settings,
+                    _device_name(place.accelerator), timings)
 
 
 # -- training and evaluating -----------------------------------------------------------------
 def trainer_for(place: RunPlace, precision: str, max_epochs: int, callbacks: Sequence[Any] = ()):
-    """A Lightning Trainer under the run's policy (deterministic, matmul precision)."""
+    """A Lightning Trainer under the run's policy (determinism, matmul precision)."""
     import lightning as L
     import torch
 
-    torch.set_float32_matmul_precision(place.policy.matmul_precision)
+    policy = place.policy.for_device(uses_cuda(place.accelerator))
+    torch.set_float32_matmul_precision(policy.matmul_precision)
     return L.Trainer(
         max_epochs=max_epochs, accelerator=place.accelerator, devices=1, precision=precision,
         logger=False, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=place.progress, callbacks=list(callbacks), num_sanity_val_steps=0,
-        deterministic="warn" if place.policy.deterministic else False,
-        benchmark=not place.policy.deterministic,
+        deterministic="warn" if policy.deterministic else False,
+        benchmark=not policy.deterministic,
     )
+
+
+def _place_inputs(prepared: Prepared, resolved: dict[str, Any], place: RunPlace, trainer) -> str:
+    """Put the batches where the trainer runs; train on cached backbone features when they
+    stand in exactly for the backbone (``features.py``). Returns what the batches hold."""
+    from .features import feature_batches, why_not_cached
+
+    module, kind, spec = prepared.module, prepared.kind, prepared.spec
+    device = trainer.strategy.root_device
+    module.set_inputs(kind.batch_transform(prepared.backbone.data_config, train=True))
+    reason = why_not_cached(module, prepared.adapter, kind) if place.policy.feature_cache else "turned off"
+    if reason is not None:
+        for batches in prepared.loaders.values():
+            batches.to(device)
+        return f"decoded images (features not cached: {reason})"
+    started = time.perf_counter()
+    identity = {"backbone": resolved["backbone"], "backbone_options": resolved["backbone_options"],
+                "pool": prepared.settings["pool"], "precision": resolved["precision"],
+                "kind": spec.kind, "kind_version": resolved["code_versions"]["kind"]}
+    splits = {"train": prepared.plan.train_split, "eval": prepared.plan.eval_split}
+    prepared.loaders = {role: feature_batches(batches, module, trainer, spec.name, splits[role], identity)
+                        for role, batches in prepared.loaders.items()}
+    module.set_inputs(None, from_features=True)
+    prepared.timings["features_s"] = time.perf_counter() - started
+    return "cached backbone features"
 
 
 def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPlace,
@@ -273,20 +290,26 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
     from ..adapters.accounting import parameter_report
     from .measure import ThroughputMeter, peak_memory, reset_peak_memory
 
-    plan, module, loaders = prepared.plan, prepared.module, prepared.loaders
+    plan, module = prepared.plan, prepared.module
     epochs = resolved["epochs"]
     meter = ThroughputMeter()
     reset_peak_memory()  # several runs may share one worker process
     trainer = trainer_for(place, resolved["precision"], epochs, [meter, *callbacks])
+    inputs = _place_inputs(prepared, resolved, place, trainer)
+    loaders, timings = prepared.loaders, prepared.timings
     metrics: dict[str, dict[str, float]] = {}
     every_epoch = place.policy.validation == "every_epoch" and not plan.eval_is_test
+    started = time.perf_counter()
     if epochs > 0:
         trainer.fit(module, loaders["train"], loaders["eval"] if every_epoch else None)
         metrics[plan.train_split] = _split_metrics(trainer.logged_metrics, "train_")
+    timings["fit_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     if plan.eval_is_test:
         evaluated = trainer.test(module, loaders["eval"], verbose=False)
     else:  # the tune stage's score: one validation after the last epoch (unless every epoch)
         evaluated = [trainer.logged_metrics] if every_epoch else trainer.validate(module, loaders["eval"], verbose=False)
+    timings["eval_s"] = time.perf_counter() - started
     prefix = "test_" if plan.eval_is_test else "val_"
     metrics[plan.eval_split] = _split_metrics(evaluated[0] if evaluated else {}, prefix)
     kind = prepared.kind
@@ -294,6 +317,7 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
         raise AdaptbenchError(f"evaluation on {prepared.spec.name}:{plan.eval_split} produced no "
                               f"{kind.primary_metric!r} (got {sorted(metrics[plan.eval_split]) or 'nothing'})")
     memory_bytes, memory_kind = peak_memory(module.device)
+    eval_size = len(loaders["eval"].dataset)
     return {
         "stage": plan.stage,
         "metrics": metrics,
@@ -304,11 +328,13 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
         "extra_losses": sorted(key.removeprefix("train_extra_") for key in trainer.logged_metrics
                                if key.startswith("train_extra_")),
         "train_images_per_s": meter.images_per_second(),
+        "eval_images_per_s": eval_size / timings["eval_s"] if timings["eval_s"] > 0 and not every_epoch else None,
+        "timings": {name: round(value, 4) for name, value in timings.items()},
         "peak_memory_bytes": memory_bytes,
         "peak_memory_kind": memory_kind,
         "data": {
             "train_split": plan.train_split, "eval_split": plan.eval_split,
-            "train_size": len(loaders["train"].dataset), "eval_size": len(loaders["eval"].dataset),
+            "train_size": len(loaders["train"].dataset), "eval_size": eval_size, "inputs": inputs,
             **kind.data_description(prepared.backbone.data_config),
         },
     }
@@ -348,9 +374,11 @@ def check_environment(accelerator: str, precision: str) -> None:
 def _device_name(accelerator: str) -> str:
     import torch
 
+    from ..datasets.decoded import usable_cpus
+
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"cpu ({_usable_cpus()} cores)"
+    return f"cpu ({usable_cpus()} cores)"
 
 
 def quiet_lightning() -> None:

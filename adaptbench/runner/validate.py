@@ -35,7 +35,7 @@ def validate_spec(spec: MatrixSpec, data_root: str | None = None,
     capabilities = capabilities or Capabilities()
     root = data_root or spec.data_root
     tuned = any(entry.grid for entry in spec.adapters)
-    return ([_checked("adapter", entry.label, _adapter_detail, entry) for entry in spec.adapters]
+    return ([_checked("adapter", entry.label, _adapter_detail, spec, entry) for entry in spec.adapters]
             + [_checked("backbone", entry.name, _backbone_detail, entry, capabilities) for entry in spec.backbones]
             + [_checked("task", task, _task_detail, task, root, tuned) for task in spec.tasks]
             + not_applicable_pairs(spec, capabilities))
@@ -106,14 +106,18 @@ def _pair_subject(entry: AdapterEntry, backbone: BackboneEntry, options: dict[st
     return f"{entry.label}{shown} on {backbone.name}"
 
 
-def _adapter_detail(entry: AdapterEntry) -> str:
-    """Every option set the grid can produce must be accepted by the adapter's config."""
+def _adapter_detail(spec: MatrixSpec, entry: AdapterEntry) -> str:
+    """Every option set the grid can produce must be accepted by the adapter's config, and
+    every precision its cells use must keep the adapter's state."""
     from ..adapters import adapter_class
+    from ..adapters.base import check_precision
 
     config_class = adapter_class(entry.name).config_class
     points = entry.grid_points()
     for point in points:
         config_class.from_dict(_grid_options(entry, point), adapter=entry.name)
+    for precision in entry_precisions(spec, entry):
+        check_precision(entry.name, precision)
     search = f"grid of {len(points)} points" if entry.grid else "no grid"
     return f"{entry.name} options ok; {search}"
 
@@ -137,22 +141,29 @@ def _task_detail(task: str, data_root: str | None, tuned: bool) -> str:
     spec = TASKS.get(task)
     if spec.embedded:
         return "embedded (generated on first use)"
-    from ..tasks.data import task_samples
+    from ..datasets.images import check_images_exist
+    from ..tasks.samples import task_samples
 
     stages = ("tune", "final") if tuned else ("final",)
     splits = []
     for stage in stages:
         plan = split_plan(spec, stage)
         splits.extend(split for split in (plan.train_split, plan.eval_split) if split not in splits)
-    sizes = {split: len(task_samples(spec, split, data_root)) for split in splits}
+    sizes = {}
+    for split in splits:
+        samples = task_samples(spec, split, data_root)
+        check_images_exist(samples)  # a run checks once, when it first decodes the split
+        sizes[split] = len(samples)
     return ", ".join(f"{split} {size}" for split, size in sizes.items())
 
 
 def spec_precisions(spec) -> list[str]:
     """Every precision a spec's cells can run under (its train, each adapter's, each grid's)."""
-    default = "32-true"
-    found = {spec.train.get("precision", default)}
-    for entry in spec.adapters:
-        found.add(entry.train.get("precision", spec.train.get("precision", default)))
-        found.update(entry.grid.get("precision", []))
-    return sorted(found)
+    return sorted({precision for entry in spec.adapters for precision in entry_precisions(spec, entry)})
+
+
+def entry_precisions(spec, entry: AdapterEntry) -> set[str]:
+    """The precisions one adapter entry's cells run under (``auto`` unless a train block says)."""
+    found = {entry.train.get("precision", spec.train.get("precision", "auto"))}
+    found.update(entry.grid.get("precision", []))
+    return found

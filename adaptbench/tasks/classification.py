@@ -20,8 +20,11 @@ from .kinds import TaskKind, TaskModule
 class ClassificationModule(TaskModule):
     """Top-1 classification of a pooled backbone feature by the task's head."""
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images, pool=self.hparams.pool))
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images, pool=self.hparams.pool)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
@@ -35,19 +38,15 @@ class ClassificationKind(TaskKind):
     augmentation = "none"
 
     def metrics(self, spec) -> MetricCollection:
-        return MetricCollection({"top1": MulticlassAccuracy(spec.num_classes, average="micro")})
+        # validate_args=False: the checks read values on the host (a sync per step); the
+        # readers have already checked every label against the class count.
+        return MetricCollection({"top1": MulticlassAccuracy(spec.num_classes, average="micro", validate_args=False)})
 
     def build_module(self, backbone, adapter, head, spec, settings: dict[str, Any]) -> ClassificationModule:
         return ClassificationModule(backbone, adapter, head, self.metrics(spec), lr=settings["lr"],
                                     weight_decay=settings["weight_decay"], warmup_epochs=settings["warmup_epochs"],
                                     label_smoothing=settings.get("label_smoothing", 0.0),
                                     pool=settings.get("pool"))
-
-    def dataset(self, samples, data_config, spec, split: str, train: bool):
-        from ..datasets.images import ImageListDataset
-        from .data import image_transform
-
-        return ImageListDataset(samples, transform=image_transform(data_config), source=f"{spec.name}:{split}")
 
     def head_info(self, spec, settings: dict[str, Any], backbone) -> dict[str, Any]:
         return {**super().head_info(spec, settings, backbone), "pool": settings.get("pool") or backbone.default_pool}

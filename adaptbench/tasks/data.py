@@ -1,36 +1,31 @@
-"""Datasets -> DataLoaders, and the image preprocessing of the classification protocol.
+"""A task split -> batches: decoded once into the cache, served by :class:`SplitBatches`.
 
-Images are resized to the backbone's input size with no crop, and normalised with the
-backbone's mean and std (both stated in the run record). No augmentation: the VTAB-1k
-protocol as NOAH and VPT run it.
+The classification protocol's preprocessing is unchanged (resize to the backbone's input size
+with no crop, then its mean and std; both stated in the run record; no augmentation, as NOAH
+and VPT run VTAB-1k); only where it happens moved: the resize at decode time, once, and the
+normalisation on the device, per batch (``kind.batch_transform``).
 """
 
 from __future__ import annotations
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
-
+from ..datasets.decoded import CachedArrays, decoded_split
+from .batches import SplitBatches
 from .samples import DATA_ROOT_ENV, task_samples  # noqa: F401 - re-exported for callers
 
 
-def image_transform(data_config) -> T.Compose:
-    interpolation = T.InterpolationMode(data_config.interpolation)
-    return T.Compose([
-        T.Resize(tuple(data_config.input_size), interpolation=interpolation, antialias=True),
-        T.ToTensor(),
-        T.Normalize(data_config.mean, data_config.std),
-    ])
+def decoded(kind, samples, data_config, spec, split: str,
+            workers: int | None = None) -> tuple[CachedArrays, tuple[str, ...]]:
+    """The split decoded into the kind's fields (from the cache when already decoded; else
+    with ``workers`` threads), and the field names in batch order."""
+    fields = kind.fields(data_config, spec)
+    source = getattr(samples, "source", "") or f"{spec.name}:{split}"
+    cached = decoded_split(samples, fields, task=spec.name, split=split, source=source,
+                           where=getattr(samples, "where", None), workers=workers)
+    return cached, tuple(fields)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        generator=generator,
-        drop_last=False,
-    )
+def split_batches(kind, samples, data_config, spec, split: str, batch_size: int, *, shuffle: bool,
+                  seed: int, workers: int | None = None) -> SplitBatches:
+    """Batches of decoded samples of one split (shuffled with ``seed``'s order when training)."""
+    cached, names = decoded(kind, samples, data_config, spec, split, workers)
+    return SplitBatches(cached, names, batch_size, shuffle=shuffle, seed=seed)

@@ -18,6 +18,17 @@ optimiser sees the adapter's declared tensors and the head and nothing else; Ada
 linear warm-up and cosine decay per step; the adapter's training hooks (``extra_loss`` terms
 added to the loss and logged one by one as ``train_extra_<name>``; ``on_train_start``;
 ``on_train_batch_end`` after each optimiser step); a NaN loss stops the run with its step.
+
+Data: a kind names the per-sample arrays it decodes once into the cache (``fields``: uint8
+images and int labels for image kinds; masks or frames for dense and video kinds) and the
+transform that turns a batch of them into model inputs on the device (``batch_transform``:
+normalisation, augmentation). A module's ``forward`` is ``decode(encode(inputs))``: ``encode``
+is the backbone's part, ``decode`` the head's. When the backbone is frozen and deterministic up
+to the head, the runner caches what ``encode`` returns and trains the head on it
+(``runner/features.py``); a kind that only implements ``forward`` simply never gets that.
+
+No host synchronisation per step: the non-finite check accumulates on the device and is
+read every ``NONFINITE_CHECK_EVERY`` steps and at the end of each epoch.
 """
 
 from __future__ import annotations
@@ -31,6 +42,10 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from ..adapters.hooks import LossContext
+
+
+#: Steps between reads of the device-side non-finite flag (each read waits for the device).
+NONFINITE_CHECK_EVERY = 50
 
 
 class NonFiniteLossError(RuntimeError):
@@ -55,25 +70,49 @@ class TaskModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train_")
         self.val_metrics = metrics.clone(prefix="val_")
         self.test_metrics = metrics.clone(prefix="test_")
+        self.batch_transform: nn.Module | None = None
+        self.from_features = False
+        self._first_nonfinite_step: torch.Tensor | None = None
 
     # -- what a kind says ---------------------------------------------------------------------
-    def forward(self, inputs: Any) -> torch.Tensor:
+    def encode(self, inputs: Any) -> Any:
+        """The backbone's part of the forward (what the head reads)."""
         raise NotImplementedError
+
+    def decode(self, features: Any) -> torch.Tensor:
+        """The head's part of the forward."""
+        raise NotImplementedError
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self.decode(self.encode(inputs))
 
     def task_loss(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    # -- inputs ---------------------------------------------------------------------------------
+    def set_inputs(self, batch_transform: nn.Module | None, from_features: bool = False) -> None:
+        """What batches hold: decoded samples that ``batch_transform`` turns into inputs on the
+        device, or (``from_features``) cached ``encode`` outputs, fed to ``decode`` alone."""
+        self.batch_transform = batch_transform
+        self.from_features = from_features
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        inputs, *rest = batch
+        if self.batch_transform is not None:
+            inputs = self.batch_transform(inputs)
+        return (inputs, *rest)
+
+    def _outputs(self, inputs: Any) -> torch.Tensor:
+        return self.decode(inputs) if self.from_features else self(inputs)
+
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         inputs, targets = batch
-        outputs = self(inputs)
+        outputs = self._outputs(inputs)
         loss = self.task_loss(outputs, targets)
-        extras = self.adapter.extra_loss(LossContext(inputs, outputs, targets, loss, self.forward, self.global_step))
+        extras = self.adapter.extra_loss(LossContext(inputs, outputs, targets, loss, self._outputs, self.global_step))
         total = loss + sum(extras.values()) if extras else loss
-        if not torch.isfinite(total):
-            raise NonFiniteLossError(
-                f"training loss is {total.item()} at epoch {self.current_epoch}, step {self.global_step}"
-            )
+        self._note_nonfinite(total)
         size = _batch_size(targets)
         self.train_metrics.update(outputs.detach(), targets)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=size)
@@ -82,8 +121,28 @@ class TaskModule(L.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         return total
 
+    def _note_nonfinite(self, total: torch.Tensor) -> None:
+        """Remember, on the device, the first step whose loss was not finite and that loss
+        (no host sync)."""
+        total = total.detach().float()
+        if self._first_nonfinite_step is None:
+            self._first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=total.device)
+            self._first_nonfinite_loss = torch.zeros((), device=total.device)
+        newly_bad = (self._first_nonfinite_step < 0) & ~torch.isfinite(total)
+        self._first_nonfinite_step = torch.where(newly_bad, self.global_step, self._first_nonfinite_step)
+        self._first_nonfinite_loss = torch.where(newly_bad, total, self._first_nonfinite_loss)
+
+    def _check_nonfinite(self) -> None:
+        """Stop the run if a loss so far was not finite (reads the flag: one sync)."""
+        if self._first_nonfinite_step is not None:
+            step = int(self._first_nonfinite_step)
+            if step >= 0:
+                raise NonFiniteLossError(f"training loss is {float(self._first_nonfinite_loss)} at step {step} "
+                                         f"(found at the check in epoch {self.current_epoch})")
+
     def on_train_start(self) -> None:
         self._steps_reported = self.global_step
+        self._first_nonfinite_step = None
         self.adapter.on_train_start(int(self.trainer.estimated_stepping_batches))
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -93,11 +152,16 @@ class TaskModule(L.LightningModule):
         if self.global_step > self._steps_reported:
             self._steps_reported = self.global_step
             self.adapter.on_train_batch_end(self.global_step - 1)
+        if (batch_idx + 1) % NONFINITE_CHECK_EVERY == 0:
+            self._check_nonfinite()
+
+    def on_train_epoch_end(self) -> None:
+        self._check_nonfinite()
 
     # -- evaluation -----------------------------------------------------------------------------
     def _evaluate(self, batch, metrics: MetricCollection, loss_name: str) -> None:
         inputs, targets = batch
-        outputs = self(inputs)
+        outputs = self._outputs(inputs)
         metrics.update(outputs, targets)
         self.log(loss_name, self.task_loss(outputs, targets), on_step=False, on_epoch=True,
                  batch_size=_batch_size(targets))
@@ -115,8 +179,9 @@ class TaskModule(L.LightningModule):
         return declared + list(self.head.parameters())
 
     def configure_optimizers(self):
+        # fused on CUDA: one kernel for every tensor's update (the CPU keeps the reference loop)
         optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay)
+                                      weight_decay=self.hparams.weight_decay, fused=self.device.type == "cuda" or None)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         warmup = min(total - 1, self.hparams.warmup_epochs * per_epoch)
@@ -143,7 +208,8 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 
 class TaskKind:
     """Base of task kinds (see the module docstring). Subclasses set the class attributes and
-    implement :meth:`metrics`, :meth:`build_module` and :meth:`dataset`."""
+    implement :meth:`metrics` and :meth:`build_module`; image kinds keep the default
+    :meth:`fields` and :meth:`batch_transform` (uint8 images and int labels, normalised)."""
 
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
@@ -158,8 +224,17 @@ class TaskKind:
         """The LightningModule; ``settings`` holds lr, weight_decay, warmup_epochs, label_smoothing, pool."""
         raise NotImplementedError
 
-    def dataset(self, samples: list, data_config, spec, split: str, train: bool) -> torch.utils.data.Dataset:
-        raise NotImplementedError
+    def fields(self, data_config, spec) -> dict:
+        """The per-sample arrays decoded once into the cache, in batch order (inputs first)."""
+        from ..datasets.decoded import ImageField, LabelField
+
+        return {"images": ImageField(tuple(data_config.input_size), data_config.interpolation), "labels": LabelField()}
+
+    def batch_transform(self, data_config, train: bool) -> nn.Module | None:
+        """Decoded batch -> model inputs, on the device (the PIL path's ToTensor + Normalize)."""
+        from .batches import NormalizeImages
+
+        return NormalizeImages(data_config.mean, data_config.std)
 
     def data_description(self, data_config) -> dict[str, Any]:
         """Preprocessing facts stored in every record."""

@@ -2,7 +2,8 @@
 lower is better), with its own head, its task and nothing else, all through entry points.
 
 It exists to prove that a new kind needs no edit to adaptbench: the runner dispatches on the
-task's ``kind``, the head registry builds ``scalar``, the vtab1k reader lists the samples.
+task's ``kind``, the head registry builds ``scalar``, the vtab1k reader lists the samples, and
+the kind's default fields decode them (uint8 images and int labels, normalised on the device).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError, MetricCollection
 
 from adaptbench.tasks.catalog import TaskSpec
-from adaptbench.tasks.classification import ClassificationKind
 from adaptbench.tasks.kinds import TaskKind, TaskModule
 
 
 class DigitValueModule(TaskModule):
     """The pooled feature -> one number: the digit's value."""
 
-    def forward(self, images):
-        return self.head(self.backbone(images)).squeeze(-1)
+    def encode(self, images):
+        return self.backbone(images)
+
+    def decode(self, features):
+        return self.head(features).squeeze(-1)
 
     def task_loss(self, outputs, targets):
         return F.mse_loss(outputs, targets.float())
@@ -38,9 +41,6 @@ class DigitValueKind(TaskKind):
     def build_module(self, backbone, adapter, head, spec, settings):
         return DigitValueModule(backbone, adapter, head, self.metrics(spec), lr=settings["lr"],
                                 weight_decay=settings["weight_decay"], warmup_epochs=settings["warmup_epochs"])
-
-    def dataset(self, samples, data_config, spec, split, train):
-        return ClassificationKind().dataset(samples, data_config, spec, split, train)
 
     def check_head_info(self, info, spec, checkpoint):
         pass  # one output whatever the task
