@@ -123,11 +123,13 @@ def test_u_and_v_are_shared_declared_once_and_counted_once():
 def test_shared_u_receives_gradient_from_every_block():
     _, backbone, adapter = randomised({"rank": 4, "dropout": 0.0, "blocks": (1,)})
     u = adapter.trainable_parameters()["shared.fact_U"]
-    backbone(images()).sum().backward()
+    # Not .sum(): the final LayerNorm's output sums to zero per image, so its gradient is zero.
+    backbone(images()).pow(2).sum().backward()
     only_block_1 = u.grad.clone()
+    assert only_block_1.abs().max() > 1e-4
     _, backbone, adapter = randomised({"rank": 4, "dropout": 0.0})
     u = adapter.trainable_parameters()["shared.fact_U"]
-    backbone(images()).sum().backward()
+    backbone(images()).pow(2).sum().backward()
     assert not torch.allclose(u.grad, only_block_1)  # block 0's sites add to the same tensor
 
 

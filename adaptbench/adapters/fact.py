@@ -119,21 +119,37 @@ class FacTLinear(SiteWrapper):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """The increment for every output feature (zero outside the adapted chunks)."""
-        u, v = self.factors.u, self.factors.v
-        projected = F.linear(x.unflatten(-1, (self.in_chunks, self.dim)), u).flatten(-2)
-        pieces, position = [], 0
-        for part, chunks in self.parts.items():
-            if chunks.start > position:
-                pieces.append(x.new_zeros(*x.shape[:-1], (chunks.start - position) * self.dim))
-            mixed = self.dropout(F.linear(projected, self.cores[part]))
-            pieces.append(F.linear(mixed.unflatten(-1, (len(chunks), self.rank)), v).flatten(-2))
-            position = chunks.stop
-        if position < self.out_chunks:
-            pieces.append(x.new_zeros(*x.shape[:-1], (self.out_chunks - position) * self.dim))
-        return torch.cat(pieces, dim=-1) * self.scale
+        return self._add_increment(x, x.new_zeros(*x.shape[:-1], self.out_chunks * self.dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + self.delta(x)
+        return self._add_increment(x, self.base_layer(x))
+
+    def _add_increment(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        """``base_output + s (I (x) V) dropout(C (I (x) U) x)``: U, the site's cores and V each
+        one GEMM for all parts, V's accumulating into the base output (``addmm``).
+
+        The parts' cores are stacked into one (k_out r) x (k_in r) core, zero on the output
+        chunks no part writes (k, when q and v are adapted): zeros in weight space; those
+        chunks get V 0 = 0 added. Dropout acts once on the stacked core output.
+        """
+        u, v = self.factors.u, self.factors.v
+        projected = F.linear(x.unflatten(-1, (self.in_chunks, self.dim)), u).flatten(-2)
+        mixed = self.dropout(F.linear(projected, self._stacked_core()))
+        output = torch.addmm(base_output.reshape(-1, self.dim), mixed.reshape(-1, self.rank), v.t(),
+                             alpha=self.scale)
+        return output.view(base_output.shape)
+
+    def _stacked_core(self) -> torch.Tensor:
+        """The site's cores, one block row per output chunk: (k_out r) x (k_in r)."""
+        rows, position, width = [], 0, self.in_chunks * self.rank
+        for part, chunks in self.parts.items():
+            if chunks.start > position:
+                rows.append(self.cores[part].new_zeros((chunks.start - position) * self.rank, width))
+            rows.append(self.cores[part])
+            position = chunks.stop
+        if position < self.out_chunks:
+            rows.append(rows[0].new_zeros((self.out_chunks - position) * self.rank, width))
+        return rows[0] if len(rows) == 1 else torch.cat(rows)
 
     def weight_update(self, part: str) -> torch.Tensor:
         """(I (x) V) C_p (I (x) U): the dense increment of the rows ``part`` writes (scale excluded)."""

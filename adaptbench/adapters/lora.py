@@ -80,6 +80,7 @@ class LoRALinear(SiteWrapper):
     ``config`` supplies ``alpha``, ``dropout`` and ``rank_of(part)``, so that LoRA variants
     (per-site ranks, DoRA) reuse this class: a variant overrides :meth:`part_updates` (what
     each part adds to its output slice) and :meth:`merged_rows` (the part's folded weights).
+    LoRA itself never builds the parts' updates: its forward is two GEMMs (:meth:`_add_low_rank`).
     """
 
     def __init__(self, base_layer: nn.Linear, slices: dict[str, slice], config):
@@ -108,21 +109,57 @@ class LoRALinear(SiteWrapper):
         """``(alpha / r_p) B_p A_p x`` for one part."""
         return F.linear(F.linear(x, self.lora_A[part]), self.lora_B[part]) * self.scaling[part]
 
+    def down_projection(self, x: torch.Tensor, parts: list[str]) -> torch.Tensor:
+        """``A_p x`` of ``parts`` side by side (last dim) from one matmul: the parts share ``x``."""
+        weights = [self.lora_A[part] for part in parts]
+        return F.linear(x, weights[0] if len(weights) == 1 else torch.cat(weights))
+
     def update(self, part: str) -> torch.Tensor:
         """The part's weight update ``(alpha / r_p) B_p A_p`` (out_p x in)."""
         return self.scaling[part] * (self.lora_B[part] @ self.lora_A[part])
 
     def part_updates(self, x: torch.Tensor, base_output: torch.Tensor) -> dict[str, torch.Tensor]:
         """What each part adds to its slice of ``base_output``."""
-        x = self.dropout(x)
-        return {part: self.low_rank(part, x) for part in self.slices}
+        parts = list(self.slices)
+        ranks = [self.lora_A[part].shape[0] for part in parts]
+        down = self.down_projection(self.dropout(x), parts).split(ranks, dim=-1)
+        return {part: F.linear(d, self.lora_B[part]) * self.scaling[part] for part, d in zip(parts, down)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base_output = self.base_layer(x)
+        if type(self).part_updates is LoRALinear.part_updates:
+            return self._add_low_rank(self.dropout(x), base_output)
+        # a variant's parts add what it chooses (DoRA: a rescaled frozen output too)
         return base_output + self._to_full_width(self.part_updates(x, base_output), base_output)
 
+    def _add_low_rank(self, x: torch.Tensor, base_output: torch.Tensor) -> torch.Tensor:
+        """``base_output + sum_p s_p B_p A_p x`` with one down and one up GEMM for all parts.
+
+        The up GEMM accumulates into the base output (``addmm``) through the parts' ``B``
+        stacked into an out x sum(r_p) matrix, zero on the rows of the output no part writes
+        (k, when q and v are adapted): zeros in weight space, not an activation-sized block,
+        and no part's update is ever materialised. Cheaper on CPU than adding each part into
+        its slice, whose backward builds a zero-filled full-width gradient per slice.
+        """
+        parts = sorted(self.slices.items(), key=lambda kv: kv[1].start)
+        ranks = [self.lora_A[part].shape[0] for part, _ in parts]
+        down = self.down_projection(x, [part for part, _ in parts])
+        total, width = sum(ranks), base_output.shape[-1]
+        rows, position, column = [], 0, 0
+        for (part, out_slice), rank in zip(parts, ranks):
+            if out_slice.start > position:
+                rows.append(self.lora_B[part].new_zeros(out_slice.start - position, total))
+            rows.append(F.pad(self.lora_B[part] * self.scaling[part], (column, total - column - rank)))
+            position, column = out_slice.stop, column + rank
+        if position < width:
+            rows.append(self.lora_B[parts[0][0]].new_zeros(width - position, total))
+        up = rows[0] if len(rows) == 1 else torch.cat(rows)
+        output = torch.addmm(base_output.reshape(-1, width), down.reshape(-1, total), up.t())
+        return output.view(base_output.shape)
+
     def _to_full_width(self, updates: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-        """Place each part's update at its output slice, zeros elsewhere."""
+        """Place each part's update at its output slice, zeros elsewhere (measured on CPU: one
+        add of this full-width tensor beats adding each part into a slice of the output)."""
         pieces, position = [], 0
         for part, out_slice in sorted(self.slices.items(), key=lambda kv: kv[1].start):
             if out_slice.start > position:
