@@ -2,7 +2,7 @@
 
     python benchmarks/perf.py                           # CPU: vit_micro, every adapter
     python benchmarks/perf.py --device cuda             # GPU: ViT-B/16 at 224, random weights
-    python benchmarks/perf.py --precision bf16-mixed --compile --adapters lora peft:lora
+    python benchmarks/perf.py --precision bf16-mixed --compile --adapters lora lora@qkv peft:lora
     python benchmarks/perf.py --adapters lora fact dora --json perf.json
 
 Per adapter (built with its defaults, ``build_adapter(name, backbone, {})``), on a fixed random
@@ -63,6 +63,10 @@ from adaptbench.records import git_state, library_versions
 from adaptbench.registry import ADAPTERS
 
 FLOORS = {"forward": "[frozen forward]", "input_grad": "[fwd + input grad]"}
+#: Rows of an adapter with other options: ``name@variant`` -> (adapter, options). ``lora@qkv``
+#: adapts the site PEFT's LoRA adapts on timm's fused qkv linear (PEFT cannot target q and v
+#: apart), so ``lora@qkv`` against ``peft:lora`` compares like with like.
+VARIANTS = {"lora@qkv": ("lora", {"targets": ("qkv",)})}
 DEFAULT_BACKBONE = {"cpu": "vit_micro", "cuda": "timm:vit_base_patch16_224.augreg_in21k"}
 DEFAULT_BATCH = {"cpu": 32, "cuda": 64}
 DEFAULT_STEPS = {"cpu": 5, "cuda": 20}
@@ -127,15 +131,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def adapter_names(selected: list[str] | None) -> list[str]:
     if selected:
         for name in selected:
-            ADAPTERS.require(name)  # an unknown name fails now, with the closest valid one
+            ADAPTERS.require(adapter_and_options(name)[0])  # an unknown name fails now, with the closest valid one
         return list(dict.fromkeys(selected))
-    names = ADAPTERS.names()
-    return names + [twin for twin in (peft_twin(name) for name in names) if twin]
+    names = [*ADAPTERS.names(), *VARIANTS]
+    return names + list(dict.fromkeys(twin for twin in (peft_twin(name) for name in names) if twin))
+
+
+def adapter_and_options(name: str) -> tuple[str, dict]:
+    """The registered adapter and options of a row (``lora@qkv`` -> lora, targets qkv)."""
+    return VARIANTS.get(name, (name, {}))
 
 
 def peft_twin(name: str) -> str | None:
     """PEFT's implementation of our method ``name`` (``lora`` -> ``peft:lora``), if registered."""
-    twin = f"peft:{name}"
+    twin = f"peft:{adapter_and_options(name)[0]}"
     return twin if ":" not in name and twin in ADAPTERS else None
 
 
@@ -190,7 +199,8 @@ def floor_step(name: str, backbone: nn.Module, images: torch.Tensor, args: argpa
 def train_step(name: str, backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                args: argparse.Namespace) -> Callable[[], None]:
     """One training step as the task kinds take it (``tasks/kinds.py``), hooks included."""
-    adapter = build_adapter(name, backbone, {})
+    adapter_name, options = adapter_and_options(name)
+    adapter = build_adapter(adapter_name, backbone, options)
     head = nn.Linear(backbone.anatomy.feature_dim, NUM_CLASSES).to(args.device)
     trained = list(adapter.trainable_parameters().values()) + list(head.parameters())
     optimizer = torch.optim.AdamW(trained, lr=1e-4)
@@ -355,12 +365,13 @@ def print_table(data: dict, console: Console) -> None:
                      "; the CPU figure for memory, since peak RSS is per process, not per adapter."))
     for row in data["methods"]:
         if row.get("peft_twin"):
-            console.print(f"{row['name']} vs {row['peft_twin']}, each with its defaults: targets "
+            console.print(f"{row['name']} vs {row['peft_twin']}: targets "
                           f"{_targets(row['name'])} and {_targets(row['peft_twin'])}")
 
 
 def _targets(name: str) -> str:
-    return ", ".join(getattr(adapter_class(name).config_class(), "targets", ("?",)))
+    adapter, options = adapter_and_options(name)
+    return ", ".join(options.get("targets") or getattr(adapter_class(adapter).config_class(), "targets", ("?",)))
 
 
 def _load() -> list[float] | None:
