@@ -79,7 +79,13 @@ def build_folder_once(final: str | os.PathLike, is_current: Callable[[Path], boo
     final = Path(final)
     if is_current(final):
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        from .errors import AdaptbenchError
+
+        raise AdaptbenchError(f"cannot create the cache folder {final.parent} ({err.strerror or err}); expected "
+                              f"a writable folder (the cache root is ADAPTBENCH_CACHE)") from None
     with _folder_lock(final.parent):
         if is_current(final):  # built by whoever held the lock before us
             return final

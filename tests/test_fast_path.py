@@ -355,3 +355,12 @@ def test_training_reads_no_tensor_on_the_host_per_step(monkeypatch):
     # Whatever is read once per epoch (the non-finite flag, the epoch's logged means) is the
     # same for 3 steps as for 12: nothing is read per step.
     assert _host_reads_during_fit(12, monkeypatch) == _host_reads_during_fit(3, monkeypatch)
+
+
+def test_a_cache_root_that_cannot_be_a_folder_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTBENCH_CACHE", str(tmp_path / "a-file" / "cache"))
+    (tmp_path / "a-file").write_text("")
+    samples = write_images(tmp_path / "images")
+    with pytest.raises(AdaptbenchError, match=r"^cannot create the cache folder .*a-file/cache/decoded/v1/t__x "
+                                              r"\(Not a directory\); expected a writable folder"):
+        decode(samples)

@@ -68,15 +68,14 @@ def feature_batches(batches: SplitBatches, module, trainer, task: str, split: st
            "decoded": decoded.folder.name, "split": split}
     encode = _encoder(module, trainer, device)
     names = batches.names
-    first = {name: decoded.arrays[name][:1] for name in names}
-    probe = encode(first)
+    probe = encode(decoded.arrays[names[0]][:1])
     specs = {"features": ArraySpec(tuple(probe.shape[1:]), "float32"),
              **{name: ArraySpec(decoded.arrays[name].shape[1:], decoded.arrays[name].dtype.str) for name in names[1:]}}
 
     def fill(arrays: dict[str, np.ndarray]) -> None:
         for start in range(0, len(decoded), batches.batch_size):
             rows = {name: decoded.arrays[name][start:start + batches.batch_size] for name in names}
-            arrays["features"][start:start + len(rows[names[0]])] = encode(rows)
+            arrays["features"][start:start + len(rows[names[0]])] = encode(rows[names[0]])
             for name in names[1:]:
                 arrays[name][start:start + len(rows[name])] = rows[name]
 
@@ -85,15 +84,12 @@ def feature_batches(batches: SplitBatches, module, trainer, task: str, split: st
 
 
 def _encoder(module, trainer, device: torch.device):
-    """rows (numpy, by field name) -> ``module.encode`` outputs as float32 numpy, computed on
+    """decoded inputs (numpy) -> ``module.encode`` outputs as float32 numpy, computed on
     ``device`` under the run's precision, in evaluation mode, without gradients."""
     module.to(device)
-    inputs_name = None
 
-    def encode(rows: dict[str, np.ndarray]) -> np.ndarray:
-        nonlocal inputs_name
-        inputs_name = inputs_name or next(iter(rows))
-        inputs = torch.from_numpy(np.array(rows[inputs_name])).to(device)
+    def encode(decoded_inputs: np.ndarray) -> np.ndarray:
+        inputs = torch.from_numpy(np.array(decoded_inputs)).to(device)
         was_training = module.training
         module.eval()
         try:
