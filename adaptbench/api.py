@@ -111,7 +111,8 @@ def run_checked(config: RunConfig, place: RunPlace) -> RunResult:
 
     ADAPTERS.require(config.adapter)
     TASKS.require(config.task)
-    HEADS.require(config.head)
+    if config.head is not None:
+        HEADS.require(config.head)
     check_splits(config, place.data_root)  # split lists only: no torch yet
     BACKBONES.require(config.backbone)  # a family member check may import its library (timm)
     from .adapters import adapter_class

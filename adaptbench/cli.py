@@ -155,17 +155,24 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+MICRO_MODELS = ("vit_micro", "sam_micro")
+
+
 def _add_pretrain_micro(commands) -> None:
     pretrain = commands.add_parser(
-        "pretrain-micro", help="pretrain the micro ViT (vit_micro) on procedural glyphs; writes its weights",
-        description="Reproduce vit_micro's weights: supervised pretraining on procedural glyphs. "
-                    "Left out, --epochs, --images and --seed take the settings of the shipped file.",
+        "pretrain-micro", help="pretrain a micro backbone (vit_micro, sam_micro) on its procedural source "
+                               "domain; writes its weights",
+        description="Reproduce the shipped micro weights: vit_micro by supervised pretraining on procedural "
+                    "glyphs, sam_micro (image encoder + SAM's mask decoder) by segmenting procedural colour-region "
+                    "scenes. Left out, --epochs, --images and --seed take the settings of the shipped file.",
     )
-    pretrain.add_argument("--out", default="vit_micro.safetensors",
-                          help="weights file to write (default: vit_micro.safetensors)")
+    pretrain.add_argument("--model", default="vit_micro", choices=MICRO_MODELS,
+                          help="which micro backbone (default: vit_micro)")
+    pretrain.add_argument("--out", default=None,
+                          help="weights file to write (default: <model>.safetensors)")
     pretrain.add_argument("--epochs", type=int, default=None, help="default: the shipped file's")
     pretrain.add_argument("--images", type=int, default=None,
-                          help="fresh glyph images per epoch (default: the shipped file's)")
+                          help="fresh source images per epoch (default: the shipped file's)")
     pretrain.add_argument("--seed", type=int, default=None, help="default: the shipped file's (0)")
     pretrain.set_defaults(handler=cmd_pretrain_micro)
 
@@ -174,11 +181,17 @@ def cmd_pretrain_micro(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .files import sha256_of
-    from .pretrain.micro import pretrain_micro, shipping_note
+
+    if args.model == "sam_micro":
+        from .pretrain.micro_sam import pretrain_micro_sam as pretrain
+        from .pretrain.micro_sam import sam_shipping_note as shipping_note
+    else:
+        from .pretrain.micro import pretrain_micro as pretrain
+        from .pretrain.micro import shipping_note
 
     # Only the flags given override the defaults (torch-free parsing cannot import them).
     given = {key: getattr(args, key) for key in ("epochs", "images", "seed") if getattr(args, key) is not None}
-    out = pretrain_micro(Path(args.out), **given)
+    out = pretrain(Path(args.out or f"{args.model}.safetensors"), **given)
     print(f"sha256 {sha256_of(out)}")
     print(shipping_note(out))
     return 0
@@ -352,6 +365,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+PER_CLASS_PREFIX = "iou."  # segmentation's per-class IoUs
+
+
 def print_run_summary(result) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -363,8 +379,12 @@ def print_run_summary(result) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for split, metrics in info.metrics.items():
+        per_class = [name for name in metrics if name.startswith(PER_CLASS_PREFIX)]
         for name, value in sorted(metrics.items()):
-            table.add_row(split, name, f"{value:.4f}")
+            if name not in per_class:
+                table.add_row(split, name, f"{value:.4f}")
+        if per_class:  # a class per line would drown the table (ADE20K has 150): the record has them
+            table.add_row(split, f"{PER_CLASS_PREFIX}<class>", f"{len(per_class)} classes in the record")
     params = info.params or {}
     console = Console(width=140)
     console.print(table)

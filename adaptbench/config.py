@@ -41,6 +41,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+#: RunConfig fields added after records existed: left out of the resolved config (and so of
+#: the run id) while they hold their default, so earlier cells keep their ids on resume.
+OMITTED_AT_DEFAULT: dict[str, Any] = {"prompt": "none", "shots": None}
+
+
 class BackboneOptions(_Model):
     """How a backbone is built (a family accepts the options it can honour; see ``load_backbone``)."""
 
@@ -69,7 +74,14 @@ class RunConfig(_Model):
                                                   ".safetensors/.pth file")
     backbone_options: BackboneOptions = Field(default_factory=BackboneOptions,
                                               description="how the backbone is built")
-    head: str = Field("linear", description="task head (`adaptbench ls heads`)")
+    head: str | None = Field(None, description="task head (`adaptbench ls heads`; default: the task kind's, "
+                                               "linear for classification, seg_linear for segmentation)")
+    prompt: Literal["none", "box", "point"] = Field(
+        "none", description="prompts fed to a promptable head (sam_decoder): none (prompt-free), or box / "
+                            "point taken from the ground-truth mask, which then leaks into the evaluation")
+    shots: int | None = Field(None, ge=1, description="few-shot training: k samples per class (classification) "
+                                                      "or k images (segmentation) drawn with the seed from the "
+                                                      "training split (default: all)")
     seed: int = Field(0, ge=0, description="seed of the data order, the head and the adapter's init")
     stage: Literal["final", "tune"] = Field("final", description="final: train800val200 -> test; "
                                                                  "tune: train800 -> val200")
@@ -98,6 +110,9 @@ class RunConfig(_Model):
         if self.precision != "auto":
             return self
         return self.model_copy(update={"precision": auto_precision(accelerator)})
+
+    def resolved_head(self, kind_default: str) -> str:
+        return self.head or kind_default
 
     def resolved_epochs(self, task_default: int) -> int:
         return task_default if self.epochs is None else self.epochs
@@ -203,7 +218,7 @@ class MatrixRunOptions(_Model):
 
 #: The RunConfig fields a spec's ``train:`` block (and a grid) may set: trainer settings.
 TRAIN_FIELDS: tuple[str, ...] = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
-                                 "label_smoothing", "pool", "precision", "head")
+                                 "label_smoothing", "pool", "precision", "head", "prompt", "shots")
 
 
 # -- describing and checking one field ---------------------------------------------------------

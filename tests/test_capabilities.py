@@ -300,10 +300,10 @@ def test_run_records_the_na_cell_without_running_it_and_the_leaderboard_shows_na
 
     board = (tmp_path / "boards" / "caps.md").read_text()
     [na_row] = [line for line in board.splitlines() if line.startswith("| – | vpt_shallow | bhwc_test |")]
-    assert na_row.split(" | ")[4:6] == ["n/a", "n/a"]  # texture, Mean (tasks)
+    assert na_row.split(" | ")[5:7] == ["n/a", "n/a"]  # texture, Mean (tasks)
     assert f"- n/a: vpt_shallow \\| bhwc_test: {LAYOUT_REASON}" in board
     csv = (tmp_path / "boards" / "caps.csv").read_text().splitlines()
-    assert csv[0].endswith(",n/a reason") and any(line.startswith("–,vpt_shallow,bhwc_test,ours,n/a,n/a,")
+    assert csv[0].endswith(",n/a reason") and any(line.startswith("–,vpt_shallow,bhwc_test,linear,ours,n/a,n/a,")
                                                   and LAYOUT_REASON in line for line in csv)
 
     # A re-run finds every record, the n/a one included: nothing runs, nothing is rewritten.

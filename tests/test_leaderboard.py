@@ -227,7 +227,7 @@ def test_older_records_without_task_info_use_the_task_registry():
                make_record("micro/digits", "lora", 0, 70.0, task_info=False)]
     [board] = build_leaderboards(records)
     assert board.benchmark == "micro" and board.groups == ["natural", "structured"]
-    assert list(board.table.columns[4:6]) == ["digits", "count"]  # natural before structured
+    assert list(board.table.columns[5:7]) == ["digits", "count"]  # natural before structured
     assert row(board, "lora")["Mean (tasks)"] == "60.00"
 
 
@@ -339,7 +339,7 @@ def test_records_frame_has_one_typed_row_per_record():
     assert len(frame) == 4
     expected = {
         "run_id": "string", "row_id": "string", "benchmark": "string", "group": "string", "task": "string",
-        "backbone": "string", "adapter": "string", "label": "string", "seed": "Int64", "stage": "string",
+        "backbone": "string", "adapter": "string", "label": "string", "head_name": "string", "seed": "Int64", "stage": "string",
         "status": "string", "score": "float64", "metric": "string", "higher_is_better": "bool",
         "error": "string", "na_reason": "string", "trainable": "Int64", "trainable_with_head": "Int64",
         "head": "Int64", "extra_inference": "Int64", "extra_inference_merged": "Int64",
@@ -442,14 +442,14 @@ def test_every_format_shows_na_and_its_reason(na_board, tmp_path):
 
     write_leaderboards([na_board], tmp_path, "lb", ["md", "csv", "tex", "html"])
     markdown = (tmp_path / "lb.md").read_text()
-    assert "| – | vpt_shallow | sam:vit_b | ours | n/a | n/a | n/a | n/a | n/a | n/a |" in markdown
+    assert "| – | vpt_shallow | sam:vit_b | linear | ours | n/a | n/a | n/a | n/a | n/a | n/a |" in markdown
     assert "- n/a: vpt_shallow \\| sam:vit_b: needs a token layout" in markdown
     csv = pd.read_csv(tmp_path / "lb.csv", dtype=str, keep_default_na=False)
     assert list(csv.columns) == [*na_board.table.columns, "n/a reason"]  # the table, plus the reasons
     reasons = dict(zip(zip(csv["Adapter"], csv["Backbone"]), csv["n/a reason"]))
     assert reasons[("vpt_shallow", SAM)] == LAYOUT and reasons[("lora", SAM)] == ""
     latex = (tmp_path / "lb.tex").read_text()
-    assert "vpt\\_shallow & sam:vit\\_b & ours & n/a & n/a" in latex and "% n/a: vpt_shallow | sam:vit_b" in latex
+    assert "vpt\\_shallow & sam:vit\\_b & linear & ours & n/a & n/a" in latex and "% n/a: vpt_shallow | sam:vit_b" in latex
     page = (tmp_path / "lb.html").read_text()
     assert re.search(r">n/a</td>", page) and "color: #777" in page
     assert "n/a: vpt_shallow | sam:vit_b: needs a token layout in (&#x27;BNC&#x27;,)" in page
@@ -539,7 +539,7 @@ def test_every_format_is_written_and_parses(micro_board, tmp_path):
     csv = pd.read_csv(tmp_path / "board.csv", dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(csv, micro_board.table, check_dtype=False)
     markdown = (tmp_path / "board.md").read_text()
-    assert "| Rank | Adapter | Backbone | Source | digits |" in markdown and "failed (1/2)" in markdown
+    assert "| Rank | Adapter | Backbone | Head | Source | digits |" in markdown and "failed (1/2)" in markdown
     latex = (tmp_path / "board.tex").read_text()
     assert "\\begin{tabular}" in latex and "76.00 $\\pm$ 1.41" in latex and "±" not in latex.split("\\begin")[1]
     page = (tmp_path / "board.html").read_text()
@@ -632,7 +632,7 @@ def test_cli_prints_a_chosen_format_to_stdout(tmp_path, capsys):
     results = write_synthetic_results(tmp_path / "results")
     assert main(["leaderboard", str(results), "--format", "csv,md"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Rank,Adapter,Backbone,Source,digits") and "| Rank | Adapter |" in out
+    assert out.startswith("Rank,Adapter,Backbone,Head,Source,digits") and "| Rank | Adapter |" in out
 
 
 @pytest.mark.parametrize("broken_file,fragment", [(None, "no run records"), ("broken.json", "broken.json")])
@@ -648,3 +648,29 @@ def test_cli_rejects_an_unknown_format(tmp_path, capsys):
     results = write_synthetic_results(tmp_path / "results")
     assert main(["leaderboard", str(results), "--format", "xlsx"]) == 2
     assert "'xlsx'" in capsys.readouterr().err
+
+
+def seg_record(adapter: str, miou: float, *, backbone: str, head: str, seed: int = 0) -> RunRecord:
+    config = {**resolved_config("seg/ade20k", adapter, seed, backbone=backbone), "head": head}
+    record = RunRecord.start(config, task_info=TaskInfo(benchmark="seg", group="ade20k", kind="segmentation",
+                                                        num_classes=150))
+    record.mark_success(stage="final", primary_metric="miou", higher_is_better=True,
+                        metrics={"val": {"miou": miou / 100, "iou.wall": 0.5}}, data={"eval_split": "val"},
+                        params={"trainable": 1000, "head": 10, "trainable_with_head": 1010, "extra_inference": 0,
+                                "extra_inference_merged": 0, "checkpoint_bytes": 4000},
+                        train_images_per_s=10.0, peak_memory_bytes=2**30, peak_memory_kind="cpu_max_rss",
+                        wall_time_s=1.0)
+    return record
+
+
+def test_a_segmentation_board_names_its_metric_and_head_and_shows_published_rows_only_in_their_setting():
+    ours = [seg_record("lora", 40.0, backbone="vit_micro", head="seg_pup")]
+    board = build_leaderboards(ours)[0]
+    assert board.metric == "miou" and "100 x mIoU (%)" in render_markdown([board])
+    assert board.table["Head"].tolist() == ["seg_pup"] and not board.has_reported_rows  # V-PETL ran Swin-L + UperNet
+    swin = "swin_large_patch4_window12_384.ms_in22k"
+    board = build_leaderboards([*ours, seg_record("lora", 49.0, backbone=f"timm:{swin}", head="upernet")])[0]
+    reported = board.table[board.table["Source"].str.startswith("reported")]
+    assert len(reported) == 8 and set(reported["Head"]) == {"upernet"} and set(reported["Backbone"]) == {swin}
+    lora = reported[reported["Adapter"] == "lora"].iloc[0]
+    assert lora["ade20k"] == "50.34" and lora["Mean (tasks)"] == "–"

@@ -14,7 +14,7 @@ def parameter_report(adapter: Adapter, head: nn.Module | None = None) -> Paramet
     extra = adapter.extra_inference_params()
     return ParameterReport(
         trainable=adapter.trainable_count(),
-        head=sum(p.numel() for p in head.parameters()) if head is not None else 0,
+        head=sum(p.numel() for p in head.parameters() if p.requires_grad) if head is not None else 0,
         extra_inference=extra,
         checkpoint_bytes=0 if adapter.merged else checkpoint_bytes(adapter),
         backbone=adapter.backbone_params,

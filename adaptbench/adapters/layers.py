@@ -8,7 +8,9 @@
 * :func:`convolve_tokens` — a convolution over the patch grid of the current forward's token
   geometry (``backbones/geometry.py``), each prefix token as its own 1x1 image, so that
   convolutional adapters (Convpass, DD adapter) work on (B, N, C) sequences with class,
-  register and prompt tokens, on SAM's (B, H, W, C) layout, and at any input size.
+  register and prompt tokens, on SAM's (B, H, W, C) layout, and at any input size;
+* :func:`linear_of` — the frozen linear at a site below other adapters' wrappers, for methods
+  that read the weight itself (SALT's SVD, Conv-LoRA's shapes).
 
 Every adapter in this package that needs one of these uses it from here, so that a fix to the
 shared piece reaches every method.
@@ -139,3 +141,14 @@ def convolve_tokens(conv: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     else:  # keep the channel count of the output so that the concatenation lines up
         prefix = patches.new_zeros(batch, 0, patches.shape[1])
     return grid_to_tokens(prefix, patches, geometry.layout)
+
+
+def linear_of(module: nn.Module, adapter: str = "") -> nn.Linear:
+    """The frozen ``nn.Linear`` at a site, below any other adapter's wrappers (their
+    ``base_layer``): what a method that reads the weight itself (SVD, shapes) works on."""
+    while not isinstance(module, nn.Linear) and hasattr(module, "base_layer"):
+        module = module.base_layer
+    if not isinstance(module, nn.Linear):
+        raise AdaptbenchError(f"{adapter or 'adapter'}: expected a linear layer at the site, "
+                              f"found {type(module).__name__}")
+    return module

@@ -87,6 +87,13 @@ class Backbone(nn.Module):
         """Attribute path (from ``self``) of a backbone-wide site."""
         raise NotImplementedError
 
+    def companion_state(self, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Tensors the backbone's checkpoint holds for other parts of its model (SAM's mask
+        decoder: ``mask_decoder.``, ``prompt_encoder.``), keys kept; empty when there are none
+        (random weights, or a family whose checkpoints hold only the encoder). Heads that
+        have a pretrained form read them (``sam_decoder``)."""
+        return {}
+
     # -- the forward --------------------------------------------------------------------
     def run(self, images: torch.Tensor, keep: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor], TokenGeometry]:
         """(final tokens, {block index: tokens after it}, geometry after the blocks)."""

@@ -1,7 +1,8 @@
-"""The on-disk formats' fixed facts: VTAB-1k / FGVC folder names, class counts and split names.
+"""The on-disk formats' fixed facts: folder names, class counts (and names) and split names.
 
 These are facts about the data as the community dumps ship it (see DESIGN.md, "Data
-formats"), so they belong to the readers (``vtab.py``, ``fgvc.py``); the task catalogue
+formats"), so they belong to the readers (``vtab.py``, ``fgvc.py``, ``mmseg.py``,
+``mask_folders.py``); the task catalogue
 (``adaptbench.tasks.catalog``) builds its task specifications from them. Tasks depend on
 datasets, never the reverse. This module is plain data, with no torch and no numpy, so
 ``adaptbench ls`` and spec parsing stay light.
@@ -9,7 +10,8 @@ datasets, never the reverse. This module is plain data, with no torch and no num
 
 from __future__ import annotations
 
-__all__ = ["FGVC_DATASETS", "FGVC_SPLITS", "SPLITS", "VTAB1K_TASKS", "VTAB_SPLITS"]
+__all__ = ["FGVC_DATASETS", "FGVC_SPLITS", "SEG_CLASS_NAMES", "SEG_DATASETS", "SPLITS", "VTAB1K_TASKS",
+           "VTAB_SPLITS"]
 
 #: VTAB-1k folder -> (group, number of classes), NOAH's layout.
 VTAB1K_TASKS: dict[str, tuple[str, int]] = {
@@ -47,7 +49,55 @@ FGVC_DATASETS: dict[str, tuple[str, str, int]] = {
 SPLITS: dict[str, tuple[str, str, str, str]] = {
     "vtab1k": ("train800", "val200", "train800val200", "test"),
     "fgvc": ("train", "val", "trainval", "test"),
+    # mmseg layouts ship train and val only: the tune pair is a seeded held-out part of
+    # train (``mmseg.py``), so val is read once, by the final run
+    "mmseg": ("tune_train", "tune_val", "train", "val"),
+    "mask_folders": ("train", "val", "trainval", "test"),
 }
 
 VTAB_SPLITS: tuple[str, ...] = SPLITS["vtab1k"]
 FGVC_SPLITS: tuple[str, ...] = SPLITS["fgvc"]
+
+#: Segmentation key -> (benchmark, format, folder under the data root, number of classes,
+#: group, options). ``options`` are the dataset's facts that its reader and mask field read:
+#: ``variant`` (which mmseg folder names, see ``mmseg.py``), file suffixes,
+#: ``reduce_zero_label`` (mmseg's: label 0 is "other", ignored; class k is stored as k + 1),
+#: ``binary`` (a foreground mask, thresholded) and the kind's ``primary_metric``.
+SEG_DATASETS: dict[str, tuple[str, str, str, int, str, dict]] = {
+    "ade20k": ("seg", "mmseg", "ADEChallengeData2016", 150, "ade20k",
+               {"variant": "ade20k", "reduce_zero_label": True, "img_suffix": ".jpg", "seg_map_suffix": ".png"}),
+    "voc2012": ("seg", "mmseg", "VOCdevkit/VOC2012", 21, "voc",
+                {"variant": "voc", "reduce_zero_label": False, "img_suffix": ".jpg", "seg_map_suffix": ".png"}),
+    "kvasir_seg": ("medseg", "mask_folders", "Kvasir-SEG", 2, "medical",
+                   {"binary": True, "image_suffix": ".jpg", "mask_suffix": ".jpg", "primary_metric": "dice"}),
+}
+
+#: Per-class names, in label order. ADE20K's are mmseg's ``ADE20KDataset`` METAINFO classes,
+#: verbatim (including its 'bed ' with a trailing space), so per-class tables line up with
+#: mmseg's; VOC's are mmseg's ``PascalVOCDataset`` classes.
+SEG_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "ade20k": (
+        "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed ", "windowpane", "grass",
+        "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair",
+        "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
+        "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion",
+        "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink", "skyscraper",
+        "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table", "pillow",
+        "screen door", "stairway", "river", "bridge", "bookcase", "blind", "coffee table", "toilet", "flower",
+        "book", "hill", "bench", "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair",
+        "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light", "truck", "tower", "chandelier",
+        "awning", "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel", "pole",
+        "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship",
+        "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel",
+        "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+        "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket",
+        "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
+        "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+    ),
+    "voc2012": (
+        "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+        "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+        "tvmonitor",
+    ),
+    "kvasir_seg": ("background", "polyp"),
+}

@@ -1,6 +1,7 @@
 """Names, groups and class counts of the embedded micro tasks (no torch, no numpy).
 
-``adaptbench ls tasks`` reads this table; ``micro.py`` holds the generators.
+``adaptbench ls tasks`` reads these tables; ``micro.py`` (classification) and ``micro_seg.py``
+(segmentation) hold the generators.
 """
 
 from __future__ import annotations
@@ -14,4 +15,15 @@ MICRO_TASK_INFO: dict[str, tuple[str, int, str]] = {
     "count": ("structured", 8, "count 1-8 shapes, CLEVR-count-like (8 classes)"),
     "location": ("structured", 8, "x-position bin of a sprite, dSprites-loc-like (8 classes)"),
     "orientation": ("structured", 8, "orientation bin of a bar, dSprites-ori-like (8 classes)"),
+}
+
+#: name -> (group, number of classes, one-line description, on-disk format, the format's
+#: options, class names): the embedded segmentation tasks (``micro_seg.py`` generates them).
+MICRO_SEG_TASK_INFO: dict[str, tuple[str, int, str, str, dict, tuple[str, ...]]] = {
+    "nuclei": ("medical", 2, "stardist's DSB2018 fluorescence nuclei, 64x64 tiles: nucleus vs background",
+               "mask_folders", {"binary": True, "image_suffix": ".png", "mask_suffix": ".png"},
+               ("background", "nucleus")),
+    "shapes": ("procedural", 5, "procedural scenes: disc, square, triangle, cross; ignore bands and blobs",
+               "mmseg", {"img_suffix": ".png", "seg_map_suffix": ".png"},
+               ("background", "disc", "square", "triangle", "cross")),
 }

@@ -1,9 +1,10 @@
 """On-disk format readers, registered by format name (a task's ``format``).
 
-A reader turns one split of one dataset into ``[(image path, label), ...]`` (best a
-``datasets.images.SampleList``, which remembers the file and line of each sample for error
-messages) and says what layout it expects (for the "pass --data-root" message). It only
-reads split lists: it neither opens images (their existence is checked once, when the
+A reader turns one split of one dataset into ``[(image path, label), ...]`` (segmentation:
+``[(image path, mask path), ...]``), best a ``datasets.images.SampleList``, which remembers
+the file and line of each sample for error messages, and says what layout it expects (for
+the "pass --data-root" message). It only reads split lists and lists folders: it neither
+opens images (their existence is checked once, when the
 decode cache decodes the split) nor imports torch, so every split a run will read can be
 checked before any backbone is built (fail fast). Plugins add formats with
 ``register_reader("myformat", MyReader)`` or an ``adaptbench.tasks`` entry point named
@@ -60,5 +61,35 @@ class FgvcReader(Reader):
         return f"<root>/{FGVC_DATASETS[spec.dataset][0]}/{{train,val,test}}.json"
 
 
+class MmsegReader(Reader):
+    """Semantic segmentation in mmseg's layout: ``<root>/<folder>/{img_dir,ann_dir}/{train,val}`` (ADE20K, VOC)."""
+
+    def samples(self, root: Path, spec: Any, split: str) -> list[tuple[Path, Path]]:
+        from .mmseg import mmseg_samples
+
+        return mmseg_samples(root, spec.dataset, split, spec.options)
+
+    def layout(self, spec: Any) -> str:
+        from .mmseg import mmseg_layout
+
+        return mmseg_layout(spec.dataset, spec.options)
+
+
+class MaskFoldersReader(Reader):
+    """Binary masks beside images: ``<root>/<folder>/{images,masks}/<id>`` with ``{train,val,test}.txt`` id lists."""
+
+    def samples(self, root: Path, spec: Any, split: str) -> list[tuple[Path, Path]]:
+        from .mask_folders import mask_folder_samples
+
+        return mask_folder_samples(root, spec.dataset, split, spec.options)
+
+    def layout(self, spec: Any) -> str:
+        from .mask_folders import mask_folder_layout
+
+        return mask_folder_layout(spec.dataset, spec.options)
+
+
 register_reader("vtab1k", Vtab1kReader)
 register_reader("fgvc", FgvcReader)
+register_reader("mmseg", MmsegReader)
+register_reader("mask_folders", MaskFoldersReader)

@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..records import RunRecord
 from .records import flatten, record_facts
-from .references import MEAN_COLUMN_OF_KIND, REFERENCE_BACKBONE, references_for
+from .references import column_of, references_for
 
 MISSING = "–"  # a cell that has no run (en dash)
 NOT_APPLICABLE = "n/a"  # a cell whose adapter cannot run on the row's backbone
@@ -247,7 +247,7 @@ def _board(benchmark: str, final: pd.DataFrame, warnings: list[str]) -> Leaderbo
     group_of = final.drop_duplicates("task").set_index("task")["group"].to_dict()
     groups = sorted(set(group_of.values()), key=_group_sort_key)
     metric, higher_is_better = _direction(final, warnings)
-    references = references_for(benchmark, set(final["backbone"]))
+    references = references_for(benchmark, set(zip(final["backbone"], final["head_name"])))
     # Group columns (and the mean of group means) only say something new with two groups or more,
     # or when a published mean of group means sits beside ours.
     column_groups = groups if len(groups) > 1 or (references["mean_kind"] == "group_mean").any() else []
@@ -257,7 +257,8 @@ def _board(benchmark: str, final: pd.DataFrame, warnings: list[str]) -> Leaderbo
             for row_id, rows in final.groupby("row_id", sort=True)]
     summary = _ranked(pd.DataFrame([numbers for numbers, _ in ours]), higher_is_better)
     texts = [dict(text, Rank=_rank_text(rank)) for (_, text), rank in zip(ours, summary["rank"])]
-    reported = [_reported_row(ref, tasks, column_groups) for ref in references.itertuples()]
+    reported = [_reported_row(ref, tasks, column_groups) for ref in references.itertuples()
+                if not ref.mean_kind.startswith("task:") or ref.mean_kind.removeprefix("task:") in tasks]
     if reported:
         summary = pd.concat([summary, pd.DataFrame([numbers for numbers, _ in reported])], ignore_index=True)
         texts += [text for _, text in reported]
@@ -318,7 +319,7 @@ def _our_row(rows: pd.DataFrame, cells: pd.DataFrame, tasks: list[str], group_of
     first = rows.iloc[0]
     row_id, adapter, backbone = first["row_id"], first["adapter"], first["backbone"]
     cells = cells.reindex(tasks)
-    shown = {"Adapter": adapter, "Backbone": backbone, "Source": "ours"}
+    shown = {"Adapter": adapter, "Backbone": backbone, "Head": first["head_name"], "Source": "ours"}
     shown.update({_task_column(task): _cell_text(cell) for task, cell in cells.iterrows()})
     means = _row_means(rows, cells, tasks, group_of, groups)
     shown.update({column: text for column, (_, text) in means.items()})
@@ -486,17 +487,18 @@ def _rank_text(rank: float) -> str:
 
 def _reported_row(ref, tasks: list[str], groups: list[str]) -> tuple[dict, dict]:
     """A published number as a row: only its mean column and parameter count are filled."""
-    column = MEAN_COLUMN_OF_KIND[ref.mean_kind]
+    column = column_of(ref.mean_kind) or _task_column(ref.mean_kind.removeprefix("task:"))
     source = f"reported: {ref.source}" + (f" (as {ref.method})" if ref.method != ref.adapter else "")
     params = ref.trainable_params_m
-    shown = {"Rank": MISSING, "Adapter": ref.adapter, "Backbone": REFERENCE_BACKBONE, "Source": source}
+    shown = {"Rank": MISSING, "Adapter": ref.adapter, "Backbone": ref.backbone, "Head": ref.head,
+             "Source": source}
     shown.update({_task_column(task): MISSING for task in tasks})
     shown.update({_group_column(group): MISSING for group in groups})
     shown.update({MEAN_TASKS: MISSING, MEAN_GROUPS: MISSING, "Seeds": MISSING, EXTRA: MISSING,
                   CKPT: MISSING, SPEED: MISSING, MEMORY: MISSING})
     shown[column] = f"{ref.value:.{DECIMALS}f}"
     shown[PARAMS] = MISSING if pd.isna(params) else f"{params:.4g}"
-    numbers = {"adapter": ref.adapter, "backbone": REFERENCE_BACKBONE, "row_id": "", "source": source,
+    numbers = {"adapter": ref.adapter, "backbone": ref.backbone, "row_id": "", "source": source,
                "reported": True,
                "mean_tasks": ref.value if column == MEAN_TASKS else np.nan,
                "mean_groups": ref.value if column == MEAN_GROUPS else np.nan,
@@ -516,7 +518,7 @@ def _row_order(summary: pd.DataFrame) -> list[int]:
 def _columns(tasks: list[str], groups: list[str]) -> list[str]:
     group_columns = [_group_column(group) for group in groups]
     overall = [MEAN_TASKS, MEAN_GROUPS] if groups else [MEAN_TASKS]
-    return ["Rank", "Adapter", "Backbone", "Source", *map(_task_column, tasks), *group_columns, *overall,
+    return ["Rank", "Adapter", "Backbone", "Head", "Source", *map(_task_column, tasks), *group_columns, *overall,
             "Seeds", PARAMS, EXTRA, CKPT, SPEED, MEMORY]
 
 

@@ -114,7 +114,8 @@ def record_facts(record: RunRecord) -> dict[str, Any]:
         "task": config["task"],
         "backbone": backbone_label(config),
         "adapter": str(config["adapter"]),
-        "label": str(run_info.matrix.get("adapter_label") or config["adapter"]),
+        "label": str(run_info.matrix.get("adapter_label") or config["adapter"]) + _prompt_note(config),
+        "head_name": str(config.get("head") or "linear"),  # records before heads existed: linear
         "row_id": run_info.row_id or config_hash(row),
         "row_config": row,
         "seed": config.get("seed", run_info.seed),
@@ -140,6 +141,12 @@ def record_facts(record: RunRecord) -> dict[str, Any]:
         "created_at": str(run_info.created_at or ""),
         "run_id": str(record.run_id or ""),
     }
+
+
+def _prompt_note(config: dict[str, Any]) -> str:
+    """A row whose head was given prompts from the ground truth says so in its label, always."""
+    prompt = config.get("prompt", "none")
+    return "" if prompt in (None, "none") else f" ({prompt} prompt from the ground truth)"
 
 
 def backbone_label(config: dict[str, Any]) -> str:
@@ -188,7 +195,7 @@ def _score(record: RunRecord) -> tuple[float | None, str | None]:
 FRAME_COLUMNS: dict[str, str] = {
     "run_id": "string", "row_id": "string",
     "benchmark": "string", "group": "string", "task": "string", "backbone": "string",
-    "adapter": "string", "label": "string", "seed": "Int64", "stage": "string",
+    "adapter": "string", "label": "string", "head_name": "string", "seed": "Int64", "stage": "string",
     "status": "string", "score": "float64", "metric": "string", "higher_is_better": "bool",
     "error": "string", "na_reason": "string",
     "trainable": "Int64", "trainable_with_head": "Int64", "head": "Int64", "extra_inference": "Int64",

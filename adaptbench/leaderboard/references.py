@@ -13,13 +13,17 @@ which say:
 So each (method, source) pair stays its own row: full fine-tuning shows 65.57 (mean over
 tasks, V-PETL) and 68.9 (mean of group means, NOAH) on two rows, never averaged or merged.
 
-Columns: ``method`` (the paper's name), ``benchmark`` (vtab1k | fgvc), ``mean_kind``
-(which of our mean columns the value belongs to, see :data:`MEAN_COLUMN_OF_KIND`),
-``value`` (accuracy in %), ``trainable_params_m`` (millions, without head; may be empty),
-``source``.
+Columns: ``method`` (the paper's name), ``benchmark`` (vtab1k | fgvc | seg | ...),
+``mean_kind`` (which of our columns the value belongs to: a mean, see
+:data:`MEAN_COLUMN_OF_KIND`, or ``task:<task name>`` for one task's column), ``value`` (the
+board's metric in %), ``trainable_params_m`` (millions, without head; may be empty),
+``backbone`` (its label, as ``records.backbone_label`` writes ours), ``head``, ``source``.
 
-They apply only to records of the same backbone and benchmark: ViT-B/16 with the
-``augreg_in21k`` weights (:data:`REFERENCE_BACKBONES`), on vtab1k or fgvc.
+A published row applies only to a board with a row of ours in the same setting: same
+benchmark, same backbone, same head. The classification rows are ViT-B/16 with the
+``augreg_in21k`` weights and a linear head; the ADE20K rows (V-PETL's dense table, which is
+Mona's) are Swin-L with UperNet, which adaptbench does not run, so they are listed for the
+day it does and never shown beside a ViT or SAM row.
 """
 
 from __future__ import annotations
@@ -27,10 +31,6 @@ from __future__ import annotations
 from importlib import resources
 
 import pandas as pd
-
-#: Backbone labels (``timm:`` already dropped, see ``records.backbone_label``) the numbers are for.
-REFERENCE_BACKBONES = ("vit_base_patch16_224.augreg_in21k",)
-REFERENCE_BACKBONE = REFERENCE_BACKBONES[0]
 
 #: ``mean_kind`` -> the leaderboard column its value belongs in.
 MEAN_COLUMN_OF_KIND = {"mean19": "Mean (tasks)", "mean5": "Mean (tasks)", "group_mean": "Mean (groups)"}
@@ -48,12 +48,15 @@ def load_references() -> pd.DataFrame:
     return table
 
 
-def references_for(benchmark: str, backbones: set[str] | list[str]) -> pd.DataFrame:
-    """The published rows that compare with a board of ``benchmark`` over ``backbones``.
-
-    Empty unless one of the board's backbones is the reference backbone.
-    """
+def references_for(benchmark: str, settings: set[tuple[str, str]]) -> pd.DataFrame:
+    """The published rows that compare with a board of ``benchmark`` whose rows of ours run
+    ``settings`` = {(backbone label, head)}."""
     table = load_references()
-    if not set(backbones) & set(REFERENCE_BACKBONES):
-        return table.iloc[0:0]
-    return table[table["benchmark"] == benchmark].reset_index(drop=True)
+    matches = [(row.benchmark == benchmark and (row.backbone, row.head) in settings) for row in table.itertuples()]
+    return table[matches].reset_index(drop=True)
+
+
+def column_of(mean_kind: str) -> str | None:
+    """The board column of a published value: a mean column, or None for ``task:<name>``
+    (the caller puts it in that task's column)."""
+    return None if mean_kind.startswith("task:") else MEAN_COLUMN_OF_KIND[mean_kind]

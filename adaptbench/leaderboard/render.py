@@ -61,14 +61,20 @@ def render_markdown(boards: Sequence[Leaderboard]) -> str:
     return "\n".join(parts)
 
 
+NAME_COLUMNS = ("Adapter", "Backbone", "Head", "Source")  # after Rank: text, left-aligned
+#: How a primary metric is named in captions (others as recorded).
+METRIC_NAMES = {"top1": "top-1 accuracy", "miou": "mIoU", "dice": "Dice", "macc": "mean accuracy"}
+
+
 def _caption(board: Leaderboard) -> str:
     arrow = "higher is better" if board.higher_is_better else "lower is better"
-    return (f"{board.benchmark}: 100 x {board.metric} (%), {arrow}; "
+    metric = METRIC_NAMES.get(board.metric, board.metric)
+    return (f"{board.benchmark}: 100 x {metric} (%), {arrow}; "
             f"{board.records_used} final run record(s).")
 
 
 def _markdown_table(board: Leaderboard) -> str:
-    numeric_looking = {"Rank", *board.table.columns[4:]}  # right-align numbers, left-align names
+    numeric_looking = {"Rank", *board.table.columns[len(NAME_COLUMNS) + 1:]}  # right-align numbers, left-align names
     header = "| " + " | ".join(_markdown_escape(c) for c in board.table.columns) + " |"
     rule = "|" + "|".join("---:" if c in numeric_looking else ":---" for c in board.table.columns) + "|"
     rows = ["| " + " | ".join(_markdown_escape(v) for v in row) + " |"
@@ -209,12 +215,12 @@ def render_terminal(boards: Sequence[Leaderboard]):
     parts = []
     for board in boards:
         # A terminal is narrow: columns holding one value for every row move into the title.
-        constant = [c for c in ("Backbone", "Source", "Seeds") if board.table[c].nunique() == 1]
+        constant = [c for c in ("Backbone", "Head", "Source", "Seeds") if board.table[c].nunique() == 1]
         shown = board.table.drop(columns=constant)
         title = "; ".join([_caption(board).rstrip("."), *(f"{c}: {board.table[c].iloc[0]}" for c in constant)])
         table = Table(title=title, show_lines=False, header_style="bold")
         for column in shown.columns:
-            table.add_column(column, justify="left" if column in ("Adapter", "Backbone", "Source") else "right")
+            table.add_column(column, justify="left" if column in NAME_COLUMNS else "right")
         for (_, row), source in zip(shown.iterrows(), board.table["Source"]):
             reported = str(source).startswith("reported")
             table.add_row(*(Text(str(value), style=_terminal_style(str(value), reported)) for value in row))

@@ -40,13 +40,14 @@ def evaluate_checkpoint(
     kind.check_head_info(head_info, spec, checkpoint)
     backbone = load_backbone(backbone_name, weights=weights)
     adapter, head_state = load_adapter(backbone, checkpoint)
-    head = build_head(head_info.get("head", "linear"), backbone, spec)
+    prompt = head_info.get("prompt", "none")
+    head = build_head(head_info.get("head", kind.default_head), backbone, spec, prompt=prompt)
     try:
         head.load_state_dict(head_state)
     except RuntimeError as err:  # torch's message spans lines: keep its first
         raise AdaptbenchError(f"adapter checkpoint {checkpoint}: its head does not fit task {spec.name!r} on "
                               f"{backbone_name}: {str(err).strip().splitlines()[-1].strip()}") from None
-    settings = {"lr": 1.0, "weight_decay": 0.0, "warmup_epochs": 0, "pool": head_info.get("pool")}
+    settings = {"lr": 1.0, "weight_decay": 0.0, "warmup_epochs": 0, "pool": head_info.get("pool"), "prompt": prompt}
     module = kind.build_module(backbone, adapter, head, spec, settings)
     module.set_inputs(kind.batch_transform(backbone.data_config, train=False))
     batches = split_batches(kind, samples, backbone.data_config, spec, split, batch_size, shuffle=False, seed=0,

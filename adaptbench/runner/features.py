@@ -33,6 +33,9 @@ def why_not_cached(module, adapter, kind) -> str | None:
 
     if type(module).encode is TaskModule.encode:
         return f"task kind {kind.name or type(kind).__name__} does not split its forward into encode and decode"
+    module_reason = module.why_not_cacheable()
+    if module_reason:
+        return module_reason
     if adapter.changes_backbone():
         return f"adapter {adapter.name} trains, wraps or perturbs the backbone"
     if kind.augmentation != "none":

@@ -57,16 +57,23 @@ def code_versions(config: RunConfig, spec) -> dict[str, int]:
     from ..tasks.kinds import task_kind
     from ..tasks.samples import reader_of
 
-    return {"adapter": int(adapter_class(config.adapter).version), "kind": task_kind(spec.kind).version,
-            "head": head_version(config.head), "reader": int(reader_of(spec).version)}
+    kind = task_kind(spec.kind)
+    return {"adapter": int(adapter_class(config.adapter).version), "kind": kind.version,
+            "head": head_version(config.resolved_head(kind.default_head)), "reader": int(reader_of(spec).version)}
 
 
 def resolved_config(config: RunConfig, spec=None) -> dict[str, Any]:
     """The config with every default filled in and the code versions: recorded and hashed."""
+    from ..config import OMITTED_AT_DEFAULT
     from ..registry import TASKS
+    from ..tasks.kinds import task_kind
 
     spec = spec or TASKS.get(config.task)
     resolved = config.model_dump(mode="json")
+    for name, default in OMITTED_AT_DEFAULT.items():
+        if resolved[name] == default:
+            del resolved[name]
+    resolved["head"] = config.resolved_head(task_kind(spec.kind).default_head)
     resolved["epochs"] = config.resolved_epochs(spec.default_epochs)
     resolved["warmup_epochs"] = config.resolved_warmup(spec.default_epochs)
     resolved["code_versions"] = code_versions(config, spec)
@@ -223,13 +230,17 @@ def _prepare(config: RunConfig, place: RunPlace, resolved: dict[str, Any]) -> Pr
     kind = task_kind(spec.kind)
     plan = split_plan(spec, config.stage)
     samples = check_splits(config, place.data_root)
+    if config.shots is not None:  # few-shot: a seeded subset of the training split only
+        samples[plan.train_split] = kind.few_shot(samples[plan.train_split], config.shots, config.seed, spec)
     check_precision(config.adapter, config.precision)
     L.seed_everything(config.seed, workers=True, verbose=False)
     backbone = load_backbone(config.backbone, weights=config.weights, options=config.backbone_options)
     adapter = build_adapter(config.adapter, backbone, config.adapter_options)
     settings = {"lr": config.lr, "weight_decay": config.weight_decay, "warmup_epochs": resolved["warmup_epochs"],
-                "label_smoothing": config.label_smoothing, "pool": config.pool, "head": config.head}
-    module = kind.build_module(backbone, adapter, build_head(config.head, backbone, spec), spec, settings)
+                "label_smoothing": config.label_smoothing, "pool": config.pool, "head": resolved["head"],
+                "prompt": config.prompt, "seed": config.seed}
+    head = build_head(resolved["head"], backbone, spec, prompt=config.prompt)
+    module = kind.build_module(backbone, adapter, head, spec, settings)
     if place.policy.compile:
         backbone.compile()  # in place: parameter names, hooks and the adapter's references stay
     started = time.perf_counter()
@@ -313,15 +324,16 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
     prefix = "test_" if plan.eval_is_test else "val_"
     metrics[plan.eval_split] = _split_metrics(evaluated[0] if evaluated else {}, prefix)
     kind = prepared.kind
-    if kind.primary_metric not in metrics[plan.eval_split]:
+    primary = kind.primary_metric_of(prepared.spec)
+    if primary not in metrics[plan.eval_split]:
         raise AdaptbenchError(f"evaluation on {prepared.spec.name}:{plan.eval_split} produced no "
-                              f"{kind.primary_metric!r} (got {sorted(metrics[plan.eval_split]) or 'nothing'})")
+                              f"{primary!r} (got {sorted(metrics[plan.eval_split]) or 'nothing'})")
     memory_bytes, memory_kind = peak_memory(module.device)
     eval_size = len(loaders["eval"].dataset)
     return {
         "stage": plan.stage,
         "metrics": metrics,
-        "primary_metric": kind.primary_metric,
+        "primary_metric": primary,
         "higher_is_better": kind.higher_is_better,
         "params": parameter_report(prepared.adapter, module.head).to_dict(),
         "adapter_stats": prepared.adapter.stats(),

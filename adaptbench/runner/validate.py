@@ -118,6 +118,7 @@ def _adapter_detail(spec: MatrixSpec, entry: AdapterEntry) -> str:
         config_class.from_dict(_grid_options(entry, point), adapter=entry.name)
     for precision in entry_precisions(spec, entry):
         check_precision(entry.name, precision)
+    _check_heads(spec, entry)
     search = f"grid of {len(points)} points" if entry.grid else "no grid"
     return f"{entry.name} options ok; {search}"
 
@@ -160,6 +161,24 @@ def _task_detail(task: str, data_root: str | None, tuned: bool) -> str:
 def spec_precisions(spec) -> list[str]:
     """Every precision a spec's cells can run under (its train, each adapter's, each grid's)."""
     return sorted({precision for entry in spec.adapters for precision in entry_precisions(spec, entry)})
+
+
+def _check_heads(spec, entry: AdapterEntry) -> None:
+    """The head (and prompt) every cell of the entry would build fits the kind of every task."""
+    from ..registry import HEADS, TASKS
+    from ..tasks.heads import check_head
+    from ..tasks.kinds import task_kind
+
+    def setting(name: str, default):
+        return entry.train.get(name, spec.train.get(name, default))
+
+    heads = set(entry.grid.get("head", [setting("head", None)]))
+    prompts = set(entry.grid.get("prompt", [setting("prompt", "none")]))
+    for kind in sorted({TASKS.get(task).kind for task in spec.tasks}):
+        for head in heads:
+            name = head or task_kind(kind).default_head
+            for prompt in prompts:
+                check_head(name, HEADS.get(name), kind, prompt)
 
 
 def entry_precisions(spec, entry: AdapterEntry) -> set[str]:

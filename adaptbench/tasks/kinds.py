@@ -89,6 +89,14 @@ class TaskModule(L.LightningModule):
     def task_loss(self, outputs: torch.Tensor, targets: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def why_not_cacheable(self) -> str | None:
+        """Why ``decode`` cannot run on cached ``encode`` outputs alone (None: it can)."""
+        return None
+
+    def metric_inputs(self, outputs: torch.Tensor, targets: Any) -> tuple[Any, Any]:
+        """What the metrics are updated with (segmentation: argmax class maps)."""
+        return outputs, targets
+
     # -- inputs ---------------------------------------------------------------------------------
     def set_inputs(self, batch_transform: nn.Module | None, from_features: bool = False) -> None:
         """What batches hold: decoded samples that ``batch_transform`` turns into inputs on the
@@ -114,7 +122,7 @@ class TaskModule(L.LightningModule):
         total = loss + sum(extras.values()) if extras else loss
         self._note_nonfinite(total)
         size = _batch_size(targets)
-        self.train_metrics.update(outputs.detach(), targets)
+        self.train_metrics.update(*self.metric_inputs(outputs.detach(), targets))
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=size)
         for name, term in extras.items():
             self.log(f"train_extra_{name}", term, on_step=False, on_epoch=True, batch_size=size)
@@ -162,7 +170,7 @@ class TaskModule(L.LightningModule):
     def _evaluate(self, batch, metrics: MetricCollection, loss_name: str) -> None:
         inputs, targets = batch
         outputs = self._outputs(inputs)
-        metrics.update(outputs, targets)
+        metrics.update(*self.metric_inputs(outputs, targets))
         self.log(loss_name, self.task_loss(outputs, targets), on_step=False, on_epoch=True,
                  batch_size=_batch_size(targets))
         self.log_dict(metrics, on_step=False, on_epoch=True)
@@ -176,7 +184,7 @@ class TaskModule(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         declared = list(self.adapter.trainable_parameters().values())
-        return declared + list(self.head.parameters())
+        return declared + [param for param in self.head.parameters() if param.requires_grad]
 
     def configure_optimizers(self):
         # fused on CUDA: one kernel for every tensor's update (the CPU keeps the reference loop)
@@ -216,9 +224,23 @@ class TaskKind:
     primary_metric: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     augmentation: ClassVar[str] = "none"
+    default_head: ClassVar[str] = "linear"
 
     def metrics(self, spec) -> MetricCollection:
         raise NotImplementedError
+
+    def few_shot(self, samples, shots: int, seed: int, spec):
+        """``shots`` labelled samples per class, drawn with ``seed`` (stratified, in an order
+        that does not depend on how the split file lists them). Kinds whose samples are not
+        (image, class) pairs override it."""
+        from ..datasets.subsets import per_class_subset
+
+        return per_class_subset(samples, shots, seed, spec.name)
+
+    def primary_metric_of(self, spec) -> str:
+        """The metric that ranks ``spec``'s leaderboard (a dataset may name another one of the
+        kind's metrics, e.g. Dice for a binary medical task)."""
+        return self.primary_metric
 
     def build_module(self, backbone, adapter, head: nn.Module, spec, settings: dict[str, Any]) -> TaskModule:
         """The LightningModule; ``settings`` holds lr, weight_decay, warmup_epochs, label_smoothing, pool."""

@@ -172,6 +172,16 @@ class SamViT(Backbone):
     def global_site_path(self, site: str) -> str:
         return {"patch_embed": "model.patch_embed", "neck": "model.neck"}[site]
 
+    def companion_state(self, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        # a full SAM checkpoint (official .pth, the shipped micro SAM) also holds the prompt
+        # encoder and mask decoder; read again here, only by a head that asks for them
+        if not self.weights_source.startswith("file:"):
+            return {}
+        from ..timm_weights import read_weights_file
+
+        state = read_weights_file(Path(self.weights_source[len("file:"):]))
+        return {key: value for key, value in state.items() if key.startswith(prefixes)}
+
 
 def _check_encoder(name: str, encoder: nn.Module) -> None:
     encoder_class = _image_encoder_module().ImageEncoderViT
