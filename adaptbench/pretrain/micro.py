@@ -73,14 +73,20 @@ class PretrainSettings:
 
     def command(self, out: Path) -> str:
         """The command that reproduces these settings: the CLI when its flags say them all."""
-        cli = {"images": self.images, "epochs": self.epochs, "seed": self.seed}
-        others = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name not in cli and getattr(self, f.name) != f.default}
-        if not others:
-            return f"adaptbench pretrain-micro --out {out.name} " + " ".join(f"--{k} {v}" for k, v in cli.items())
-        arguments = ", ".join(f"{k}={v!r}" for k, v in {**cli, **others}.items())
-        return (f"python -c \"from adaptbench.pretrain.micro import pretrain_micro; "
-                f"pretrain_micro('{out.name}', {arguments})\"")
+        return reproducing_command(self, out, "adaptbench pretrain-micro", "adaptbench.pretrain.micro",
+                                   "pretrain_micro")
+
+
+def reproducing_command(settings, out: Path, cli: str, module: str, function: str) -> str:
+    """The command that reproduces ``settings`` (a dataclass with images, epochs and seed, the
+    CLI's flags): the CLI when its flags say them all, else a ``python -c`` call of ``function``."""
+    flags = {"images": settings.images, "epochs": settings.epochs, "seed": settings.seed}
+    others = {f.name: getattr(settings, f.name) for f in fields(settings)
+              if f.name not in flags and getattr(settings, f.name) != f.default}
+    if not others:
+        return f"{cli} --out {out.name} " + " ".join(f"--{k} {v}" for k, v in flags.items())
+    arguments = ", ".join(f"{k}={v!r}" for k, v in {**flags, **others}.items())
+    return f"python -c \"from {module} import {function}; {function}('{out.name}', {arguments})\""
 
 
 def pretrain_micro(out: Path, settings: PretrainSettings | None = None,

@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -252,15 +252,10 @@ class SamPretrainSettings:
 
     def command(self, out: Path) -> str:
         """The command that reproduces these settings: the CLI when its flags say them all."""
-        cli = {"images": self.images, "epochs": self.epochs, "seed": self.seed}
-        others = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name not in cli and getattr(self, f.name) != f.default}
-        if not others:
-            return (f"adaptbench pretrain-micro --model sam_micro --out {out.name} "
-                    + " ".join(f"--{k} {v}" for k, v in cli.items()))
-        arguments = ", ".join(f"{k}={v!r}" for k, v in {**cli, **others}.items())
-        return (f"python -c \"from adaptbench.pretrain.micro_sam import pretrain_micro_sam; "
-                f"pretrain_micro_sam('{out.name}', {arguments})\"")
+        from .micro import reproducing_command
+
+        return reproducing_command(self, out, "adaptbench pretrain-micro --model sam_micro",
+                                   "adaptbench.pretrain.micro_sam", "pretrain_micro_sam")
 
 
 def pretrain_micro_sam(out: Path, settings: SamPretrainSettings | None = None,
