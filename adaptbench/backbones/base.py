@@ -94,6 +94,15 @@ class Backbone(nn.Module):
         have a pretrained form read them (``sam_decoder``)."""
         return {}
 
+    def text_tower(self):
+        """The text encoder paired with this image tower (CLIP families), built on request as a
+        frozen :class:`~adaptbench.backbones.text.TextTower`. A backbone without one makes any
+        text head ``n/a`` on it (a result with its reason, not a failure)."""
+        from ..adapters.base import NotApplicable
+
+        raise NotApplicable(f"backbone {self.name!r} has no text tower (text heads need a CLIP backbone: "
+                            f"clip:<model>/<tag>, clip_micro)", reason="no text tower (not a CLIP backbone)")
+
     # -- the forward --------------------------------------------------------------------
     def run(self, images: torch.Tensor, keep: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor], TokenGeometry]:
         """(final tokens, {block index: tokens after it}, geometry after the blocks)."""

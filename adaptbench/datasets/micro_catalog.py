@@ -27,3 +27,28 @@ MICRO_SEG_TASK_INFO: dict[str, tuple[str, int, str, str, dict, tuple[str, ...]]]
                "mmseg", {"img_suffix": ".png", "seg_map_suffix": ".png"},
                ("background", "disc", "square", "triangle", "cross")),
 }
+
+#: name -> class names in label order, for the micro tasks whose concepts the micro CLIP's
+#: captions teach (``captions.py``; zero-shot heads prompt with them). Read off the generators
+#: in ``micro.py``: texture label k is ``TEXTURES[k]``; count label k draws k + 1 sprites;
+#: location label k is the k-th of 8 x-position bins, left to right; orientation label k is
+#: the bin [22.5k, 22.5(k+1)) degrees measured clockwise on screen (y points down), so its
+#: angle counter-clockwise from the horizontal, as people read it, is 180 - 22.5(k + 1/2).
+MICRO_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "texture": ("horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard", "dots", "noise"),
+    "count": ("one shape", "two shapes", "three shapes", "four shapes", "five shapes", "six shapes",
+              "seven shapes", "eight shapes"),
+    "location": ("at the far left", "at the left", "left of center", "just left of center",
+                 "just right of center", "right of center", "at the right", "at the far right"),
+    "orientation": tuple(f"{round(180 - 22.5 * (k + 0.5))} degrees" for k in range(8)),  # 169 ... 11
+}
+
+#: name -> zero-shot prompt templates (one ``{}`` for a class name), for the tasks above.
+MICRO_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "texture": ("a photo of {}.", "a picture of {} texture.", "a close-up of {}.", "a pattern of {}."),
+    "count": ("a photo of {}.", "a picture of {}.", "an image with {}.", "{} on a dark background."),
+    "location": ("a photo of a sprite {}.", "a picture of one shape {}.", "a small shape {}.",
+                 "a sprite {} on a dark background."),
+    "orientation": ("a photo of a bar at {}.", "a bar tilted at {}.", "a line at {}.",
+                    "an elongated shape at {}."),
+}

@@ -31,7 +31,9 @@ saying which file to fetch and where to put it.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,28 +71,33 @@ class CLIPAttention(nn.Module):
     """Multi-head self-attention over (B, N, C) with a fused ``qkv`` linear and ``proj``, made of
     an ``nn.MultiheadAttention``'s own parameters (see the module docstring)."""
 
-    def __init__(self, qkv: nn.Linear, proj: nn.Linear, num_heads: int, attn_drop: float = 0.0):
+    def __init__(self, qkv: nn.Linear, proj: nn.Linear, num_heads: int, attn_drop: float = 0.0,
+                 causal: bool = False):
         super().__init__()
         self.qkv = qkv
         self.proj = proj
         self.num_heads = num_heads
         self.attn_drop = attn_drop
+        # the text tower's blocks: open_clip's causal mask (-inf above the diagonal) is
+        # exactly scaled_dot_product_attention's is_causal
+        self.causal = causal
 
     @classmethod
-    def from_mha(cls, mha: nn.MultiheadAttention) -> CLIPAttention:
+    def from_mha(cls, mha: nn.MultiheadAttention, causal: bool = False) -> CLIPAttention:
         dim = mha.embed_dim
         qkv = nn.Linear(dim, 3 * dim, bias=mha.in_proj_bias is not None, device="meta")
         qkv.weight = mha.in_proj_weight  # the same Parameter objects: nothing is copied
         if mha.in_proj_bias is not None:
             qkv.bias = mha.in_proj_bias
-        return cls(qkv, mha.out_proj, mha.num_heads, mha.dropout)
+        return cls(qkv, mha.out_proj, mha.num_heads, mha.dropout, causal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
         qkv = self.qkv(x)
         width = qkv.shape[-1] // 3
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0,
+                                           is_causal=self.causal)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, width))
 
 
@@ -110,7 +117,8 @@ class OpenClipViT(Backbone):
     """An open_clip ``VisionTransformer`` (a CLIP image tower) with canonical sites."""
 
     def __init__(self, name: str, visual: nn.Module, weights_source: str, data_config: DataConfig | None = None,
-                 keep_projection: bool = True):
+                 keep_projection: bool = True,
+                 text_loader: Callable[[], tuple[nn.Module, Callable[[Sequence[str]], torch.Tensor]]] | None = None):
         _check_visual(name, visual)
         blocks = [_canonical_block(name, index, block) for index, block in enumerate(visual.transformer.resblocks)]
         visual.transformer.resblocks = nn.Sequential(*blocks)
@@ -138,6 +146,18 @@ class OpenClipViT(Backbone):
             default_pool="cls",
         )
         self.visual = visual
+        # () -> (the whole open_clip CLIP with its weights, its tokenizer), for the text tower
+        self._text_loader = text_loader
+
+    def text_tower(self):
+        """The text encoder of the same CLIP weights, canonical and frozen (``backbones/text.py``),
+        built on request: only a method that trains through it keeps one in its process."""
+        if self._text_loader is None:
+            return super().text_tower()
+        from ..text import TextTower
+
+        model, tokenizer = self._text_loader()
+        return TextTower.from_open_clip(self.name, model, tokenizer)
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, TokenGeometry]:
         # open_clip's VisionTransformer._embeds, with the patch embedding as a site
@@ -191,14 +211,14 @@ def _check_visual(name: str, visual: nn.Module) -> None:
         raise _refuse(name, "a sequence-first transformer (batch_first=False)")
 
 
-def _canonical_block(name: str, index: int, block: nn.Module) -> TransformerBlock:
+def _canonical_block(name: str, index: int, block: nn.Module, causal: bool = False) -> TransformerBlock:
     require_block_class(block, accepted_block_classes(), f"open_clip model {name!r}", index, " (custom blocks with qk_norm, scaled cosine attention or scale_attn/scale_fc are not supported)")
     for extra in ("ln_attn", "ln_inner"):  # older open_clip: scale_attn / scale_fc on this class
         if not isinstance(getattr(block, extra, nn.Identity()), nn.Identity):
             raise _refuse(name, f"block {index}'s extra norm {extra} (scale_attn/scale_fc)")
     if hasattr(block, "ln_1_kv"):
         raise _refuse(name, f"block {index}'s cross attention")
-    attention = _canonical_attention(name, index, block.attn)
+    attention = _canonical_attention(name, index, block.attn, causal)
     mlp = block.mlp
     parts = [key for key, _ in mlp.named_children()]
     if parts != ["c_fc", "gelu", "c_proj"]:
@@ -209,14 +229,14 @@ def _canonical_block(name: str, index: int, block: nn.Module) -> TransformerBloc
     })
 
 
-def _canonical_attention(name: str, index: int, mha: nn.Module) -> CLIPAttention:
+def _canonical_attention(name: str, index: int, mha: nn.Module, causal: bool = False) -> CLIPAttention:
     if type(mha) is not nn.MultiheadAttention:
         raise _refuse(name, f"block {index}'s attention {type(mha).__name__} (expected nn.MultiheadAttention)")
     if not mha.batch_first:
         raise _refuse(name, f"block {index}'s sequence-first attention (batch_first=False)")
     if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
         raise _refuse(name, f"block {index}'s attention with kdim/vdim, add_bias_kv or add_zero_attn")
-    return CLIPAttention.from_mha(mha)
+    return CLIPAttention.from_mha(mha, causal)
 
 
 def _data_config(visual: nn.Module, preprocess: dict | None = None) -> DataConfig:
@@ -396,10 +416,28 @@ def clip_vit(
         except (RuntimeError, ValueError, OSError, KeyError) as err:
             raise AdaptbenchError(f"open_clip could not build {name!r} from {plan.source}: {_brief(err)}") from err
     visual = model.visual
-    del model  # the text tower is not kept
-    backbone = OpenClipViT(name, visual, plan.source, _data_config(visual, plan.preprocess), keep_projection)
+    del model  # the text tower is not kept: text_tower() builds it again from the same weights
+    loader = functools.partial(_load_full_model, model_name, plan, quick_gelu, model_kwargs)
+    backbone = OpenClipViT(name, visual, plan.source, _data_config(visual, plan.preprocess), keep_projection,
+                           text_loader=loader)
     backbone.seal_weights()
     return backbone
+
+
+def _load_full_model(model_name: str, plan: ClipWeightsPlan, quick_gelu: bool | None,
+                     model_kwargs: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """The whole open_clip model (both towers) with the weights the image tower came from, and
+    the model's tokenizer (open_clip's BPE ships in its wheel: no network)."""
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        if plan.init_seed is not None:
+            torch.manual_seed(plan.init_seed)
+        model = open_clip.create_model(model_name, pretrained=plan.pretrained,
+                                       force_quick_gelu=plan.quick_gelu if quick_gelu is None else quick_gelu,
+                                       require_pretrained=plan.pretrained is not None,
+                                       **{**model_kwargs, "device": "cpu"})
+    return model, open_clip.get_tokenizer(model_name)
 
 
 def _default_device() -> torch.device:
@@ -453,12 +491,30 @@ def tiny_visual(quick_gelu: bool = False, seed: int = 0) -> nn.Module:
     return visual
 
 
+# Its text tower (open_clip's BPE vocabulary, so the real tokenizer runs): width 32, 2 blocks.
+TINY_TEXT_CONFIG = dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2)
+
+
+def tiny_clip_model(quick_gelu: bool = False, seed: int = 0) -> tuple[nn.Module, Any]:
+    """A whole tiny open_clip ``CLIP`` (image tower = :func:`tiny_visual`) and its tokenizer."""
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model = CLIP(TINY_CONFIG["output_dim"], vision_cfg={"layers": 1, "width": 64, "patch_size": 8, "image_size": 16},
+                     text_cfg=TINY_TEXT_CONFIG, quick_gelu=quick_gelu)
+    model.visual = tiny_visual(quick_gelu, seed)
+    return model, SimpleTokenizer(context_length=TINY_TEXT_CONFIG["context_length"])
+
+
 def _tiny(name: str, quick_gelu: bool, weights: str | None, keep_projection: bool) -> OpenClipViT:
     weights = weights or "random"
     if not (weights == "random" or weights.startswith("random:")):
         raise AdaptbenchError(f"backbone {name!r} has random weights only: pass --weights random or random:<seed>")
     plan = random_plan(weights)
-    backbone = OpenClipViT(name, tiny_visual(quick_gelu, plan.init_seed), plan.source, keep_projection=keep_projection)
+    backbone = OpenClipViT(name, tiny_visual(quick_gelu, plan.init_seed), plan.source, keep_projection=keep_projection,
+                           text_loader=functools.partial(tiny_clip_model, quick_gelu, plan.init_seed))
     backbone.seal_weights()
     return backbone
 
