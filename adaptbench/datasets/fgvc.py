@@ -12,6 +12,13 @@ An annotation file is read strictly, every problem one line naming the file (and
 UTF-8 JSON, an object with at least one image, each image path non-empty and listed once,
 each class id a non-negative integer.
 
+Class names (``fgvc_class_names``) come from the data where its own files hold them: CUB's and
+Stanford Dogs' class folders (``001.Black_footed_Albatross/...``, ``n02085620-Chihuahua/...``,
+the first component of each image path in ``train.json``), NABirds' ``classes.txt`` (``817 Oak
+Titmouse``) by the class-id folder (``0817/...``). Stanford Cars keeps its names in MATLAB's
+``devkit/cars_meta.mat`` and VPT's Oxford Flowers folder holds none: those have none here (the
+package data in ``_prompts/fgvc.json`` names the flowers).
+
 The folder names, image sub-folders, class counts and split names (``FGVC_DATASETS``,
 ``FGVC_SPLITS``) live in ``formats.py``, plain data that ``adaptbench ls`` reads without
 torch; they are re-exported here.
@@ -20,13 +27,15 @@ torch; they are re-exported here.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import AdaptbenchError, did_you_mean
 from .formats import FGVC_DATASETS, FGVC_SPLITS
 from .images import Sample, SampleList, check_images_exist, read_text_file, shorten
 
-__all__ = ["FGVC_DATASETS", "FGVC_SPLITS", "fgvc_samples", "read_annotations"]
+__all__ = ["FGVC_DATASETS", "FGVC_SPLITS", "fgvc_class_names", "fgvc_samples", "read_annotations"]
 
 LAYOUT = '<root>/<dataset folder>/{train,val,test}.json, each {"<image path>": <class id>}'
 OBJECT = '{"<image path>": <class id>, ...}'
@@ -129,3 +138,78 @@ def _labelled(path: Path, image_root: Path, contiguous: dict[int, int]) -> list[
             )
         samples.append(((image_root / image, contiguous[class_id]), image))
     return samples
+
+
+# -- class names -------------------------------------------------------------------------------
+#: dataset -> (the class folder's pattern, its example, folder -> name); NABirds' folder is a
+#: class id that its classes.txt names.
+_CLASS_FOLDERS: dict[str, tuple[str, str, Callable[[re.Match], str]]] = {
+    "cub": (r"\d+\.(.+)", "001.Black_footed_Albatross", lambda found: found[1].replace("_", " ")),
+    "stanford_dogs": (r"n\d+-(.+)", "n02085620-Chihuahua", lambda found: found[1].replace("_", " ")),
+    "nabirds": (r"\d+", "0817", lambda found: found[0]),
+}
+
+
+def fgvc_class_names(root: Path, dataset: str, num_classes: int | None = None) -> tuple[str, ...] | None:
+    """The class names in label order, from the dataset's own files (see the module
+    docstring); None for a dataset whose files do not name its classes. ``num_classes``:
+    the task's (default: the dataset's)."""
+    if dataset not in _CLASS_FOLDERS:
+        return None
+    folder_name, _, classes = FGVC_DATASETS[dataset]
+    num_classes = classes if num_classes is None else num_classes
+    train = Path(root) / folder_name / "train.json"
+    folders = _class_folders(train, dataset, num_classes)
+    if dataset == "nabirds":
+        names = _nabirds_classes(Path(root) / folder_name / "classes.txt")
+        for class_id in folders:
+            if int(class_id) not in names:
+                raise AdaptbenchError(f"class id {int(class_id)} (folder {class_id!r} of {train}) is not in "
+                                      f"{Path(root) / folder_name / 'classes.txt'}; expected a line "
+                                      f"'<id> <class name>' for it")
+        return tuple(names[int(class_id)] for class_id in folders)
+    return tuple(folders)
+
+
+def _class_folders(train: Path, dataset: str, num_classes: int) -> list[str]:
+    """The name (CUB, Dogs) or the class id folder (NABirds) of each label, from the folder
+    that ``train.json`` puts its images in; one folder per class and one class per folder."""
+    pattern, example, name_of = _CLASS_FOLDERS[dataset]
+    annotations = read_annotations(train)
+    label_of = {class_id: index for index, class_id in enumerate(sorted(set(annotations.values())))}
+    if len(label_of) != num_classes:
+        raise AdaptbenchError(f"{train}: {len(label_of)} distinct class ids; expected {num_classes}, to name "
+                              f"every class from its folder")
+    folder_of: dict[int, tuple[str, str]] = {}  # label -> (folder, image)
+    label_in: dict[str, tuple[int, str]] = {}  # folder -> (class id, image)
+    for image, class_id in annotations.items():
+        folder, _, rest = image.partition("/")
+        found = re.fullmatch(pattern, folder)
+        if not rest or found is None:
+            raise AdaptbenchError(f"{train}: image {shorten(image)} is not in a class folder like {example!r}; "
+                                  f"expected '<class folder>/<image>' keys, the folder naming the class")
+        seen, first = folder_of.setdefault(label_of[class_id], (folder, image))
+        if seen != folder:
+            raise AdaptbenchError(f"{train}: class id {class_id} has image {shorten(image)} in folder {folder!r} and "
+                                  f"{shorten(first)} in {seen!r}; expected the images of a class in one folder")
+        other, first = label_in.setdefault(folder, (class_id, image))
+        if other != class_id:
+            raise AdaptbenchError(f"{train}: folder {folder!r} holds {shorten(image)} of class id {class_id} and "
+                                  f"{shorten(first)} of class id {other}; expected one class per folder")
+    return [name_of(re.fullmatch(pattern, folder_of[label][0])) for label in range(num_classes)]
+
+
+def _nabirds_classes(path: Path) -> dict[int, str]:
+    """NABirds' classes.txt: ``{class id: name}`` from lines ``<id> <class name>``."""
+    expected = "lines '<class id> <class name>' (NABirds' classes.txt, e.g. '817 Oak Titmouse')"
+    names: dict[int, str] = {}
+    for number, line in enumerate(read_text_file(path, "class list", expected).splitlines(), start=1):
+        if not line.strip():
+            continue
+        class_id, _, name = line.strip().partition(" ")
+        if not class_id.isdigit() or not name.strip():
+            raise AdaptbenchError(f"{path}:{number}: got {shorten(line)}; expected {expected}")
+        names[int(class_id)] = name.strip()
+    if not names:
+        raise AdaptbenchError(f"class list {path} is empty; expected {expected}")
+    return names

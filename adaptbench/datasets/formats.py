@@ -1,7 +1,7 @@
 """The on-disk formats' fixed facts: folder names, class counts (and names) and split names.
 
 These are facts about the data as the community dumps ship it (see DESIGN.md, "Data
-formats"), so they belong to the readers (``vtab.py``, ``fgvc.py``, ``mmseg.py``,
+formats"), so they belong to the readers (``vtab.py``, ``fgvc.py``, ``coop.py``, ``mmseg.py``,
 ``mask_folders.py``); the task catalogue
 (``adaptbench.tasks.catalog``) builds its task specifications from them. Tasks depend on
 datasets, never the reverse. This module is plain data, with no torch and no numpy, so
@@ -10,8 +10,8 @@ datasets, never the reverse. This module is plain data, with no torch and no num
 
 from __future__ import annotations
 
-__all__ = ["FGVC_DATASETS", "FGVC_SPLITS", "SEG_CLASS_NAMES", "SEG_DATASETS", "SPLITS", "VTAB1K_TASKS",
-           "VTAB_SPLITS"]
+__all__ = ["COOP_DATASETS", "FGVC_DATASETS", "FGVC_SPLITS", "SEG_CLASS_NAMES", "SEG_DATASETS", "SPLITS",
+           "VTAB1K_TASKS", "VTAB_SPLITS"]
 
 #: VTAB-1k folder -> (group, number of classes), NOAH's layout.
 VTAB1K_TASKS: dict[str, tuple[str, int]] = {
@@ -49,10 +49,34 @@ FGVC_DATASETS: dict[str, tuple[str, str, int]] = {
 SPLITS: dict[str, tuple[str, str, str, str]] = {
     "vtab1k": ("train800", "val200", "train800val200", "test"),
     "fgvc": ("train", "val", "trainval", "test"),
+    # CoOp's split files ship disjoint train / val / test: tune on val, then train on train again
+    # (few-shot runs draw their K per class from it) and test once
+    "coop": ("train", "val", "train", "test"),
     # mmseg layouts ship train and val only: the tune pair is a seeded held-out part of
     # train (``mmseg.py``), so val is read once, by the final run
     "mmseg": ("tune_train", "tune_val", "train", "val"),
     "mask_folders": ("train", "val", "trainval", "test"),
+}
+
+#: CoOp key -> (folder, image sub-folder, split file, number of classes, group, options), as
+#: KaiyangZhou/CoOp's DATASETS.md and ``datasets/*.py`` lay them out. Image paths in a split
+#: file are relative to the image sub-folder ("": the dataset folder itself). ``options``:
+#: ``layout`` where the data ship no ``split_zhou_*.json`` (``coop.py``): FGVC-Aircraft's
+#: ``images_variant_*.txt`` lists, ImageNet's class folders (its ``tune_val_per_class``).
+#: Caltech101 has 100 classes: CoOp drops BACKGROUND_Google and Faces_easy.
+COOP_DATASETS: dict[str, tuple[str, str, str, int, str, dict]] = {
+    "imagenet": ("imagenet", "images", "classnames.txt", 1000, "coop",
+                 {"layout": "imagenet", "tune_val_per_class": 10}),
+    "caltech101": ("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", 100, "coop", {}),
+    "oxford_pets": ("oxford_pets", "images", "split_zhou_OxfordPets.json", 37, "coop", {}),
+    "stanford_cars": ("stanford_cars", "", "split_zhou_StanfordCars.json", 196, "coop", {}),
+    "oxford_flowers": ("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", 102, "coop", {}),
+    "food101": ("food-101", "images", "split_zhou_Food101.json", 101, "coop", {}),
+    "fgvc_aircraft": ("fgvc_aircraft", "images", "variants.txt", 100, "coop", {"layout": "fgvc_aircraft"}),
+    "sun397": ("sun397", "SUN397", "split_zhou_SUN397.json", 397, "coop", {}),
+    "dtd": ("dtd", "images", "split_zhou_DescribableTextures.json", 47, "coop", {}),
+    "eurosat": ("eurosat", "2750", "split_zhou_EuroSAT.json", 10, "coop", {}),
+    "ucf101": ("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", 101, "coop", {}),
 }
 
 VTAB_SPLITS: tuple[str, ...] = SPLITS["vtab1k"]

@@ -34,6 +34,11 @@ class Reader:
         """The expected files under the data root, for error messages."""
         raise NotImplementedError
 
+    def class_names(self, root: Path, spec: Any) -> tuple[str, ...] | None:
+        """Class names in label order when the data itself holds them (CoOp's split files),
+        else None (the task's specification then names them, or nothing does)."""
+        return None
+
 
 class Vtab1kReader(Reader):
     """VTAB-1k in NOAH's layout: ``<root>/<task>/<split>.txt`` with lines ``images/<split>/x.jpg <label>``."""
@@ -59,6 +64,32 @@ class FgvcReader(Reader):
         from .formats import FGVC_DATASETS
 
         return f"<root>/{FGVC_DATASETS[spec.dataset][0]}/{{train,val,test}}.json"
+
+    def class_names(self, root: Path, spec: Any) -> tuple[str, ...] | None:
+        """CUB's and Stanford Dogs' from their class folders, NABirds' from its ``classes.txt``; else None."""
+        from .fgvc import fgvc_class_names
+
+        return fgvc_class_names(root, spec.dataset, spec.num_classes)
+
+
+class CoopReader(Reader):
+    """CoOp's 11 CLIP few-shot sets: ``<root>/<folder>/split_zhou_<Name>.json`` beside the image folder
+    (FGVC-Aircraft's ``images_variant_*.txt``, ImageNet's class folders); class names from the data."""
+
+    def samples(self, root: Path, spec: Any, split: str) -> list[tuple[Path, int]]:
+        from .coop import coop_samples
+
+        return coop_samples(root, spec.dataset, split, spec.num_classes, spec.options)
+
+    def layout(self, spec: Any) -> str:
+        from .coop import coop_layout
+
+        return coop_layout(spec.dataset, spec.options)
+
+    def class_names(self, root: Path, spec: Any) -> tuple[str, ...] | None:
+        from .coop import coop_class_names
+
+        return coop_class_names(root, spec.dataset, spec.num_classes, spec.options)
 
 
 class MmsegReader(Reader):
@@ -91,5 +122,6 @@ class MaskFoldersReader(Reader):
 
 register_reader("vtab1k", Vtab1kReader)
 register_reader("fgvc", FgvcReader)
+register_reader("coop", CoopReader)
 register_reader("mmseg", MmsegReader)
 register_reader("mask_folders", MaskFoldersReader)

@@ -14,20 +14,21 @@ from ..errors import AdaptbenchError
 from .images import SampleList
 
 
-def per_class_subset(samples, shots: int, seed: int, task: str) -> SampleList:
-    """``shots`` samples of every class (stratified), drawn with ``seed``."""
+def per_class_subset(samples, shots: int, seed: int, task: str, allow_fewer: bool = False) -> SampleList:
+    """``shots`` samples of every class (stratified), drawn with ``seed``; ``allow_fewer``: a
+    class with fewer keeps all it has (CoOp's validation draw) instead of being an error."""
     order = _sorted_indices(samples)
     by_class: dict[int, list[int]] = {}
     for index in order:
         by_class.setdefault(int(samples[index][1]), []).append(index)
     short = {label: len(members) for label, members in by_class.items() if len(members) < shots}
-    if short:
+    if short and not allow_fewer:
         label, count = next(iter(sorted(short.items())))
         raise AdaptbenchError(f"shots {shots}: class {label} of task {task!r} has only {count} training "
                               f"samples; expected at least {shots} per class")
     rng = np.random.default_rng(seed)
     chosen = sorted(int(i) for label in sorted(by_class)
-                    for i in rng.choice(by_class[label], size=shots, replace=False))
+                    for i in rng.choice(by_class[label], size=min(shots, len(by_class[label])), replace=False))
     return _subset(samples, chosen)
 
 
