@@ -57,8 +57,10 @@ def _add_train(commands) -> None:
     )
     train.add_argument("--adapter-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="adapter option, e.g. r=4 or targets=q,v (repeatable)")
+    train.add_argument("--head-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="head option, e.g. n_ctx=4 for --head coop (repeatable)")
     for model in (RunConfig, RunPolicy, RunPlaceOptions):
-        for option in cli_fields(model, skip=("adapter_options",)):
+        for option in cli_fields(model, skip=("adapter_options", "head_options")):
             _add_generated_flag(train, option)
     train.set_defaults(handler=cmd_train)
 
@@ -123,6 +125,8 @@ def _add_leaderboard(commands) -> None:
                             "(default: all four with --out, else the terminal table)")
     board.add_argument("--out", default=None, metavar="DIR", help="folder to write the files into")
     board.add_argument("--name", default="leaderboard", help="file name stem (default: leaderboard)")
+    board.add_argument("--wise", action="store_true",
+                       help="add a column per WiSE-FT interpolation the records evaluated (α=0, α=0.5, ...)")
     board.set_defaults(handler=cmd_leaderboard)
 
 
@@ -138,7 +142,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         raise AdaptbenchError(f"--format {unknown[0]!r}: expected one of {', '.join(FORMATS)}")
     if not args.name or "/" in args.name or args.name.startswith("."):
         raise AdaptbenchError(f"--name {args.name!r}: expected a plain file name stem, e.g. leaderboard")
-    boards = build_leaderboards(load_records(args.results))
+    boards = build_leaderboards(load_records(args.results), wise=args.wise)
     if not boards:
         raise AdaptbenchError(f"no final run records in {', '.join(args.results)}: only tune records were found")
     if args.out is not None:
@@ -155,16 +159,18 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-MICRO_MODELS = ("vit_micro", "sam_micro")
+MICRO_MODELS = ("vit_micro", "sam_micro", "clip_micro")
 
 
 def _add_pretrain_micro(commands) -> None:
     pretrain = commands.add_parser(
-        "pretrain-micro", help="pretrain a micro backbone (vit_micro, sam_micro) on its procedural source "
-                               "domain; writes its weights",
+        "pretrain-micro", help="pretrain a micro backbone (vit_micro, sam_micro, clip_micro) on its procedural "
+                               "source domain; writes its weights",
         description="Reproduce the shipped micro weights: vit_micro by supervised pretraining on procedural "
                     "glyphs, sam_micro (image encoder + SAM's mask decoder) by segmenting procedural colour-region "
-                    "scenes. Left out, --epochs, --images and --seed take the settings of the shipped file.",
+                    "scenes, clip_micro (open_clip's CLIP: image and text towers) contrastively on procedural scenes "
+                    "with generated captions. Left out, --epochs, --images and --seed take the settings of the "
+                    "shipped file.",
     )
     pretrain.add_argument("--model", default="vit_micro", choices=MICRO_MODELS,
                           help="which micro backbone (default: vit_micro)")
@@ -185,6 +191,9 @@ def cmd_pretrain_micro(args: argparse.Namespace) -> int:
     if args.model == "sam_micro":
         from .pretrain.micro_sam import pretrain_micro_sam as pretrain
         from .pretrain.micro_sam import sam_shipping_note as shipping_note
+    elif args.model == "clip_micro":
+        from .pretrain.micro_clip import clip_shipping_note as shipping_note
+        from .pretrain.micro_clip import pretrain_micro_clip as pretrain
     else:
         from .pretrain.micro import pretrain_micro as pretrain
         from .pretrain.micro import shipping_note
@@ -197,12 +206,12 @@ def cmd_pretrain_micro(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_adapter_args(pairs: Sequence[str]) -> dict[str, str]:
+def parse_adapter_args(pairs: Sequence[str], flag: str = "--adapter-arg") -> dict[str, str]:
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise AdaptbenchError(f"--adapter-arg {pair!r}: expected KEY=VALUE, e.g. r=4")
+            raise AdaptbenchError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. r=4")
         options[key.strip()] = value.strip()
     return options
 
@@ -241,7 +250,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .api import run_checked, run_place
     from .config import RunConfig, RunPlaceOptions, RunPolicy
 
-    config = _config_from_flags(RunConfig, args, adapter_options=parse_adapter_args(args.adapter_arg))
+    config = _config_from_flags(RunConfig, args, adapter_options=parse_adapter_args(args.adapter_arg),
+                                head_options=parse_adapter_args(args.head_arg, "--head-arg"))
     policy = _config_from_flags(RunPolicy, args)
     where = _config_from_flags(RunPlaceOptions, args)
     print_run_summary(run_checked(config, run_place(where, policy)))

@@ -43,7 +43,7 @@ class _Model(BaseModel):
 
 #: RunConfig fields added after records existed: left out of the resolved config (and so of
 #: the run id) while they hold their default, so earlier cells keep their ids on resume.
-OMITTED_AT_DEFAULT: dict[str, Any] = {"prompt": "none", "shots": None}
+OMITTED_AT_DEFAULT: dict[str, Any] = {"prompt": "none", "shots": None, "head_options": {}, "wise_ft": []}
 
 
 class BackboneOptions(_Model):
@@ -76,12 +76,17 @@ class RunConfig(_Model):
                                               description="how the backbone is built")
     head: str | None = Field(None, description="task head (`adaptbench ls heads`; default: the task kind's, "
                                                "linear for classification, seg_linear for segmentation)")
+    head_options: dict[str, Any] = Field(default_factory=dict, description="the head's options (`adaptbench ls "
+                                                                          "heads`; e.g. coop's n_ctx)")
     prompt: Literal["none", "box", "point"] = Field(
         "none", description="prompts fed to a promptable head (sam_decoder): none (prompt-free), or box / "
                             "point taken from the ground-truth mask, which then leaks into the evaluation")
     shots: int | None = Field(None, ge=1, description="few-shot training: k samples per class (classification) "
                                                       "or k images (segmentation) drawn with the seed from the "
                                                       "training split (default: all)")
+    wise_ft: list[float] = Field(default_factory=list, description="WiSE-FT: also evaluate the weights interpolated between "
+                                                       "the initial and the trained model at these mixing "
+                                                       "weights in [0, 1] (final stage)")
     seed: int = Field(0, ge=0, description="seed of the data order, the head and the adapter's init")
     stage: Literal["final", "tune"] = Field("final", description="final: train800val200 -> test; "
                                                                  "tune: train800 -> val200")
@@ -98,8 +103,16 @@ class RunConfig(_Model):
                                                      "32-true on the CPU; resolved before the run id is taken)")
 
     @model_validator(mode="after")
+    def _wise_weights_in_unit_interval(self) -> RunConfig:
+        for alpha in self.wise_ft:
+            if not 0.0 <= alpha <= 1.0:
+                raise ConfigError(("wise_ft",), f"expected mixing weights in [0, 1], got {alpha}")
+        return self
+
+    @model_validator(mode="after")
     def _warmup_within_epochs(self) -> RunConfig:
-        if self.warmup_epochs and self.epochs is not None and self.warmup_epochs > self.epochs:
+        # an untrained run (epochs: 0) has no schedule: a shared warm-up setting does not apply
+        if self.warmup_epochs and self.epochs and self.warmup_epochs > self.epochs:
             raise ConfigError(("warmup_epochs",), f"expected at most the epochs ({self.epochs}), "
                                                   f"got {self.warmup_epochs}")
         return self
@@ -119,6 +132,8 @@ class RunConfig(_Model):
 
     def resolved_warmup(self, task_default: int) -> int:
         epochs = self.resolved_epochs(task_default)
+        if epochs == 0:
+            return 0
         warmup = max(0, round(0.1 * epochs)) if self.warmup_epochs is None else self.warmup_epochs
         if warmup > epochs:
             raise AdaptbenchError(f"warmup_epochs {warmup}: expected at most the epochs ({epochs}, the "
@@ -218,7 +233,8 @@ class MatrixRunOptions(_Model):
 
 #: The RunConfig fields a spec's ``train:`` block (and a grid) may set: trainer settings.
 TRAIN_FIELDS: tuple[str, ...] = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
-                                 "label_smoothing", "pool", "precision", "head", "prompt", "shots")
+                                 "label_smoothing", "pool", "precision", "head", "head_options", "prompt", "shots",
+                                 "wise_ft")
 
 
 # -- describing and checking one field ---------------------------------------------------------
@@ -294,6 +310,8 @@ def _parse_text(text: str, field: FieldInfo) -> Any:
         return None
     if _allows_bool(field) and lowered in ("true", "false", "yes", "no", "1", "0"):
         return lowered in ("true", "yes", "1")
+    if typing.get_origin(field.annotation) is list:  # --wise-ft 0,0.5,1
+        return [part.strip() for part in text.split(",") if part.strip()]
     return text
 
 

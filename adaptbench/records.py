@@ -53,7 +53,8 @@ SUCCESS, FAILED, NOT_APPLICABLE = "success", "failed", "n/a"
 STATUSES = (SUCCESS, FAILED, NOT_APPLICABLE)
 _NA_SEPARATOR = ": n/a: "
 #: Config keys that vary within one leaderboard row (the row spans tasks and seeds).
-_NOT_ROW_KEYS = ("seed", "task", "stage")
+# shots: a few-shot board's k is a column, so one method over k = 1, 4, 16 is one row
+_NOT_ROW_KEYS = ("seed", "task", "stage", "shots")
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -66,18 +67,24 @@ run_id = config_hash
 
 
 def row_config(config: dict[str, Any], grid: dict[str, list[Any]] | None = None) -> dict[str, Any]:
-    """The config a leaderboard row stands for: without seed, task and stage, and with the keys a
-    grid search chose (``lr``, ``options.r``) replaced by the grid that was searched."""
+    """The config a leaderboard row stands for: without seed, task, stage and shots, and with the
+    keys a grid search chose (``lr``, ``options.r``, ``head_options.alpha``) replaced by the grid
+    that was searched."""
     row = {key: value for key, value in config.items() if key not in _NOT_ROW_KEYS}
     row.pop("task_defaults", None)  # resolved per task (epochs 10 on micro, 100 on VTAB)
     if grid:
         options = dict(row.get("adapter_options") or {})
+        head_options = dict(row.get("head_options") or {})
         for key in grid:
             if key.startswith("options."):
                 options.pop(key.removeprefix("options."), None)
+            elif key.startswith("head_options."):
+                head_options.pop(key.removeprefix("head_options."), None)
             else:
                 row.pop(key, None)
         row["adapter_options"] = options
+        if "head_options" in row:
+            row["head_options"] = head_options
         row["searched"] = {key: list(values) for key, values in grid.items()}
     return row
 

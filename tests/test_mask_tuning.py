@@ -333,7 +333,7 @@ def test_defaults_are_the_papers():
         f"blocks.{b}.{s}.scores" for b in range(2) for s in ("qkv", "attn_out"))
     assert all(torch.all(w.scores == 1e-2) for w in adapter._masks.values())
     assert MaskTuning.identity_at_init and MaskTuning.mergeable and MaskTuning.adds_parameters
-    assert MaskTuning.version == 2  # the penalty became a loss term
+    assert MaskTuning.version == 3  # 2: the penalty became a loss term; 3: L_gk against a text head
     # Sites are configurable: the MLP linears too, only in the chosen blocks.
     _, mlp = adapted(sites=("mlp_in", "mlp_out"), blocks=(-1,))
     assert sorted(mlp.trainable_parameters()) == ["blocks.1.mlp_in.scores", "blocks.1.mlp_out.scores"]

@@ -49,17 +49,18 @@ class AdapterConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], adapter: str = "") -> AdapterConfig:
-        """Build from user values (CLI ``--adapter-arg k=v``, spec files, checkpoints)."""
+    def from_dict(cls, values: dict[str, Any], adapter: str = "", what: str = "adapter") -> AdapterConfig:
+        """Build from user values (CLI ``--adapter-arg k=v``, spec files, checkpoints); ``what``
+        names the owner in errors (``adapter``, or ``head`` for a head's options)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise AdaptbenchError(
-                f"adapter {adapter or cls.__name__!r} has no option {unknown[0]!r}; "
+                f"{what} {adapter or cls.__name__!r} has no option {unknown[0]!r}; "
                 f"expected one of {sorted(known)}"
             )
         hints = typing.get_type_hints(cls)
-        coerced = {k: _coerce(k, v, hints.get(k), adapter or cls.__name__) for k, v in values.items()}
+        coerced = {k: _coerce(k, v, hints.get(k), adapter or cls.__name__, what) for k, v in values.items()}
         return cls(**coerced)
 
     @classmethod
@@ -67,7 +68,7 @@ class AdapterConfig:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-def _coerce(name: str, value: Any, hint: Any, adapter: str) -> Any:
+def _coerce(name: str, value: Any, hint: Any, adapter: str, what: str = "adapter") -> Any:
     """Values from the command line arrive as strings; turn them into the field's type."""
     if not isinstance(value, str) or hint is None or hint is str:
         return _listify(value, hint)
@@ -88,7 +89,7 @@ def _coerce(name: str, value: Any, hint: Any, adapter: str) -> Any:
             return None if value.lower() in ("none", "") else int(value)
     except ValueError:
         raise AdaptbenchError(
-            f"adapter {adapter!r} option {name}={value!r}: expected a value of type {hint}"
+            f"{what} {adapter!r} option {name}={value!r}: expected a value of type {hint}"
         ) from None
     return value
 

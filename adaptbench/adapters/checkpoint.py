@@ -54,7 +54,10 @@ def _tensors(adapter: Adapter, head: nn.Module | None) -> dict[str, torch.Tensor
     # safetensors refuses shared or non-contiguous storage: store independent copies.
     tensors = {f"adapter.{k}": v.detach().cpu().contiguous().clone() for k, v in adapter.state_tensors().items()}
     if head is not None:
-        tensors.update({f"head.{k}": v.detach().cpu().contiguous().clone() for k, v in head.state_dict().items()})
+        from ..tasks.heads import head_checkpoint_state
+
+        tensors.update({f"head.{k}": v.detach().cpu().contiguous().clone()
+                        for k, v in head_checkpoint_state(head).items()})
     return tensors
 
 

@@ -36,3 +36,4 @@ class LossContext:
     loss: torch.Tensor  # the task's own loss for this batch (before extra terms)
     forward: Callable[[Any], torch.Tensor]  # runs the model again on inputs (same mode)
     step: int  # the global step about to be taken (0-based)
+    head: Any = None  # the task's head (a text head offers zero_shot_classifier())

@@ -41,14 +41,28 @@ probability ``|a| / (|a| + |b|)`` where they conflict; ``b`` itself is never app
 Officially ``L_gk = T^2 KL(p_zs || p)`` between the zero-shot CLIP prediction ``p_zs`` of the
 frozen image encoder and the masked model's prediction ``p``, both softmaxes of
 ``100 * cos(image feature, class text embedding) / T`` with ``T = 1`` (``KLLoss`` in
-``code/trainers/masktuning.py`` writes it as the cross-entropy ``-T^2 sum p_zs log p``, which
+``code/trainers/masktuning.py`` L228-242, called at L321-325 with the frozen encoder's logits
+``original_forward`` L202-208, writes it as the cross-entropy ``-T^2 sum p_zs log p``, which
 differs from the KL by the teacher's entropy: the same gradient).
 
-Departure (no text encoder here). Our backbones have no text tower, and the task head is
-trained with the masks, so there is no zero-shot classifier to compare. The general-knowledge
-term keeps the official form (``T^2`` KL between frozen and adapted softmax predictions of
-logit-scaled cosines, scale 100, ``T = 1``) with the frozen backbone's pooled features of the
-images in the batch as the class embeddings: the instance classifier CLIP itself is
+With a text head (``LossContext.head`` offering ``zero_shot_classifier()``: ``zeroshot_text``,
+``text_linear``, ``coop``, ``clip_adapter``, ``tip_adapter``, ``text_lora`` on a CLIP backbone)
+the term is the official one, with the head's class text embeddings ``t_c`` and logit scale
+``s`` (CLIP's, 100 for OpenAI's weights):
+
+    p_zs_i = softmax_c(s cos(f0_i, t_c) / T),   p_i = softmax_c(s cos(f_i, t_c) / T),
+    L_gk = T^2 * mean_i KL(p_zs_i || p_i),
+
+``f0`` the frozen and ``f`` the masked model's pooled (projected) image features. The class
+embeddings are the prompt ensemble of the task's templates (``tasks/text_heads.py``: mean of
+normalised template embeddings), where the official ``TextEncoder`` normalises the mean of
+unnormalised ones (``masktuning.py`` L74-89): the same with one template.
+
+Departure (no text classifier). With any other head (a linear probe, timm backbones, no text
+tower) there is no zero-shot classifier to compare. The general-knowledge term then keeps the
+official form (``T^2`` KL between frozen and adapted softmax predictions of logit-scaled
+cosines, scale ``gdr_logit_scale`` = 100, ``T = 1``) with the frozen backbone's pooled features
+of the images in the batch as the class embeddings: the instance classifier CLIP itself is
 pre-trained with, where each image is its own class,
 
     p_i = softmax_j(s * cos(f_i, f0_j) / T),   p0_i = softmax_j(s * cos(f0_i, f0_j) / T),
@@ -69,7 +83,8 @@ before the optimiser step. Here:
   nothing: the features exist only inside that forward, and a task's loss context holds the
   head's logits, not them);
 * :meth:`MaskTuning.extra_loss` runs the frozen model on the recorded inputs (masks off, eval
-  mode, no grad: the official teacher pass), computes ``L_gk`` and its gradient ``b`` with
+  mode, no grad: the official teacher pass), computes ``L_gk`` (against the head's zero-shot
+  classifier when ``context.head`` has one, else the instance classifier) and its gradient ``b`` with
   respect to every score (``autograd.grad`` with the graph retained: the official first
   backward), and returns the mask-norm penalty;
 * the task's backward of its loss plus ``mask_norm`` gives each score its ``a``; a gradient hook
@@ -96,8 +111,9 @@ the README uses 0.3 on 16-shot datasets other than ImageNet, SUN397 and Food101)
 ``gdr_temperature = 1``, ``gdr_logit_scale = 100`` (CLIP's). Training recipe there (the
 runner's business, not the adapter's): Adam, lr 8e-5, no weight decay, cosine, 30 epochs,
 batch 32. Also departing from the official code: its ViT additionally masks the patch-embedding
-convolution (``conv1``), which is not among the linear sites here; the official teacher's
-features are CLIP's projected ones, ours the backbone's pooled ones.
+convolution (``conv1``), which is not among the linear sites here. The features compared are
+the backbone's pooled ones: CLIP's projected embedding on CLIP backbones (the official ones),
+which the text term needs.
 """
 
 from __future__ import annotations
@@ -146,7 +162,8 @@ class MaskTuningConfig(AdapterConfig):
         default=1.0, metadata={"help": "temperature T of the general-knowledge KL term"}
     )
     gdr_logit_scale: float = field(
-        default=100.0, metadata={"help": "scale of the cosine logits of the general-knowledge term (CLIP's 100)"}
+        default=100.0, metadata={"help": "scale of the cosine logits of the general-knowledge term without a "
+                                         "text head (CLIP's 100; a text head's own logit scale is used otherwise)"}
     )
 
     def validate(self) -> None:
@@ -229,6 +246,24 @@ def general_knowledge_loss(features: torch.Tensor, frozen_features: torch.Tensor
     return F.kl_div(log_p, log_p0, reduction="batchmean", log_target=True) * temperature**2
 
 
+def zero_shot_knowledge_loss(features: torch.Tensor, frozen_features: torch.Tensor, class_embeddings: torch.Tensor,
+                             logit_scale: float, temperature: float) -> torch.Tensor:
+    """The official ``L_gk = T^2 mean_i KL(p_zs_i || p_i)``: ``p_zs_i = softmax_c(s cos(f0_i, t_c) / T)``
+    (the frozen model's zero-shot prediction) and ``p_i`` the same with the adapted ``f_i``."""
+    classes = F.normalize(class_embeddings.detach().float().to(features.device), dim=-1)
+    adapted = F.normalize(features.flatten(1).float(), dim=-1)
+    frozen = F.normalize(frozen_features.detach().flatten(1).float(), dim=-1)
+    log_p = F.log_softmax(logit_scale * adapted @ classes.T / temperature, dim=-1)
+    log_p_zs = F.log_softmax(logit_scale * frozen @ classes.T / temperature, dim=-1)
+    return F.kl_div(log_p, log_p_zs, reduction="batchmean", log_target=True) * temperature**2
+
+
+def _zero_shot_of(head) -> tuple[torch.Tensor, float] | None:
+    """The head's zero-shot text classifier, or None (no head, or not a text head)."""
+    offer = getattr(head, "zero_shot_classifier", None)
+    return offer() if callable(offer) else None
+
+
 def _stored_name(score_name: str) -> str:
     return score_name.removesuffix(".scores") + ".mask_bits"
 
@@ -238,7 +273,9 @@ class MaskTuning(Adapter):
 
     mergeable = True  # W0 * B(S) is written into the weight
     fp32_state = "its scores (near 1e-2) take updates near 1e-5, which half precision rounds away"
-    version = 2  # 2: the penalty is a loss term and L_gk is computed in extra_loss
+    # 2: the penalty is a loss term and L_gk is computed in extra_loss; 3: L_gk against a text
+    # head's zero-shot classifier when the head has one
+    version = 3
 
     def __init__(self, config: MaskTuningConfig | None = None):
         super().__init__(config)
@@ -270,7 +307,7 @@ class MaskTuning(Adapter):
         if self.merged:
             return {}
         if self.config.gdr:
-            self._general_grads = self._general_knowledge_grads()
+            self._general_grads = self._general_knowledge_grads(_zero_shot_of(context.head))
         if self.config.norm_weight == 0:
             return {}
         return {"mask_norm": self.config.norm_weight * self.mask_norm()}
@@ -293,8 +330,9 @@ class MaskTuning(Adapter):
         if backbone.training and torch.is_grad_enabled() and output.requires_grad and not self._in_frozen_pass:
             self._recorded = (args, kwargs, output)
 
-    def _general_knowledge_grads(self) -> dict[str, torch.Tensor]:
-        """``b``: the gradient of ``L_gk`` w.r.t. every score, for the recorded forward."""
+    def _general_knowledge_grads(self, zero_shot: tuple[torch.Tensor, float] | None = None) -> dict[str, torch.Tensor]:
+        """``b``: the gradient of ``L_gk`` w.r.t. every score, for the recorded forward; against
+        ``zero_shot`` = (class text embeddings, logit scale) when given."""
         recorded, self._recorded = self._recorded, None
         if recorded is None:
             return {}
@@ -302,7 +340,12 @@ class MaskTuning(Adapter):
         with self._frozen_model(self.backbone), torch.no_grad():
             frozen = self.backbone(*args, **kwargs)
         config: MaskTuningConfig = self.config
-        loss = general_knowledge_loss(features, frozen, config.gdr_logit_scale, config.gdr_temperature)
+        if zero_shot is not None:
+            class_embeddings, logit_scale = zero_shot
+            loss = zero_shot_knowledge_loss(features, frozen, class_embeddings, float(logit_scale),
+                                            config.gdr_temperature)
+        else:
+            loss = general_knowledge_loss(features, frozen, config.gdr_logit_scale, config.gdr_temperature)
         names = list(self._masks)
         self._collecting_general_grads = True  # the score hooks must pass b through untouched
         try:

@@ -18,7 +18,7 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import AdaptbenchError
 from ..records import SUCCESS, RunRecord
-from .spec import GRID_OPTION_PREFIX, AdapterEntry, BackboneEntry, MatrixSpec
+from .spec import GRID_HEAD_OPTION_PREFIX, GRID_OPTION_PREFIX, AdapterEntry, BackboneEntry, MatrixSpec
 from .train import cell_id, record_path_for
 
 
@@ -51,6 +51,7 @@ class SearchGroup:
     adapter: AdapterEntry
     task: str
     accelerator: str = "auto"  # resolves ``precision: auto`` (the cell id holds the real one)
+    shots: int | None = None  # this group's k (the spec's shots list), None: all training data
 
     @property
     def has_grid(self) -> bool:
@@ -75,7 +76,7 @@ class SearchGroup:
         return self.adapter.grid_points()[0]
 
     def _cell(self, point: dict[str, Any], seed: int, stage: str, extra: dict[str, Any] | None = None) -> Cell:
-        config = cell_config(self.spec, self.backbone, self.adapter, self.task, point, seed, stage)
+        config = cell_config(self.spec, self.backbone, self.adapter, self.task, point, seed, stage, self.shots)
         config = config.for_accelerator(self.accelerator)
         annotations = {"spec": self.spec.name, "adapter_label": self.adapter.label, **(extra or {})}
         if stage == "tune":
@@ -84,24 +85,50 @@ class SearchGroup:
 
 
 def cell_config(spec: MatrixSpec, backbone: BackboneEntry, adapter: AdapterEntry, task: str,
-                point: dict[str, Any], seed: int, stage: str) -> RunConfig:
-    """Trainer settings: the spec's, then the adapter's, then the grid point's."""
-    train = {**spec.train, **adapter.train}
+                point: dict[str, Any], seed: int, stage: str, shots: int | None = None) -> RunConfig:
+    """Trainer settings: the spec's, then the adapter's, then the grid point's; ``shots``: the
+    group's k from the spec's shots list."""
+    train = {**({"shots": shots} if shots is not None else {}), **spec.train, **adapter.train}
     options = dict(adapter.options)
+    head_options = dict(train.get("head_options") or {})
     for key, value in point.items():
         if key.startswith(GRID_OPTION_PREFIX):
             options[key.removeprefix(GRID_OPTION_PREFIX)] = value
+        elif key.startswith(GRID_HEAD_OPTION_PREFIX):
+            head_options[key.removeprefix(GRID_HEAD_OPTION_PREFIX)] = value
         else:
             train[key] = value
+    if head_options:
+        train["head_options"] = head_options
     return RunConfig(task=task, backbone=backbone.name, adapter=adapter.name, adapter_options=options,
                      weights=backbone.weights, backbone_options=backbone.options, seed=seed, stage=stage, **train)
 
 
 def search_groups(spec: MatrixSpec, accelerator: str = "auto") -> list[SearchGroup]:
-    """Every (backbone, adapter, task) of the spec, in the order written (adapters vary fastest);
-    ``accelerator``: where its cells will run (it decides what ``precision: auto`` means)."""
-    return [SearchGroup(spec, backbone, adapter, task, accelerator)
-            for backbone in spec.backbones for task in spec.tasks for adapter in spec.adapters]
+    """Every (backbone, adapter, task, shots) of the spec, in the order written (shots vary
+    fastest, then adapters); ``accelerator``: where its cells will run (it decides what
+    ``precision: auto`` means)."""
+    return [SearchGroup(spec, backbone, adapter, task, accelerator, shots)
+            for backbone in spec.backbones for task in spec.tasks for adapter in spec.adapters
+            for shots in entry_shots(spec, adapter)]
+
+
+def entry_shots(spec: MatrixSpec, adapter: AdapterEntry) -> tuple[int | None, ...]:
+    """The k values an adapter entry runs: the spec's shots list, unless the entry fixes its own
+    (``train: {shots: ...}``) or trains nothing (``epochs: 0``: zero-shot needs no k)."""
+    if "shots" in adapter.train:
+        return (adapter.train["shots"],)
+    epochs = adapter.train.get("epochs", spec.train.get("epochs"))
+    if epochs == 0 and not _head_reads_training_split(adapter.train.get("head", spec.train.get("head"))):
+        return (None,)
+    return spec.shots
+
+
+def _head_reads_training_split(head: str | None) -> bool:
+    """An untrained head built from the training split (Tip-Adapter's cache) still needs its k."""
+    from ..registry import HEADS
+
+    return head is not None and bool(getattr(HEADS.get(head), "reads_training_split", False))
 
 
 # -- records on disk -----------------------------------------------------------------------

@@ -26,12 +26,12 @@ def evaluate_checkpoint(
     from ..registry import TASKS
     from ..config import auto_precision
     from ..tasks.data import split_batches
-    from ..tasks.heads import build_head
+    from ..tasks.heads import build_head, load_head_state
     from ..tasks.kinds import task_kind
-    from ..tasks.samples import task_samples
+    from ..tasks.samples import task_samples, with_class_names
     from .train import RunPlace, trainer_for
 
-    spec = TASKS.get(task)
+    spec = with_class_names(TASKS.get(task), data_root)
     kind = task_kind(spec.kind)
     split = split or spec.splits[3]
     samples = task_samples(spec, split, data_root)  # the data first: no backbone for a wrong root
@@ -41,9 +41,10 @@ def evaluate_checkpoint(
     backbone = load_backbone(backbone_name, weights=weights)
     adapter, head_state = load_adapter(backbone, checkpoint)
     prompt = head_info.get("prompt", "none")
-    head = build_head(head_info.get("head", kind.default_head), backbone, spec, prompt=prompt)
+    head = build_head(head_info.get("head", kind.default_head), backbone, spec, prompt=prompt,
+                      options=head_info.get("head_options"))
     try:
-        head.load_state_dict(head_state)
+        load_head_state(head, head_state)
     except RuntimeError as err:  # torch's message spans lines: keep its first
         raise AdaptbenchError(f"adapter checkpoint {checkpoint}: its head does not fit task {spec.name!r} on "
                               f"{backbone_name}: {str(err).strip().splitlines()[-1].strip()}") from None

@@ -212,7 +212,7 @@ class MatrixRun:
                    if (record := _read_if_present(path)) is not None]
         if not records:
             return []
-        boards = build_leaderboards(records)
+        boards = build_leaderboards(records, wise=self.spec.leaderboard_wise)
         self.console.print(render_terminal(boards))
         return write_leaderboards(boards, self.spec.leaderboard_out, self.spec.leaderboard_name,
                                   self.spec.leaderboard_formats)

@@ -18,12 +18,14 @@ Keys (all but ``backbones``, ``adapters`` and ``tasks`` optional)::
       - linear
       - {name: lora, label: lora_r4, options: {r: 4}, train: {lr: 5e-3}, grid: {...}}
     seeds: [0, 1, 2]                 # or a count: 3 -> [0, 1, 2]
+    shots: [1, 4, 16]                # few-shot: one cell per k (k per class); an entry that sets
+                                     #   train: {shots: ...} (or epochs: 0, zero-shot) is not repeated
     train: {epochs: 100, batch_size: 64, lr: 1e-3, weight_decay: 1e-4}   # adaptbench.config.TRAIN_FIELDS
     policy: {deterministic: true, matmul_precision: auto, validation: end, compile: false}  # not in cell ids
-    grid: {lr: [1e-3, 1e-2], options.r: [4, 8]}   # searched on the tune stage, then final runs
+    grid: {lr: [1e-3, 1e-2], options.r: [4, 8], head_options.alpha: [1, 2]}   # searched on the tune stage
     data_root: ~/data/vtab-1k        # where tasks read their data (the CLI's --data-root wins)
     out: results/micro               # run records (default results/<name>)
-    leaderboard: {out: leaderboard, formats: [md, csv, tex, html]}
+    leaderboard: {out: leaderboard, formats: [md, csv, tex, html], wise: false}   # wise: WiSE-FT columns
 
 Mappings merge deeply across ``include``; lists and scalars are replaced. The trainer
 settings, backbone options and policy are the fields of ``adaptbench/config.py``, checked by
@@ -41,13 +43,14 @@ from ..config import TRAIN_FIELDS, BackboneOptions, ConfigError, RunConfig, RunP
 from ..errors import AdaptbenchError, did_you_mean
 from ..yaml_files import Where, read_with_includes
 
-TOP_LEVEL_KEYS = ("name", "description", "include", "backbones", "tasks", "adapters", "seeds",
+TOP_LEVEL_KEYS = ("name", "description", "include", "backbones", "tasks", "adapters", "seeds", "shots",
                   "train", "policy", "grid", "data_root", "out", "leaderboard")
 ADAPTER_KEYS = ("name", "label", "options", "train", "grid")
 BACKBONE_KEYS = ("name", "weights", "options")
-LEADERBOARD_KEYS = ("out", "name", "formats")
+LEADERBOARD_KEYS = ("out", "name", "formats", "wise")
 LEADERBOARD_FORMATS = ("md", "csv", "tex", "html")
 GRID_OPTION_PREFIX = "options."
+GRID_HEAD_OPTION_PREFIX = "head_options."
 
 
 def _positive_int(value: Any) -> bool:
@@ -95,6 +98,8 @@ class MatrixSpec:
     leaderboard_formats: tuple[str, ...]
     description: str = ""
     policy: RunPolicy = field(default_factory=RunPolicy)
+    shots: tuple[int | None, ...] = (None,)  # the few-shot k values (None: all training data)
+    leaderboard_wise: bool = False  # WiSE-FT columns (leaderboard: {wise: true})
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -108,7 +113,7 @@ def load_spec(path: str | Path) -> MatrixSpec:
 # -- checking and resolving ----------------------------------------------------------------
 def _resolve(raw: dict[str, Any], where: Where) -> MatrixSpec:
     for key in raw:
-        if key in TRAIN_FIELDS:  # a trainer setting written at the top level
+        if key in TRAIN_FIELDS and key not in TOP_LEVEL_KEYS:  # a trainer setting written at the top level
             raise where.error((key,), f"unknown key; trainer settings go under train: (train: {{{key}: ...}})")
     _check_known_keys(raw, TOP_LEVEL_KEYS, (), where)
     for required in ("backbones", "adapters", "tasks"):
@@ -124,6 +129,7 @@ def _resolve(raw: dict[str, Any], where: Where) -> MatrixSpec:
     _check_unique_labels(adapters, where)
     for index, entry in enumerate(adapters):
         _check_combinations(train, entry, index, global_grid, where)
+        _check_head_options(train, entry, index, global_grid, where)
     leaderboard = _check_leaderboard(raw.get("leaderboard") or {}, where)
     data_root = raw.get("data_root")
     if data_root is not None and not isinstance(data_root, str):
@@ -139,11 +145,13 @@ def _resolve(raw: dict[str, Any], where: Where) -> MatrixSpec:
         adapters=adapters,
         seeds=_check_seeds(raw.get("seeds", [0]), where),
         train=train,
+        shots=_check_shots(raw.get("shots"), train, where),
         data_root=str(Path(data_root).expanduser()) if data_root else None,
         out=Path(out).expanduser(),
         leaderboard_out=Path(leaderboard.get("out", "leaderboard")).expanduser(),
         leaderboard_name=leaderboard.get("name", name),
         leaderboard_formats=tuple(leaderboard.get("formats", LEADERBOARD_FORMATS)),
+        leaderboard_wise=leaderboard.get("wise", False),
         description=str(raw.get("description", "")),
         policy=_check_section(RunPolicy, raw.get("policy") or {}, ("policy",), where),
     )
@@ -206,12 +214,13 @@ def _check_grid(grid: Any, keys: tuple[Any, ...], where: Where) -> dict[str, lis
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise where.error((*keys, key), f"expected a non-empty list of values, got {values!r}")
-        if str(key).startswith(GRID_OPTION_PREFIX):
-            checked[key] = values  # checked against the adapter's options (_check_adapter_options)
+        if str(key).startswith((GRID_OPTION_PREFIX, GRID_HEAD_OPTION_PREFIX)):
+            checked[key] = values  # checked against the adapter's / head's options (_check_*_options)
             continue
         if key not in TRAIN_FIELDS:
             raise where.error((*keys, key), f"unknown grid key{did_you_mean(str(key), TRAIN_FIELDS)}; expected "
-                                            f"a trainer setting ({', '.join(TRAIN_FIELDS)}) or options.<name>")
+                                            f"a trainer setting ({', '.join(TRAIN_FIELDS)}), options.<name> or "
+                                            f"head_options.<name>")
         for i, value in enumerate(values):
             _check_field(RunConfig, key, value, (*keys, key, i), where)
         checked[key] = values
@@ -262,8 +271,8 @@ def _adapter_entry(item: Any, index: int, global_grid: dict[str, list[Any]], whe
     grid = global_grid if "grid" not in item else _check_grid(item["grid"] or {}, (*keys, "grid"), where)
     grid_keys = ("grid",) if "grid" not in item else (*keys, "grid")
     _check_adapter_options(item["name"], options, grid, grid_keys, keys, where)
-    return AdapterEntry(item["name"], label, dict(options),
-                        _check_train(item.get("train") or {}, (*keys, "train"), where), grid)
+    train = _check_train(item.get("train") or {}, (*keys, "train"), where)
+    return AdapterEntry(item["name"], label, dict(options), train, grid)
 
 
 def _check_unique_labels(adapters: tuple[AdapterEntry, ...], where: Where) -> None:
@@ -327,7 +336,7 @@ def _check_combinations(train: dict[str, Any], entry: AdapterEntry, index: int,
     for point in entry.grid_points():
         settings = {**train, **entry.train, **{k: v for k, v in point.items() if k in TRAIN_FIELDS}}
         warmup, epochs = settings.get("warmup_epochs"), settings.get("epochs")
-        if warmup is None or epochs is None or warmup <= epochs:
+        if warmup is None or not epochs or warmup <= epochs:  # epochs 0: nothing trains, no warm-up
             continue
         if "warmup_epochs" in point:
             at = ("grid", "warmup_epochs") if entry.grid is global_grid else ("adapters", index, "grid", "warmup_epochs")
@@ -337,6 +346,32 @@ def _check_combinations(train: dict[str, Any], entry: AdapterEntry, index: int,
             at = ("train", "warmup_epochs")
         raise where.error(at, f"expected at most the epochs ({epochs}), got {warmup}")
 
+
+def _check_head_options(train: dict[str, Any], entry: AdapterEntry, index: int,
+                        global_grid: dict[str, list[Any]], where: Where) -> None:
+    """Every head option (written under train, or searched by the grid) is one the entry's head
+    has, with a value its config accepts; the error points where it is written."""
+    from ..registry import HEADS
+    from ..tasks.heads import check_head_options
+
+    in_entry = "head_options" in entry.train
+    written = entry.train.get("head_options", train.get("head_options")) or {}
+    written_at = ("adapters", index, "train", "head_options") if in_entry else ("train", "head_options")
+    grid_at = ("grid",) if entry.grid is global_grid else ("adapters", index, "grid")
+    located = [((*written_at, option), option, [value]) for option, value in written.items()]
+    located += [((*grid_at, key), key.removeprefix(GRID_HEAD_OPTION_PREFIX), values)
+                for key, values in entry.grid.items() if key.startswith(GRID_HEAD_OPTION_PREFIX)]
+    if not located:
+        return
+    head = entry.train.get("head", train.get("head"))
+    if head is None:
+        raise where.error(located[0][0], "head options need a head: set train.head (e.g. head: coop)")
+    for at, option, values in located:
+        for value in values:
+            try:
+                check_head_options(head, HEADS.get(head), {option: value})
+            except AdaptbenchError as err:
+                raise where.error(at, err.message) from None
 
 
 def _expand_tasks(items: list[Any], where: Where) -> tuple[str, ...]:
@@ -360,6 +395,20 @@ def _expand_tasks(items: list[Any], where: Where) -> tuple[str, ...]:
     return tuple(tasks)
 
 
+def _check_shots(shots: Any, train: dict[str, Any], where: Where) -> tuple[int | None, ...]:
+    """``shots: [1, 4, 16]`` (k per class, one cell each) or absent (all training data)."""
+    if shots is None:
+        return (None,)
+    if "shots" in train:
+        raise where.error(("shots",), "set either the top-level shots list or train.shots, not both")
+    if _positive_int(shots):
+        shots = [shots]
+    if (not isinstance(shots, list) or not shots or not all(_positive_int(k) for k in shots)
+            or len(set(shots)) != len(shots)):
+        raise where.error(("shots",), f"expected a list of distinct integers >= 1 (k per class), got {shots!r}")
+    return tuple(shots)
+
+
 def _check_seeds(seeds: Any, where: Where) -> tuple[int, ...]:
     if _positive_int(seeds):
         return tuple(range(seeds))
@@ -371,7 +420,7 @@ def _check_seeds(seeds: Any, where: Where) -> tuple[int, ...]:
 
 def _check_leaderboard(leaderboard: Any, where: Where) -> dict[str, Any]:
     if not isinstance(leaderboard, dict):
-        raise where.error(("leaderboard",), f"expected a mapping (out, name, formats), got {leaderboard!r}")
+        raise where.error(("leaderboard",), f"expected a mapping (out, name, formats, wise), got {leaderboard!r}")
     _check_known_keys(leaderboard, LEADERBOARD_KEYS, ("leaderboard",), where)
     formats = leaderboard.get("formats", list(LEADERBOARD_FORMATS))
     if not isinstance(formats, list) or not all(f in LEADERBOARD_FORMATS for f in formats):
@@ -380,4 +429,6 @@ def _check_leaderboard(leaderboard: Any, where: Where) -> dict[str, Any]:
     for key in ("out", "name"):
         if key in leaderboard and not isinstance(leaderboard[key], str):
             raise where.error(("leaderboard", key), f"expected a string, got {leaderboard[key]!r}")
+    if "wise" in leaderboard and not isinstance(leaderboard["wise"], bool):
+        raise where.error(("leaderboard", "wise"), f"expected true or false, got {leaderboard['wise']!r}")
     return leaderboard

@@ -225,33 +225,52 @@ def _prepare(config: RunConfig, place: RunPlace, resolved: dict[str, Any]) -> Pr
     from ..tasks.data import split_batches
     from ..tasks.heads import build_head
     from ..tasks.kinds import task_kind
+    from ..tasks.samples import with_class_names
 
-    spec = TASKS.get(config.task)
+    spec = with_class_names(TASKS.get(config.task), place.data_root)  # CoOp tasks: names from the data
     kind = task_kind(spec.kind)
     plan = split_plan(spec, config.stage)
-    samples = check_splits(config, place.data_root)
-    if config.shots is not None:  # few-shot: a seeded subset of the training split only
-        samples[plan.train_split] = kind.few_shot(samples[plan.train_split], config.shots, config.seed, spec)
+    samples = few_shot_samples(config, kind, spec, plan, check_splits(config, place.data_root))
     check_precision(config.adapter, config.precision)
     L.seed_everything(config.seed, workers=True, verbose=False)
     backbone = load_backbone(config.backbone, weights=config.weights, options=config.backbone_options)
     adapter = build_adapter(config.adapter, backbone, config.adapter_options)
     settings = {"lr": config.lr, "weight_decay": config.weight_decay, "warmup_epochs": resolved["warmup_epochs"],
                 "label_smoothing": config.label_smoothing, "pool": config.pool, "head": resolved["head"],
-                "prompt": config.prompt, "seed": config.seed}
-    head = build_head(resolved["head"], backbone, spec, prompt=config.prompt)
+                "head_options": dict(config.head_options), "prompt": config.prompt, "seed": config.seed}
+    head = build_head(resolved["head"], backbone, spec, prompt=config.prompt, options=config.head_options)
     module = kind.build_module(backbone, adapter, head, spec, settings)
+    if resolved["epochs"] > 0 and not module.trainable_parameters():
+        raise AdaptbenchError(f"adapter {config.adapter!r} with head {resolved['head']!r} trains nothing; "
+                              f"evaluate it with epochs: 0, or pick a trainable head or adapter")
     if place.policy.compile:
         backbone.compile()  # in place: parameter names, hooks and the adapter's references stay
     started = time.perf_counter()
+    # an untrained run reads its training split only when its head is built from it (a cache model)
+    roles = [("eval", plan.eval_split)]
+    if resolved["epochs"] > 0 or hasattr(head, "prepare"):
+        roles.insert(0, ("train", plan.train_split))
     batches = {
         role: split_batches(kind, samples[split], backbone.data_config, spec, split, config.batch_size,
                             shuffle=role == "train", seed=config.seed, workers=place.num_workers)
-        for role, split in (("train", plan.train_split), ("eval", plan.eval_split))
+        for role, split in roles
     }
     timings = {"decode_s": time.perf_counter() - started}
     return Prepared(spec, kind, plan, backbone, adapter, module, batches, settings,
                     _device_name(place.accelerator), timings)
+
+
+def few_shot_samples(config: RunConfig, kind, spec, plan, samples: dict[str, list]) -> dict[str, list]:
+    """The splits of a ``shots``-shot run: k per class of the training split, drawn with the
+    seed; a tune run also validates on ``min(k, 4)`` per class (``TaskKind.few_shot_validation``).
+    The test split is never subsampled."""
+    if config.shots is None:
+        return samples
+    samples = dict(samples)
+    samples[plan.train_split] = kind.few_shot(samples[plan.train_split], config.shots, config.seed, spec)
+    if not plan.eval_is_test:
+        samples[plan.eval_split] = kind.few_shot_validation(samples[plan.eval_split], config.shots, config.seed, spec)
+    return samples
 
 
 # -- training and evaluating -----------------------------------------------------------------
@@ -299,7 +318,9 @@ def _place_inputs(prepared: Prepared, resolved: dict[str, Any], place: RunPlace,
 def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPlace,
                       callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     from ..adapters.accounting import parameter_report
+    from ..tasks.heads import prepare_head
     from .measure import ThroughputMeter, peak_memory, reset_peak_memory
+    from .wise import WiseFT
 
     plan, module = prepared.plan, prepared.module
     epochs = resolved["epochs"]
@@ -310,6 +331,10 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
     loaders, timings = prepared.loaders, prepared.timings
     metrics: dict[str, dict[str, float]] = {}
     every_epoch = place.policy.validation == "every_epoch" and not plan.eval_is_test
+    started = time.perf_counter()
+    if "train" in loaders and prepare_head(module, loaders["train"], trainer.strategy.root_device):
+        timings["head_prepare_s"] = time.perf_counter() - started
+    wise = WiseFT(module) if resolved.get("wise_ft") and plan.eval_is_test else None
     started = time.perf_counter()
     if epochs > 0:
         trainer.fit(module, loaders["train"], loaders["eval"] if every_epoch else None)
@@ -323,6 +348,8 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
     timings["eval_s"] = time.perf_counter() - started
     prefix = "test_" if plan.eval_is_test else "val_"
     metrics[plan.eval_split] = _split_metrics(evaluated[0] if evaluated else {}, prefix)
+    if wise is not None:
+        metrics[plan.eval_split].update(wise.evaluate(resolved["wise_ft"], trainer, loaders["eval"]))
     kind = prepared.kind
     primary = kind.primary_metric_of(prepared.spec)
     if primary not in metrics[plan.eval_split]:
@@ -346,7 +373,8 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
         "peak_memory_kind": memory_kind,
         "data": {
             "train_split": plan.train_split, "eval_split": plan.eval_split,
-            "train_size": len(loaders["train"].dataset), "eval_size": eval_size, "inputs": inputs,
+            "train_size": len(loaders["train"].dataset) if "train" in loaders else 0, "eval_size": eval_size,
+            "inputs": inputs,
             **kind.data_description(prepared.backbone.data_config),
         },
     }
@@ -361,7 +389,8 @@ def _save_checkpoint(prepared: Prepared, record_path: Path) -> Path:
 
     path = record_path.with_suffix(".adapter.safetensors")
     head_info = {**prepared.kind.head_info(prepared.spec, prepared.settings, prepared.backbone),
-                 "kind": prepared.spec.kind, "head": prepared.settings["head"]}
+                 "kind": prepared.spec.kind, "head": prepared.settings["head"],
+                 "head_options": prepared.settings["head_options"]}
     return save_adapter(prepared.adapter, path, head=prepared.module.head, head_info=head_info)
 
 

@@ -118,7 +118,8 @@ class TaskModule(L.LightningModule):
         inputs, targets = batch
         outputs = self._outputs(inputs)
         loss = self.task_loss(outputs, targets)
-        extras = self.adapter.extra_loss(LossContext(inputs, outputs, targets, loss, self._outputs, self.global_step))
+        extras = self.adapter.extra_loss(LossContext(inputs, outputs, targets, loss, self._outputs, self.global_step,
+                                                       self.head))
         total = loss + sum(extras.values()) if extras else loss
         self._note_nonfinite(total)
         size = _batch_size(targets)
@@ -236,6 +237,13 @@ class TaskKind:
         from ..datasets.subsets import per_class_subset
 
         return per_class_subset(samples, shots, seed, spec.name)
+
+    def few_shot_validation(self, samples, shots: int, seed: int, spec):
+        """The validation split of a ``shots``-shot tune run: ``min(shots, 4)`` per class, or all a
+        class has when fewer (CoOp's protocol: ``generate_fewshot_dataset(val, min(k, 4))``)."""
+        from ..datasets.subsets import per_class_subset
+
+        return per_class_subset(samples, min(shots, 4), seed, spec.name, allow_fewer=True)
 
     def primary_metric_of(self, spec) -> str:
         """The metric that ranks ``spec``'s leaderboard (a dataset may name another one of the

@@ -35,6 +35,27 @@ def task_samples(spec: TaskSpec, split: str, data_root: str | Path | None):
     return reader_of(spec).samples(data_root_of(spec, data_root), spec, split)
 
 
+def task_class_names(spec: TaskSpec, data_root: str | Path | None) -> tuple[str, ...]:
+    """The class names of ``spec`` in label order: the specification's, else what its data
+    holds (the reader's ``class_names``); empty when neither names them."""
+    if spec.class_names:
+        return tuple(spec.class_names)
+    if spec.embedded:
+        return ()
+    names = reader_of(spec).class_names(data_root_of(spec, data_root), spec)
+    return tuple(names or ())
+
+
+def with_class_names(spec: TaskSpec, data_root: str | Path | None) -> TaskSpec:
+    """``spec`` with its class names filled in from its data when the specification has none."""
+    from dataclasses import replace
+
+    if spec.class_names:
+        return spec
+    names = task_class_names(spec, data_root)
+    return replace(spec, class_names=names) if names else spec
+
+
 def _embedded_spec(spec: TaskSpec, folder: str) -> TaskSpec:
     from dataclasses import replace
 

@@ -195,6 +195,10 @@ class SegmentationKind(TaskKind):
 
         return image_subset(samples, shots, seed, spec.name)
 
+    def few_shot_validation(self, samples, shots: int, seed: int, spec):
+        """Dense tasks validate on the whole validation split (a few images would not rank anything)."""
+        return samples
+
     def primary_metric_of(self, spec) -> str:
         return str(spec.options.get("primary_metric", self.primary_metric))
 
