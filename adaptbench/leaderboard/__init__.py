@@ -47,10 +47,25 @@ settings that differ among their configs appended (``lora [r=4]``, ``lora [r=8]`
   row's runs; CPU runs record the process's peak RSS, GPU runs torch's peak CUDA allocation:
   the board's notes say which).
 
+**Few-shot boards** (``fewshot.py``): when a benchmark's final records have ``shots`` (k
+examples per class), its columns are ``k=1``, ``k=2``, ... instead of the tasks: each cell
+the mean over the tasks, ``mean ± std`` over seeds (per seed the mean over tasks, then mean
+and sample std over seeds), then ``Mean`` over the k columns, by which rows rank. A row's
+identity leaves ``shots`` out (one method at every k is one row). A row evaluated without
+training (``epochs: 0``) and without shots -- zero-shot -- fills every k column. The per-task
+cells (task x k per row) are Markdown tables under the main one and ``<name>-tasks.csv``.
+The plot is the mean over tasks against k (log2 axis), a line per row.
+
+**WiSE-FT** (``build_leaderboards(records, wise=True)``, ``adaptbench leaderboard --wise``,
+a spec's ``leaderboard: {wise: true}``): a column ``α=<alpha>`` per interpolation the records
+evaluated (``metrics[<split>]["<metric>@wise<alpha>"]``), reduced like the row's mean.
+
 **Reported numbers** (``references.py``, package data ``references.csv``) are published means
-for ViT-B/16 with ImageNet-21k augreg weights. They are appended as rows marked ``reported``
-with their source when the board's benchmark is ``vtab1k`` or ``fgvc`` and one of its
-backbones is ``vit_base_patch16_224.augreg_in21k`` (with or without ``timm:``). Each value sits
+for ViT-B/16 with ImageNet-21k augreg weights (and, on few-shot ``coop`` boards, the CoOp
+11-dataset averages for CLIP, in their k columns, shown only when our board has all 11
+tasks). They are appended as rows marked ``reported`` with their source when the board's
+benchmark, backbone and head are theirs (``vit_base_patch16_224.augreg_in21k``, with or
+without ``timm:``, and ``linear`` on ``vtab1k`` and ``fgvc``). Each value sits
 in the mean column it was computed as, one row per (method, source), so disagreeing sources
 stay visible. They average the whole benchmark; the notes say how many tasks ours cover.
 
@@ -73,6 +88,7 @@ from .render import (
     render_html,
     render_latex,
     render_markdown,
+    render_tasks_csv,
     render_terminal,
     write_leaderboards,
 )
@@ -87,6 +103,7 @@ __all__ = [
     "render_html",
     "render_latex",
     "render_markdown",
+    "render_tasks_csv",
     "render_terminal",
     "row_labels",
     "write_leaderboards",
@@ -98,10 +115,10 @@ class _CallableModule(types.ModuleType):
     Python API's leaderboard (:func:`adaptbench.leaderboard.text.make_leaderboard`), and the module stays a
     module for ``from adaptbench.leaderboard import build_leaderboards``."""
 
-    def __call__(self, records, format: str = "md") -> str:  # noqa: A002 - the CLI's --format
+    def __call__(self, records, format: str = "md", wise: bool = False) -> str:  # noqa: A002 - the CLI's --format
         from .text import make_leaderboard
 
-        return make_leaderboard(records, format=format)
+        return make_leaderboard(records, format=format, wise=wise)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -14,6 +14,10 @@ The steps, each a small function below:
 6. published numbers (``references.py``) are appended as "reported" rows when the backbone and
    benchmark match.
 
+A board whose final records have ``shots`` is a few-shot board (``fewshot.py``): k = 1, 2,
+... are its columns instead of the tasks. ``wise=True`` adds the WiSE-FT columns (``α=<alpha>``)
+to either layout for rows whose records evaluated weight interpolations.
+
 A board keeps two views of the same rows: ``table`` (strings, what every format shows) and
 ``summary`` (numbers, for the plot and for programs).
 """
@@ -37,10 +41,13 @@ NOT_APPLICABLE = "n/a"  # a cell whose adapter cannot run on the row's backbone
 MEAN_TASKS = "Mean (tasks)"
 MEAN_GROUPS = "Mean (groups)"
 PARAMS = "Params w/o head (M)"
+HEAD_PARAMS = "Head params (M)"  # trained head tensors: the whole method for CoOp, Tip-Adapter-F ...
 EXTRA = "Extra inf. params"
 CKPT = "Ckpt (KB)"
 SPEED = "img/s"
 MEMORY = "Peak mem (MB)"
+LEADING_COLUMNS = ("Rank", "Adapter", "Backbone", "Head", "Source")
+COST_COLUMNS = ("Seeds", PARAMS, HEAD_PARAMS, EXTRA, CKPT, SPEED, MEMORY)
 GROUP_ORDER = ("natural", "specialized", "structured", "fgvc")
 ROW_KEY = ["row_id"]  # a row is a config (row_config), whatever its label
 DECIMALS = 2  # shown, and the precision at which ranks tie
@@ -57,7 +64,7 @@ class Leaderboard:
 
     benchmark: str
     table: pd.DataFrame  # strings: what md / csv / tex / html / terminal show
-    # numbers per row: adapter (the shown label), backbone, row_id ("" for reported rows),
+    # numbers per row: adapter (the shown label), backbone, head, row_id ("" for reported rows),
     # source, reported, means, params_m, rank, and not_applicable / na_reason (why the row's
     # n/a cells cannot run; "" when none)
     summary: pd.DataFrame
@@ -69,17 +76,28 @@ class Leaderboard:
     notes: list[str] = field(default_factory=list)  # the n/a reasons are among them (na_notes)
     warnings: list[str] = field(default_factory=list)
     na_notes: list[str] = field(default_factory=list)  # "n/a: <adapter> | <backbone>: <reason>", per row
+    # few-shot boards: the k column names ("k=1", ..., "k=all" for rows trained on all the data);
+    # the summary holds each one's number under the same name
+    k_columns: list[str] = field(default_factory=list)
+    shots: list[int] = field(default_factory=list)  # the k of the numeric k columns, ascending
+    # few-shot boards: one row per (row of ours, task, k): Adapter, Backbone, Head, Task, k, Cell
+    # (the shown text), mean, std, seeds; None for other boards
+    per_task: pd.DataFrame | None = None
+    wise_columns: list[str] = field(default_factory=list)  # "α=0", "α=0.5", ... (numbers in the summary too)
 
     @property
     def has_reported_rows(self) -> bool:
         return bool(self.summary["reported"].any())
 
 
-def build_leaderboards(records: Sequence[RunRecord | Mapping[str, Any]]) -> list[Leaderboard]:
+def build_leaderboards(records: Sequence[RunRecord | Mapping[str, Any]], wise: bool = False) -> list[Leaderboard]:
     """One leaderboard per benchmark found in ``records`` (sorted by benchmark name).
 
     ``records`` are :class:`RunRecord` s (``load_records``); a plain dict is read as one.
+    ``wise``: add a column per WiSE-FT interpolation the records evaluated (``α=<alpha>``).
     """
+    from .fewshot import fewshot_board, is_few_shot
+
     if not records:
         return []
     facts = _facts_table([record if isinstance(record, RunRecord) else RunRecord.from_data(record)
@@ -92,18 +110,22 @@ def build_leaderboards(records: Sequence[RunRecord | Mapping[str, Any]]) -> list
             continue  # only a hyper-parameter search: nothing to rank yet
         final, label_warnings = _labelled(final)
         final, duplicates = _newest_per_seed(final)
-        boards.append(_board(str(benchmark), final,
-                             warnings + label_warnings + duplicates + _failure_warnings(final)))
+        make = fewshot_board if is_few_shot(final) else _board
+        boards.append(make(str(benchmark), final,
+                           warnings + label_warnings + duplicates + _failure_warnings(final), wise=wise))
     return boards
 
 
 def _facts_table(records: Sequence[RunRecord]) -> pd.DataFrame:
     facts = pd.DataFrame([record_facts(record) for record in records])
     numeric = ["score", "trainable", "extra_inference", "extra_inference_merged", "checkpoint_bytes",
-               "images_per_s", "peak_memory_bytes"]
+               "images_per_s", "peak_memory_bytes", "shots", "epochs"]
     facts[numeric] = facts[numeric].apply(pd.to_numeric, errors="coerce")  # None -> NaN
     facts["ok"] = facts["ok"].astype(bool)
     facts["na"] = facts["na"].astype(bool)
+    # the few-shot column of a record: "1", "16", ...; "" for all the training data
+    facts["k"] = [f"{shots:.0f}" if pd.notna(shots) else "" for shots in facts["shots"]]
+    facts["missing"] = False  # a score that should be there and is not (a WiSE-FT alpha a run lacks)
     # Parsed, not compared as text: records written in other time zones must still order right.
     facts["when"] = pd.to_datetime(facts["created_at"], utc=True, errors="coerce", format="ISO8601")
     return facts
@@ -116,14 +138,14 @@ def _tune_warning(count: int) -> list[str]:
 
 
 def _newest_per_seed(final: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Keep the newest record of each (row, task, seed) -- the same cell found twice, e.g. in
-    two result folders; say which were dropped."""
-    key = [*ROW_KEY, "task", "seed"]
+    """Keep the newest record of each (row, task, shots, seed) -- the same cell found twice, e.g.
+    in two result folders; say which were dropped."""
+    key = [*ROW_KEY, "task", "k", "seed"]
     ordered = final.sort_values("when", kind="stable", na_position="first")
     kept = ordered.drop_duplicates(subset=key, keep="last")
     dropped = ordered.drop(kept.index)
     warnings = [
-        f"{row.adapter} | {row.backbone} | {row.task} | seed {row.seed}: kept the newest record, "
+        f"{row.adapter} | {row.backbone} | {_cell_name(row)} | seed {row.seed}: kept the newest record, "
         f"ignored older run {row.run_id or '?'} ({row.created_at or 'no created_at'})"
         for row in dropped.itertuples()
     ]
@@ -231,33 +253,40 @@ def _value_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _cell_name(row) -> str:
+    """A record's task, and its shots on few-shot boards: ``coop/dtd k=4``."""
+    return f"{row.task} k={row.k}" if row.k else row.task
+
+
 def _failure_warnings(final: pd.DataFrame, shown: int = 20) -> list[str]:
     """Each failed run with its error (the first ``shown``), so a failed cell can be traced.
     n/a runs are not failures: their reasons are notes."""
     failed = final[~final["ok"] & ~final["na"]].sort_values(["adapter", "backbone", "task", "seed"])
-    warnings = [f"{row.adapter} | {row.backbone} | {row.task} | seed {row.seed} failed: {row.error}"
+    warnings = [f"{row.adapter} | {row.backbone} | {_cell_name(row)} | seed {row.seed} failed: {row.error}"
                 for row in failed.head(shown).itertuples()]
     if len(failed) > shown:
         warnings.append(f"... and {len(failed) - shown} more failed run(s)")
     return warnings
 
 
-def _board(benchmark: str, final: pd.DataFrame, warnings: list[str]) -> Leaderboard:
+def _board(benchmark: str, final: pd.DataFrame, warnings: list[str], wise: bool = False) -> Leaderboard:
     tasks = _ordered_tasks(final)
     group_of = final.drop_duplicates("task").set_index("task")["group"].to_dict()
     groups = sorted(set(group_of.values()), key=_group_sort_key)
     metric, higher_is_better = _direction(final, warnings)
     references = references_for(benchmark, set(zip(final["backbone"], final["head_name"])))
+    references = references[references["shots"].isna() | (references["shots"] == 0)]  # no few-shot numbers here
+    alphas = wise_alphas(final, warnings) if wise else []
     # Group columns (and the mean of group means) only say something new with two groups or more,
     # or when a published mean of group means sits beside ours.
     column_groups = groups if len(groups) > 1 or (references["mean_kind"] == "group_mean").any() else []
     cells = _cells(final)
     memory_kinds = set(final["peak_memory_kind"].dropna())
-    ours = [_our_row(rows, cells.loc[row_id], tasks, group_of, column_groups, memory_kinds)
+    ours = [_our_row(rows, cells.loc[row_id], tasks, group_of, column_groups, memory_kinds, alphas)
             for row_id, rows in final.groupby("row_id", sort=True)]
     summary = _ranked(pd.DataFrame([numbers for numbers, _ in ours]), higher_is_better)
     texts = [dict(text, Rank=_rank_text(rank)) for (_, text), rank in zip(ours, summary["rank"])]
-    reported = [_reported_row(ref, tasks, column_groups) for ref in references.itertuples()
+    reported = [_reported_row(ref, tasks, column_groups, alphas) for ref in references.itertuples()
                 if not ref.mean_kind.startswith("task:") or ref.mean_kind.removeprefix("task:") in tasks]
     if reported:
         summary = pd.concat([summary, pd.DataFrame([numbers for numbers, _ in reported])], ignore_index=True)
@@ -265,10 +294,11 @@ def _board(benchmark: str, final: pd.DataFrame, warnings: list[str]) -> Leaderbo
     order = _row_order(summary)
     board = Leaderboard(
         benchmark=benchmark,
-        table=pd.DataFrame(texts).loc[order, _columns(tasks, column_groups)].reset_index(drop=True).astype(str),
+        table=pd.DataFrame(texts).loc[order, _columns(tasks, column_groups, alphas)].reset_index(drop=True)
+        .astype(str),
         summary=summary.loc[order].reset_index(drop=True),
         tasks=tasks, groups=groups, metric=metric, higher_is_better=higher_is_better,
-        records_used=len(final), warnings=warnings,
+        records_used=len(final), warnings=warnings, wise_columns=list(map(wise_column, alphas)),
     )
     board.na_notes = _na_notes(board.summary)
     board.notes = _notes(board, final, show_groups=bool(column_groups)) + board.na_notes
@@ -299,22 +329,72 @@ def _direction(final: pd.DataFrame, warnings: list[str]) -> tuple[str, bool]:
     return metrics[0], True if len(directions) > 1 else bool(directions.pop())
 
 
-def _cells(final: pd.DataFrame) -> pd.DataFrame:
-    """Per (row, task): seeds run, failed, n/a, mean and sample std of the score."""
-    failed = final.assign(failed=~final["ok"] & ~final["na"])
-    grouped = failed.groupby([*ROW_KEY, "task"], sort=True)
+def _cells(final: pd.DataFrame, by: Sequence[str] = ("task",)) -> pd.DataFrame:
+    """Per (row, *by) -- a task; a k and a task on few-shot boards: seeds run, failed, n/a,
+    missing (runs without the score: a WiSE-FT alpha they did not evaluate), mean and sample
+    std of the score. ``runs`` is NaN where every run misses the score (no run)."""
+    flagged = final.assign(failed=~final["ok"] & ~final["na"] & ~final["missing"], present=~final["missing"])
+    grouped = flagged.groupby([*ROW_KEY, *by], sort=True)
+    runs = grouped["present"].sum()
     return pd.DataFrame({
-        "runs": grouped.size(),
+        "runs": runs.where(runs > 0),
         "failed": grouped["failed"].sum().astype(int),
         "na": grouped["na"].sum().astype(int),
+        "missing": grouped["missing"].sum().astype(int),
         "mean": grouped["score"].mean(),
         "std": grouped["score"].std(ddof=1),  # NaN for one seed: shown as the mean alone
     })
 
 
+def scope_mean(rows: pd.DataFrame, by: Sequence[str], scope: Sequence[Any]) -> tuple[float, str]:
+    """The mean over the cells ``scope`` (values of the columns ``by``: tasks, or (k, task)
+    pairs) of one row's ``rows``, with :func:`_mean_of`'s text: per seed the mean over the cells,
+    then mean and sample std over seeds."""
+    by = list(by)
+    index = pd.MultiIndex.from_tuples(scope, names=by) if len(by) > 1 else pd.Index(scope, name=by[0])
+    cells = _cells(rows, by).droplevel(ROW_KEY).reindex(index)
+    ok = rows[rows["ok"]]
+    per_seed = (ok.pivot_table(index="seed", columns=by, values="score") if len(ok)
+                else pd.DataFrame(index=pd.Index([], name="seed")))
+    return _mean_of(cells, per_seed.reindex(columns=index), _mean_over_tasks)
+
+
+# -- WiSE-FT -----------------------------------------------------------------------------------
+def wise_alphas(final: pd.DataFrame, warnings: list[str]) -> list[str]:
+    """The WiSE-FT alphas any record of the board evaluated, ascending (a warning when none)."""
+    alphas = sorted(set().union(*final["wise"]), key=float)
+    if not alphas:
+        warnings.append("--wise: no record of this board holds WiSE-FT metrics (<metric>@wise<alpha>)")
+    return alphas
+
+
+def wise_column(alpha: str) -> str:
+    return f"α={alpha}"
+
+
+def wise_rows(rows: pd.DataFrame, alpha: str) -> pd.DataFrame | None:
+    """``rows`` with the score of the interpolation at ``alpha`` as their score; a successful
+    run without it is ``missing``. None when no run of the row evaluated ``alpha``."""
+    values = rows["wise"].map(lambda scores: scores.get(alpha, np.nan)).astype(float)
+    if values.isna().all():
+        return None
+    missing = rows["ok"] & values.isna()
+    return rows.assign(score=values, ok=rows["ok"] & ~missing, missing=missing)
+
+
+def wise_means(rows: pd.DataFrame, alphas: Sequence[str], by: Sequence[str],
+               scope: Sequence[Any]) -> dict[str, tuple[float, str]]:
+    """``{α=<alpha>: (value, text)}``: each interpolation reduced like the row's mean over ``scope``."""
+    means = {}
+    for alpha in alphas:
+        interpolated = wise_rows(rows, alpha)
+        means[wise_column(alpha)] = (np.nan, MISSING) if interpolated is None else scope_mean(interpolated, by, scope)
+    return means
+
+
 # -- one row of ours ------------------------------------------------------------------------
 def _our_row(rows: pd.DataFrame, cells: pd.DataFrame, tasks: list[str], group_of: dict[str, str],
-             groups: list[str], memory_kinds: set[str]) -> tuple[dict, dict]:
+             groups: list[str], memory_kinds: set[str], alphas: Sequence[str] = ()) -> tuple[dict, dict]:
     """(numbers, shown strings) of one row: the records of one row config."""
     first = rows.iloc[0]
     row_id, adapter, backbone = first["row_id"], first["adapter"], first["backbone"]
@@ -323,10 +403,14 @@ def _our_row(rows: pd.DataFrame, cells: pd.DataFrame, tasks: list[str], group_of
     shown.update({_task_column(task): _cell_text(cell) for task, cell in cells.iterrows()})
     means = _row_means(rows, cells, tasks, group_of, groups)
     shown.update({column: text for column, (_, text) in means.items()})
+    wise = wise_means(rows, alphas, ["task"], tasks)
+    shown.update({column: text for column, (_, text) in wise.items()})
     costs = _costs(rows, memory_kinds)
     shown.update(costs.pop("shown"))
-    numbers = {"adapter": adapter, "backbone": backbone, "row_id": row_id, "source": "ours", "reported": False,
-               "mean_tasks": means[MEAN_TASKS][0], "mean_groups": means.get(MEAN_GROUPS, (np.nan,))[0],
+    numbers = {"adapter": adapter, "backbone": backbone, "head": first["head_name"], "row_id": row_id,
+               "source": "ours", "reported": False, "mean_tasks": means[MEAN_TASKS][0],
+               "mean_groups": means.get(MEAN_GROUPS, (np.nan,))[0],
+               **{column: value for column, (value, _) in wise.items()},
                **costs, **_na_facts(rows, cells, tasks)}
     return numbers, shown
 
@@ -402,7 +486,7 @@ def _mean_of(cells: pd.DataFrame, per_seed: pd.DataFrame, reduce) -> tuple[float
         return np.nan, "failed"
     if cells["na"].fillna(0).any():  # never a number: no re-run will fill it in
         return np.nan, NOT_APPLICABLE
-    if cells["runs"].isna().any():
+    if cells["runs"].isna().any() or cells["missing"].fillna(0).any():
         return np.nan, "incomplete"
     value = float(reduce(cells[["mean"]].T).iloc[0])
     per_seed = per_seed.dropna(how="all")
@@ -424,6 +508,7 @@ def _costs(rows: pd.DataFrame, memory_kinds: set[str]) -> dict[str, Any]:
     shown = {
         "Seeds": _one_or_range(seeds, "{:.0f}"),
         PARAMS: _one_or_range(params_m, "{:.4g}"),
+        HEAD_PARAMS: _one_or_range(rows["head"].dropna() / 1e6, "{:.4g}"),
         EXTRA: _extra_text(extra, merged),
         CKPT: _one_or_range(rows["checkpoint_bytes"].dropna() / 1024, "{:.1f}"),
         SPEED: _rate_text(speed.mean()) if len(speed) else MISSING,
@@ -485,26 +570,32 @@ def _rank_text(rank: float) -> str:
     return MISSING if pd.isna(rank) else str(int(rank))
 
 
-def _reported_row(ref, tasks: list[str], groups: list[str]) -> tuple[dict, dict]:
+def _reported_row(ref, tasks: list[str], groups: list[str], alphas: Sequence[str] = ()) -> tuple[dict, dict]:
     """A published number as a row: only its mean column and parameter count are filled."""
     column = column_of(ref.mean_kind) or _task_column(ref.mean_kind.removeprefix("task:"))
-    source = f"reported: {ref.source}" + (f" (as {ref.method})" if ref.method != ref.adapter else "")
+    source = reported_source(ref)
     params = ref.trainable_params_m
     shown = {"Rank": MISSING, "Adapter": ref.adapter, "Backbone": ref.backbone, "Head": ref.head,
              "Source": source}
     shown.update({_task_column(task): MISSING for task in tasks})
     shown.update({_group_column(group): MISSING for group in groups})
-    shown.update({MEAN_TASKS: MISSING, MEAN_GROUPS: MISSING, "Seeds": MISSING, EXTRA: MISSING,
+    shown.update({MEAN_TASKS: MISSING, MEAN_GROUPS: MISSING, "Seeds": MISSING, HEAD_PARAMS: MISSING, EXTRA: MISSING,
                   CKPT: MISSING, SPEED: MISSING, MEMORY: MISSING})
+    shown.update({wise_column(alpha): MISSING for alpha in alphas})
     shown[column] = f"{ref.value:.{DECIMALS}f}"
     shown[PARAMS] = MISSING if pd.isna(params) else f"{params:.4g}"
-    numbers = {"adapter": ref.adapter, "backbone": ref.backbone, "row_id": "", "source": source,
+    numbers = {"adapter": ref.adapter, "backbone": ref.backbone, "head": ref.head, "row_id": "", "source": source,
                "reported": True,
                "mean_tasks": ref.value if column == MEAN_TASKS else np.nan,
                "mean_groups": ref.value if column == MEAN_GROUPS else np.nan,
                "params_m": params, "images_per_s": np.nan, "peak_memory_mb": np.nan, "rank": np.nan,
                "not_applicable": False, "na_reason": ""}
     return numbers, shown
+
+
+def reported_source(ref) -> str:
+    """The Source of a published row: its source, and the paper's name when ours differs."""
+    return f"reported: {ref.source}" + (f" (as {ref.method})" if ref.method != ref.adapter else "")
 
 
 def _row_order(summary: pd.DataFrame) -> list[int]:
@@ -515,38 +606,60 @@ def _row_order(summary: pd.DataFrame) -> list[int]:
     return list(ordered.index)
 
 
-def _columns(tasks: list[str], groups: list[str]) -> list[str]:
+def _columns(tasks: list[str], groups: list[str], alphas: Sequence[str] = ()) -> list[str]:
     group_columns = [_group_column(group) for group in groups]
     overall = [MEAN_TASKS, MEAN_GROUPS] if groups else [MEAN_TASKS]
-    return ["Rank", "Adapter", "Backbone", "Head", "Source", *map(_task_column, tasks), *group_columns, *overall,
-            "Seeds", PARAMS, EXTRA, CKPT, SPEED, MEMORY]
+    return [*LEADING_COLUMNS, *map(_task_column, tasks), *group_columns, *overall, *map(wise_column, alphas),
+            *COST_COLUMNS]
 
 
 def _notes(board: Leaderboard, final: pd.DataFrame, show_groups: bool) -> list[str]:
     direction = "higher" if board.higher_is_better else "lower"
     groups = (f" {MEAN_GROUPS}: mean of the {len(board.groups)} group means ({', '.join(board.groups)}). "
               "Papers use either: both are shown." if show_groups else "")
-    kinds = "; ".join(f"{kind}: {MEMORY_KINDS.get(kind, kind)}"
-                      for kind in sorted(set(final["peak_memory_kind"].dropna())))
     notes = [
         (f"Cells: 100 x {board.metric} on the evaluation split of final runs (test, never used to "
          "pick an epoch or a hyper-parameter), mean ± sample std (ddof=1) over seeds; one seed shows "
          "the mean alone."),
-        ("failed (k/n): k of n seeds failed; n/a: the adapter cannot run on this backbone (the "
-         "reasons are listed below); – : not run. A mean is a number only when every task in it "
-         "succeeded, otherwise it reads failed, n/a or incomplete."),
+        OUTCOME_NOTE,
         f"{MEAN_TASKS}: plain mean over the {len(board.tasks)} tasks.{groups}",
         (f"Rank: by {MEAN_TASKS}, {direction} is better, at {DECIMALS} decimals (equal means share a "
          "rank); rows without a complete mean and reported rows are not ranked."),
-        (f"{PARAMS}: trainable parameters without the task head, in millions. {EXTRA}: parameters "
+        *cost_notes(final),
+    ]
+    if board.wise_columns:
+        notes.append(wise_note(f"the {len(board.tasks)} tasks", MEAN_TASKS))
+    if board.has_reported_rows:
+        notes.append(_reported_note(board))
+    return notes
+
+
+OUTCOME_NOTE = ("failed (k/n): k of n seeds failed; n/a: the adapter cannot run on this backbone (the "
+                "reasons are listed below); – : not run. A mean is a number only when every task in it "
+                "succeeded, otherwise it reads failed, n/a or incomplete.")
+
+
+def cost_notes(final: pd.DataFrame) -> list[str]:
+    kinds = "; ".join(f"{kind}: {MEMORY_KINDS.get(kind, kind)}"
+                      for kind in sorted(set(final["peak_memory_kind"].dropna())))
+    return [
+        (f"{PARAMS}: trainable parameters without the task head, in millions; {HEAD_PARAMS}: the head's "
+         f"trained parameters (for methods that live in the head, CoOp's context or Tip-Adapter-F's "
+         f"cache, the method itself). {EXTRA}: parameters "
          "added at inference (after merging into the backbone in brackets, when that differs). "
          f"{CKPT}: adapter checkpoint on disk, 1 KB = 1024 B. {SPEED}: training images per second, "
          "mean over the row's runs."),
         f"{MEMORY}: max over the row's runs (1 MB = 2^20 B) of {kinds or 'no recorded memory'}.",
     ]
-    if board.has_reported_rows:
-        notes.append(_reported_note(board))
-    return notes
+
+
+def wise_note(over: str, like: str) -> str:
+    return ("α=a: WiSE-FT (Wortsman et al., CVPR 2022): the run's weights interpolated between the "
+            "initial and the adapted model, θ_α = (1-α)·θ_0 + α·θ_1 over the trained tensors, then "
+            f"evaluated; a column is the mean over {over}, ± the sample std over seeds (as {like}). "
+            "α=1 is the trained model; α=0 the model at initialisation, which is zero-shot only when "
+            "the head is text-initialised and the adapter is the identity at init. – : the row's "
+            "runs evaluated no interpolation.")
 
 
 def _na_notes(summary: pd.DataFrame) -> list[str]:
@@ -561,6 +674,6 @@ def _reported_note(board: Leaderboard) -> str:
     full = len([name for name in TASKS.names() if name.startswith(f"{board.benchmark}/")])
     coverage = (f" They average all {full} {board.benchmark} tasks; this table's means cover "
                 f"{len(board.tasks)}." if full and full != len(board.tasks) else "")
-    return ("reported: published numbers for ViT-B/16 (ImageNet-21k, augreg_in21k) copied from the "
+    return ("reported: published numbers, for the backbone and head in their columns, copied from the "
             "named source, not re-run here, shown in the mean column they were computed as; one row "
             "per (method, source), so sources that disagree stay visible." + coverage)

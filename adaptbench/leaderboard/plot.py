@@ -9,6 +9,10 @@ backbone; rows with an ``n/a`` cell have no mean and are left out. Published num
 are means over tasks (``mean19`` / ``mean5``) are drawn with another marker; those that are
 means of group means are left out, since the y axis is the mean over tasks and mixing the two
 is the error this project exists to avoid.
+
+A few-shot board (k columns) gets another plot (:func:`fewshot_figure`): its mean over tasks
+against k, one line per row, x on a log2 axis (k = 1, 2, 4, 8, 16 evenly spaced); a zero-shot
+row is a flat line, published rows are dashed. :func:`plot_board` picks the plot of a board.
 """
 
 from __future__ import annotations
@@ -24,11 +28,67 @@ FIGURE_SIZE = (7.5, 4.8)  # inches
 DPI = 120
 
 
+def plot_board(board: Leaderboard) -> bytes:
+    """The board's plot as PNG bytes: accuracy against k on few-shot boards, else the Pareto plot."""
+    return _png(fewshot_figure(board) if board.shots else pareto_figure(board))
+
+
+def plot_caption(board: Leaderboard) -> tuple[str, str]:
+    """(alt text, caption) of :func:`plot_board`'s plot."""
+    if board.shots:
+        caption = ("Mean over tasks against k training examples per class (log2 scale), one line per row; "
+                   "a zero-shot row is flat, published rows are dashed.")
+        return f"{board.benchmark}: mean over tasks vs shots per class", caption
+    caption = ("Accuracy (mean over tasks) against trainable parameters without head, log scale; "
+               "the dashed line is the Pareto front of our rows.")
+    return f"{board.benchmark}: mean over tasks vs trainable parameters", caption
+
+
 def plot_pareto(board: Leaderboard) -> bytes:
     """The board's Pareto plot as PNG bytes."""
+    return _png(pareto_figure(board))
+
+
+def _png(figure) -> bytes:
     buffer = io.BytesIO()
-    pareto_figure(board).savefig(buffer, format="png", metadata={"Software": None})
+    figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
+
+
+def fewshot_figure(board: Leaderboard):
+    """A few-shot board's plot: the mean over tasks at each k, one line per row (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
+    axes = figure.add_subplot()
+    columns = [f"k={k}" for k in board.shots]
+    lines = board.summary.dropna(subset=columns, how="all")
+    if lines.empty:
+        axes.text(0.5, 0.5, "no row has a number at any k yet", ha="center", va="center", transform=axes.transAxes)
+        axes.set_axis_off()
+    colours = matplotlib.colormaps["tab10"]
+    for index, (_, row) in enumerate(lines.iterrows()):  # a Series: "k=1" is no attribute name
+        values = row[columns].astype(float).tolist()
+        reported = bool(row["reported"])
+        label = f"{row['adapter']} ({row['backbone']}, {row['head']})" + (" [reported]" if reported else "")
+        axes.plot(board.shots, values, marker="x" if reported else "o", markersize=4,
+                  linestyle="--" if reported else "-", linewidth=1.2, color=colours(index % 10),
+                  alpha=0.75 if reported else 1.0, label=label)
+    if not lines.empty:
+        axes.set_xscale("log", base=2)
+        axes.xaxis.set_major_locator(FixedLocator(board.shots))
+        axes.xaxis.set_minor_locator(NullLocator())
+        axes.set_xticklabels([str(k) for k in board.shots])
+        axes.set_xlabel("shots per class k (log2 scale)")
+        axes.set_ylabel("mean over tasks (%)")
+        axes.grid(True, which="major", alpha=0.3)
+        axes.legend(fontsize=7, loc="best")
+    axes.set_title(f"{board.benchmark}: mean over tasks vs shots per class")
+    return figure
 
 
 def pareto_figure(board: Leaderboard):

@@ -13,7 +13,9 @@ record (the adapter cannot run on the backbone) has no score and is not a failur
 ``na_reason`` say so.
 
 A record's leaderboard row is its ``row_id`` (the hash of its ``row_config``); ``label`` (the
-matrix's ``adapter_label``, else the adapter name) only names the row on screen.
+matrix's ``adapter_label``, else the adapter name) only names the row on screen. A row config
+holds no ``shots`` (``records.row_config``): a few-shot board's k are its columns, so one method
+at k = 1, 2, 4 ... is one row.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def record_facts(record: RunRecord) -> dict[str, Any]:
     score, error = _score(record)
     na_reason = record.not_applicable_reason()  # the adapter cannot run on this backbone: no score, not failed
     row = run_info.row_config or row_config(config)
+    row_id = run_info.row_id or config_hash(row)
     return {
         "benchmark": benchmark,
         "group": group,
@@ -116,9 +119,12 @@ def record_facts(record: RunRecord) -> dict[str, Any]:
         "adapter": str(config["adapter"]),
         "label": str(run_info.matrix.get("adapter_label") or config["adapter"]) + _prompt_note(config),
         "head_name": str(config.get("head") or "linear"),  # records before heads existed: linear
-        "row_id": run_info.row_id or config_hash(row),
+        "row_id": row_id,
         "row_config": row,
         "seed": config.get("seed", run_info.seed),
+        "shots": config.get("shots"),  # k per class; None: all the training data
+        "epochs": config.get("epochs"),  # 0: evaluated without training
+        "wise": _wise_scores(record),
         "stage": config.get("stage") or train.stage or "final",
         "status": record.status,
         "ok": score is not None,
@@ -190,6 +196,22 @@ def _score(record: RunRecord) -> tuple[float | None, str | None]:
     return 100.0 * float(value), None
 
 
+#: ``<metric>@wise<alpha>``: the metric of the WiSE-FT interpolation at ``alpha`` (``f"{alpha:g}"``).
+WISE_MARK = "@wise"
+
+
+def _wise_scores(record: RunRecord) -> dict[str, float]:
+    """``{alpha: 100 x primary metric}`` of the WiSE-FT interpolations a successful run evaluated
+    (``metrics[<eval split>]["<metric>@wise<alpha>"]``); empty when it evaluated none."""
+    if record.status != SUCCESS:
+        return {}
+    metric = record.train_info.primary_metric or "top1"
+    metrics = record.train_info.metrics.get(record.eval_split or "") or {}
+    prefix = f"{metric}{WISE_MARK}"
+    return {key.removeprefix(prefix): 100.0 * float(value) for key, value in metrics.items()
+            if key.startswith(prefix) and isinstance(value, (int, float))}
+
+
 # -- the long table ------------------------------------------------------------------------------
 #: Columns of :func:`records_frame` before the ``config.*`` ones, with their dtypes.
 FRAME_COLUMNS: dict[str, str] = {
@@ -212,8 +234,8 @@ def records_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
     Columns, in this order (missing facts are ``<NA>`` / ``NaN`` / ``NaT``):
 
     * ``run_id`` (the run: hash of its resolved config), ``row_id`` (its leaderboard row: hash
-      of the config without seed, task and stage, grid-searched values replaced by the grid)
-      -- string;
+      of the config without seed, task, stage and shots, grid-searched values replaced by the
+      grid) -- string;
     * ``benchmark``, ``group``, ``task`` -- string;
     * ``backbone`` -- string, as the leaderboard shows it (``timm:`` dropped, non-default
       weights in brackets; the raw value is ``config.backbone``);

@@ -9,9 +9,12 @@ lists, LaTeX comments, lines under the terminal table) and, in CSV, the extra la
 Files (:func:`write_leaderboards`): Markdown, LaTeX and HTML hold every benchmark in one
 file, ``<out>/<name>.md|.tex|.html``. CSV and PNG hold one benchmark each: ``<name>.csv`` and
 ``<name>.png`` when there is one benchmark, ``<name>-<benchmark>.csv|.png`` when there are
-several. The PNG (the Pareto plot) is always written; the HTML page embeds it as a base64
-data URI so the page is one file. Each file is written to a temporary file beside it and
-renamed into place, so a reader never sees half a table.
+several. The PNG (the Pareto plot; accuracy against k on few-shot boards) is always written;
+the HTML page embeds it as a base64 data URI so the page is one file. A few-shot board's
+per-task cells (task x k, per row) are Markdown tables under its main one and, with ``csv``,
+the long ``<name>-tasks.csv`` (``<name>-<benchmark>-tasks.csv`` when several boards). Each
+file is written to a temporary file beside it and renamed into place, so a reader never sees
+half a table.
 
 Markdown is written by :func:`_markdown_table` (a dozen lines) rather than through
 ``DataFrame.to_markdown``, which needs ``tabulate`` and does not escape ``|`` in cells.
@@ -43,10 +46,12 @@ PROTOCOL = (
     "sample standard deviation."
 )
 REPORTED = (
-    'Rows marked "reported" are published numbers (ViT-B/16, ImageNet-21k augreg weights) '
-    "copied from the named source, not re-run here. Each sits in the mean column it was computed "
-    "as (mean over tasks, or mean of the group means); one row per method and source, so when "
-    "sources disagree (full fine-tuning 65.57 vs 68.9, BitFit) both stay visible."
+    'Rows marked "reported" are published numbers (ViT-B/16, ImageNet-21k augreg weights on VTAB-1k '
+    "and FGVC; CLIP on the few-shot CoOp datasets) copied from the named source, not re-run here, "
+    "beside our rows of the same backbone and head only. Each sits in the mean column it was "
+    "computed as (mean over tasks, or mean of the group means; on few-shot boards the k column of "
+    "its shots); one row per method and source, so when sources disagree (full fine-tuning 65.57 "
+    "vs 68.9, BitFit) both stay visible."
 )
 
 
@@ -58,7 +63,22 @@ def render_markdown(boards: Sequence[Leaderboard]) -> str:
         parts += [f"- {_markdown_escape(note)}" for note in board.notes]
         parts += [f"- **warning:** {_markdown_escape(warning)}" for warning in board.warnings]
         parts.append("")
+        parts += _markdown_per_task(board)
     return "\n".join(parts)
+
+
+def _markdown_per_task(board: Leaderboard) -> list[str]:
+    """A few-shot board's per-task cells: a task x k table per row of ours."""
+    if board.per_task is None or board.per_task.empty:
+        return []
+    parts = [f"### {board.benchmark}: per task", ""]
+    for (adapter, backbone, head), cells in board.per_task.groupby(["Adapter", "Backbone", "Head"], sort=False):
+        table = cells.pivot(index="Task", columns="k", values="Cell").reindex(
+            index=list(dict.fromkeys(cells["Task"])), columns=list(dict.fromkeys(cells["k"])))
+        table = table.rename(columns=lambda k: f"k={k}").reset_index()
+        parts += [f"#### {_markdown_escape(adapter)} | {_markdown_escape(backbone)} | {_markdown_escape(head)}",
+                  "", _markdown_frame(table, left=1), ""]
+    return parts
 
 
 NAME_COLUMNS = ("Adapter", "Backbone", "Head", "Source")  # after Rank: text, left-aligned
@@ -74,11 +94,16 @@ def _caption(board: Leaderboard) -> str:
 
 
 def _markdown_table(board: Leaderboard) -> str:
-    numeric_looking = {"Rank", *board.table.columns[len(NAME_COLUMNS) + 1:]}  # right-align numbers, left-align names
-    header = "| " + " | ".join(_markdown_escape(c) for c in board.table.columns) + " |"
-    rule = "|" + "|".join("---:" if c in numeric_looking else ":---" for c in board.table.columns) + "|"
-    rows = ["| " + " | ".join(_markdown_escape(v) for v in row) + " |"
-            for row in board.table.itertuples(index=False)]
+    return _markdown_frame(board.table, left=len(NAME_COLUMNS) + 1, right={"Rank"})
+
+
+def _markdown_frame(frame, left: int, right: set[str] = frozenset()) -> str:
+    """``frame`` as a Markdown table: its first ``left`` columns (but ``right``) are names,
+    left-aligned; the others numbers, right-aligned."""
+    numeric_looking = {*right, *frame.columns[left:]}
+    header = "| " + " | ".join(_markdown_escape(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---:" if c in numeric_looking else ":---" for c in frame.columns) + "|"
+    rows = ["| " + " | ".join(_markdown_escape(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
 
 
@@ -94,6 +119,14 @@ def render_csv(board: Leaderboard) -> str:
     if board.summary["not_applicable"].any():
         table = table.assign(**{NA_REASON_COLUMN: board.summary["na_reason"].fillna("").to_numpy()})
     return table.to_csv(index=False, lineterminator="\n")
+
+
+def render_tasks_csv(board: Leaderboard) -> str:
+    """A few-shot board's per-task cells, long: one line per (row of ours, task, k); empty for
+    other boards."""
+    if board.per_task is None:
+        return ""
+    return board.per_task.to_csv(index=False, lineterminator="\n")
 
 
 def render_latex(boards: Sequence[Leaderboard]) -> str:
@@ -143,9 +176,9 @@ figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1
 def render_html(boards: Sequence[Leaderboard], plots: dict[str, bytes] | None = None,
                 generated_at: str | None = None) -> str:
     """One self-contained page: the tables, the plots as data URIs, the notes and the protocol."""
-    from .plot import plot_pareto
+    from .plot import plot_board
 
-    plots = plots if plots is not None else {board.benchmark: plot_pareto(board) for board in boards}
+    plots = plots if plots is not None else {board.benchmark: plot_board(board) for board in boards}
     generated_at = generated_at or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     records = sum(board.records_used for board in boards)
     sections = "\n".join(_html_section(board, plots[board.benchmark]) for board in boards)
@@ -173,6 +206,9 @@ benchmarks: {html.escape(", ".join(board.benchmark for board in boards))}.</p>
 
 
 def _html_section(board: Leaderboard, png: bytes) -> str:
+    from .plot import plot_caption
+
+    alt, caption = plot_caption(board)
     anchor = _file_safe(board.benchmark)
     styler = board.table.style.hide(axis="index")
     styler = styler.format(escape="html").format_index(escape="html", axis=1)
@@ -188,10 +224,9 @@ def _html_section(board: Leaderboard, png: bytes) -> str:
 <p>{html.escape(_caption(board))}</p>
 <div class="table-wrap">{styler.to_html()}</div>
 <figure>
-<img id="plot-{anchor}" alt="{html.escape(board.benchmark)}: mean over tasks vs trainable parameters"
+<img id="plot-{anchor}" alt="{html.escape(alt)}"
  src="data:image/png;base64,{image}">
-<figcaption>Accuracy (mean over tasks) against trainable parameters without head, log scale;
-the dashed line is the Pareto front of our rows.</figcaption>
+<figcaption>{html.escape(caption)}</figcaption>
 </figure>
 <ul class="notes">{notes}</ul>
 {f'<ul class="warnings">{warnings}</ul>' if warnings else ""}
@@ -243,11 +278,11 @@ def write_leaderboards(boards: Sequence[Leaderboard], out_dir: str | os.PathLike
 
     File names are in the module docstring.
     """
-    from .plot import plot_pareto
+    from .plot import plot_board
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plots = {board.benchmark: plot_pareto(board) for board in boards}
+    plots = {board.benchmark: plot_board(board) for board in boards}
     written = []
     for board in boards:
         written.append(atomic_write(out / _per_board_name(name, board, boards, "png"), plots[board.benchmark]))
@@ -256,6 +291,9 @@ def write_leaderboards(boards: Sequence[Leaderboard], out_dir: str | os.PathLike
     if "csv" in formats:
         for board in boards:
             written.append(atomic_write(out / _per_board_name(name, board, boards, "csv"), render_csv(board)))
+            if board.per_task is not None:
+                written.append(atomic_write(out / _per_board_name(name, board, boards, "csv", "-tasks"),
+                                            render_tasks_csv(board)))
     if "tex" in formats:
         written.append(atomic_write(out / f"{name}.tex", render_latex(boards)))
     if "html" in formats:
@@ -263,10 +301,11 @@ def write_leaderboards(boards: Sequence[Leaderboard], out_dir: str | os.PathLike
     return written
 
 
-def _per_board_name(name: str, board: Leaderboard, boards: Sequence[Leaderboard], extension: str) -> str:
+def _per_board_name(name: str, board: Leaderboard, boards: Sequence[Leaderboard], extension: str,
+                    suffix: str = "") -> str:
     if len(boards) == 1:
-        return f"{name}.{extension}"
-    return f"{name}-{_file_safe(board.benchmark)}.{extension}"
+        return f"{name}{suffix}.{extension}"
+    return f"{name}-{_file_safe(board.benchmark)}{suffix}.{extension}"
 
 
 def _file_safe(text: str) -> str:

@@ -14,11 +14,12 @@ if TYPE_CHECKING:
     from ..records import RunRecord
 
 def make_leaderboard(records: RunRecord | str | os.PathLike | Iterable[RunRecord | str | os.PathLike],
-                     format: str = "md") -> str:  # noqa: A002 - the CLI's --format
+                     format: str = "md", wise: bool = False) -> str:  # noqa: A002 - the CLI's --format
     """The leaderboard of ``records`` (run records, record files or folders, mixed as you like)
     as text: ``format`` is ``md``, ``csv``, ``tex`` or ``html`` (``adaptbench leaderboard
     --format``); one table per benchmark (csv: each headed ``# <benchmark>`` when several).
-    Also callable as ``adaptbench.leaderboard(records, format=...)``."""
+    ``wise``: WiSE-FT columns (``--wise``). Also callable as ``adaptbench.leaderboard(records,
+    format=...)``."""
     if format not in FORMATS:
         raise AdaptbenchError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
     from ..records import RunRecord
@@ -35,7 +36,7 @@ def make_leaderboard(records: RunRecord | str | os.PathLike | Iterable[RunRecord
         loaded += read_records(paths)
     if not loaded:
         raise AdaptbenchError("leaderboard: no run records given")
-    boards = build_leaderboards(loaded)
+    boards = build_leaderboards(loaded, wise=wise)
     if not boards:
         raise AdaptbenchError("leaderboard: no final run records: only tune records were given")
     return render_leaderboards(boards, format)
