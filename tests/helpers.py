@@ -13,6 +13,22 @@ import torch.nn.functional as F
 from adaptbench.backbones.geometry import GeometryContext, TokenGeometry
 
 
+def adapter_or_skip(adapter_name: str, backbone, backbone_name: str):
+    """The adapter with its defaults on ``backbone``; where the pair is n/a, checks that building
+    it says so (``NotApplicable``) and skips the test."""
+    import pytest
+
+    from adaptbench.adapters import adapter_class, build_adapter
+    from adaptbench.adapters.base import NotApplicable
+
+    cls = adapter_class(adapter_name)
+    if cls.unsupported(backbone.anatomy, cls.config_class()) is not None:
+        with pytest.raises(NotApplicable):
+            build_adapter(adapter_name, backbone, {})
+        pytest.skip(f"{adapter_name} is n/a on {backbone_name}")
+    return build_adapter(adapter_name, backbone, {})
+
+
 def images(seed: int = 0, batch: int = 2, size: int | tuple[int, int] = 32) -> torch.Tensor:
     """A seeded batch of RGB inputs, 32x32 by default (the tiny test backbones' input size)."""
     height, width = (size, size) if isinstance(size, int) else size

@@ -15,6 +15,7 @@ from adaptbench.tasks.segmentation import (
     class_iou,
     soft_dice_loss,
 )
+from helpers import adapter_or_skip
 
 I = IGNORE_INDEX
 
@@ -154,19 +155,12 @@ def _adapter_names() -> list[str]:
 @pytest.mark.parametrize("backbone_name", ["vit_tiny_test", "sam_tiny_test"])
 @pytest.mark.parametrize("adapter_name", _adapter_names())
 def test_every_adapter_trains_and_evaluates_a_segmentation_model(adapter_name, backbone_name):
-    from adaptbench.adapters import adapter_class, build_adapter
-    from adaptbench.adapters.base import NotApplicable
     from adaptbench.adapters.hooks import LossContext
     from adaptbench.tasks.batches import NormalizeImages
 
     torch.manual_seed(0)
     backbone = load_backbone(backbone_name)
-    cls = adapter_class(adapter_name)
-    if cls.unsupported(backbone.anatomy, cls.config_class()) is not None:
-        with pytest.raises(NotApplicable):
-            build_adapter(adapter_name, backbone, {})
-        pytest.skip(f"{adapter_name} is n/a on {backbone_name}")
-    adapter = build_adapter(adapter_name, backbone, {})
+    adapter = adapter_or_skip(adapter_name, backbone, backbone_name)
     task = spec(3)
     kind = SegmentationKind()
     head = build_head("seg_linear", backbone, task)

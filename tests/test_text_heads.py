@@ -17,6 +17,7 @@ from adaptbench.registry import TASKS
 from adaptbench.runner.train import RunPlace, run
 from adaptbench.tasks import text_heads
 from adaptbench.tasks.heads import build_head, head_checkpoint_state, load_head_state
+from helpers import adapter_or_skip
 
 TEXTURE = "micro/texture"
 
@@ -192,19 +193,12 @@ def _adapter_names() -> list[str]:
 
 @pytest.mark.parametrize("adapter_name", _adapter_names())
 def test_every_adapter_trains_on_the_clip_image_tower_with_a_text_initialised_head(adapter_name):
-    from adaptbench.adapters import adapter_class, build_adapter
-    from adaptbench.adapters.base import NotApplicable
     from adaptbench.adapters.hooks import LossContext
     from adaptbench.tasks.classification import ClassificationKind
 
     torch.manual_seed(0)
     backbone = load_backbone("clip_tiny_test")
-    cls = adapter_class(adapter_name)
-    if cls.unsupported(backbone.anatomy, cls.config_class()) is not None:
-        with pytest.raises(NotApplicable):
-            build_adapter(adapter_name, backbone, {})
-        pytest.skip(f"{adapter_name} is n/a on clip_tiny_test")
-    adapter = build_adapter(adapter_name, backbone, {})
+    adapter = adapter_or_skip(adapter_name, backbone, "clip_tiny_test")
     task = TASKS.get(TEXTURE)
     head = build_head("text_linear", backbone, task)
     module = ClassificationKind().build_module(backbone, adapter, head, task,

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -65,11 +66,8 @@ class PretrainSettings:
     held_out: int = 2000  # glyph images, from a stream no epoch uses, for the final accuracy
 
     def __post_init__(self):
-        for name in ("images", "epochs", "num_classes", "batch_size", "threads", "held_out"):
-            if getattr(self, name) < 1:
-                raise AdaptbenchError(f"pretrain-micro: {name}={getattr(self, name)}; expected an integer >= 1")
-        if self.seed < 0:
-            raise AdaptbenchError(f"pretrain-micro: seed={self.seed}; expected an integer >= 0")
+        check_counts(self, "pretrain-micro",
+                     ("images", "epochs", "num_classes", "batch_size", "threads", "held_out"))
 
     def command(self, out: Path) -> str:
         """The command that reproduces these settings: the CLI when its flags say them all."""
@@ -89,6 +87,28 @@ def reproducing_command(settings, out: Path, cli: str, module: str, function: st
     return f"python -c \"from {module} import {function}; {function}('{out.name}', {arguments})\""
 
 
+def check_counts(settings, command: str, names: Sequence[str]) -> None:
+    """One line for the first bad setting: each of ``names`` an integer >= 1, ``seed`` >= 0."""
+    for name in names:
+        if getattr(settings, name) < 1:
+            raise AdaptbenchError(f"{command}: {name}={getattr(settings, name)}; expected an integer >= 1")
+    if settings.seed < 0:
+        raise AdaptbenchError(f"{command}: seed={settings.seed}; expected an integer >= 0")
+
+
+@contextmanager
+def pretraining(threads: int) -> Iterator[None]:
+    """Train with ``threads`` torch threads under a forked random state: the caller's thread
+    count and random state are as they were afterwards, whatever the training did."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
 def pretrain_micro(out: Path, settings: PretrainSettings | None = None,
                    log: Callable[[str], None] = print, **overrides) -> Path:
     """Train the micro ViT on glyphs and write its backbone weights to ``out`` (atomically).
@@ -99,16 +119,10 @@ def pretrain_micro(out: Path, settings: PretrainSettings | None = None,
 
     settings = replace(settings or PretrainSettings(), **overrides)
     out = Path(out)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
-        started = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-            model, held_out_accuracy = _train(settings, log)
-        metadata = _metadata(settings, out, held_out_accuracy)
-        _save_backbone(model, metadata, out)
-    finally:
-        torch.set_num_threads(previous_threads)
+    started = time.perf_counter()
+    with pretraining(settings.threads):
+        model, held_out_accuracy = _train(settings, log)
+        _save_backbone(model, _metadata(settings, out, held_out_accuracy), out)
     log(f"wrote {out} (held-out glyph accuracy {held_out_accuracy:.4f}, "
         f"{time.perf_counter() - started:.0f} s)")
     return out

@@ -61,6 +61,7 @@ from torch import nn
 
 from ..errors import AdaptbenchError
 from ..files import atomic_write, sha256_of
+from .micro import check_counts, pretraining, reproducing_command
 
 __all__ = ["ClipPretrainSettings", "EVAL_BATCH", "clip_shipping_note", "pretrain_micro_clip",
            "read_clip_pretrain_metadata", "zero_shot_accuracy", "zero_shot_weights"]
@@ -90,12 +91,8 @@ class ClipPretrainSettings:
     held_out: int = 250  # gray scenes per kind, from a stream no epoch uses, for the zero-shot accuracy
 
     def __post_init__(self):
-        for name in ("images", "epochs", "batch_size", "threads", "held_out"):
-            if getattr(self, name) < 1:
-                raise AdaptbenchError(f"pretrain-micro --model clip_micro: {name}={getattr(self, name)}; "
-                                      f"expected an integer >= 1")
-        if self.seed < 0:
-            raise AdaptbenchError(f"pretrain-micro --model clip_micro: seed={self.seed}; expected an integer >= 0")
+        check_counts(self, "pretrain-micro --model clip_micro",
+                     ("images", "epochs", "batch_size", "threads", "held_out"))
         if len(self.mix) != 4 or min(self.mix) < 0 or sum(self.mix) <= 0:
             raise AdaptbenchError(f"pretrain-micro --model clip_micro: mix={self.mix}; expected 4 weights >= 0 "
                                   f"(texture, count, location, orientation), not all 0")
@@ -105,8 +102,6 @@ class ClipPretrainSettings:
 
     def command(self, out: Path) -> str:
         """The command that reproduces these settings: the CLI when its flags say them all."""
-        from .micro import reproducing_command
-
         return reproducing_command(self, out, "adaptbench pretrain-micro --model clip_micro",
                                    "adaptbench.pretrain.micro_clip", "pretrain_micro_clip")
 
@@ -119,17 +114,12 @@ def pretrain_micro_clip(out: Path, settings: ClipPretrainSettings | None = None,
     """
     settings = replace(settings or ClipPretrainSettings(), **overrides)
     out = Path(out)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
-        started = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-            model, tokenizer, held_out = _train(settings, log)
+    started = time.perf_counter()
+    with pretraining(settings.threads):
+        model, tokenizer, held_out = _train(settings, log)
         test = micro_task_zero_shot(model, tokenizer)
         log("zero-shot on the micro tasks' test splits: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items()))
         _save(model, _metadata(settings, out, tokenizer, held_out, test), out)
-    finally:
-        torch.set_num_threads(previous_threads)
     log(f"wrote {out} ({time.perf_counter() - started:.0f} s)")
     return out
 

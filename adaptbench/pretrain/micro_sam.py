@@ -61,6 +61,7 @@ from torch import nn
 
 from ..errors import AdaptbenchError
 from ..files import atomic_write, sha256_of
+from .micro import check_counts, pretraining, reproducing_command
 
 __all__ = ["SOURCE_CLASSES", "SOURCE_TEXTURES", "SamPretrainSettings", "mean_iou", "micro_sam_modules",
            "pretrain_micro_sam", "read_sam_pretrain_metadata", "sam_shipping_note", "source_scenes"]
@@ -243,17 +244,11 @@ class SamPretrainSettings:
     held_out: int = 256  # scenes, from a stream no epoch uses, for the final mIoU
 
     def __post_init__(self):
-        for name in ("images", "epochs", "batch_size", "threads", "held_out"):
-            if getattr(self, name) < 1:
-                raise AdaptbenchError(f"pretrain-micro --model sam_micro: {name}={getattr(self, name)}; "
-                                      f"expected an integer >= 1")
-        if self.seed < 0:
-            raise AdaptbenchError(f"pretrain-micro --model sam_micro: seed={self.seed}; expected an integer >= 0")
+        check_counts(self, "pretrain-micro --model sam_micro",
+                     ("images", "epochs", "batch_size", "threads", "held_out"))
 
     def command(self, out: Path) -> str:
         """The command that reproduces these settings: the CLI when its flags say them all."""
-        from .micro import reproducing_command
-
         return reproducing_command(self, out, "adaptbench pretrain-micro --model sam_micro",
                                    "adaptbench.pretrain.micro_sam", "pretrain_micro_sam")
 
@@ -266,15 +261,10 @@ def pretrain_micro_sam(out: Path, settings: SamPretrainSettings | None = None,
     """
     settings = replace(settings or SamPretrainSettings(), **overrides)
     out = Path(out)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    try:
-        started = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-            encoder, head, scores = _train(settings, log)
+    started = time.perf_counter()
+    with pretraining(settings.threads):
+        encoder, head, scores = _train(settings, log)
         _save(encoder, head, _metadata(settings, out, scores), out)
-    finally:
-        torch.set_num_threads(previous_threads)
     log(f"wrote {out} (held-out source mIoU {scores['held_out_miou']:.4f}, trivial "
         f"{scores['trivial_miou']:.4f}; {time.perf_counter() - started:.0f} s)")
     return out

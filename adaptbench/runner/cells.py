@@ -39,7 +39,8 @@ class Cell:
         return self.config.stage
 
     def describe(self) -> str:
-        return f"{self.config.task} | {self.config.backbone} | {self.label} | seed {self.config.seed}"
+        shots = "" if self.config.shots is None else f" | {self.config.shots}-shot"
+        return f"{self.config.task} | {self.config.backbone} | {self.label}{shots} | seed {self.config.seed}"
 
 
 @dataclass(frozen=True)
