@@ -13,6 +13,20 @@ import torch.nn.functional as F
 from adaptbench.backbones.geometry import GeometryContext, TokenGeometry
 
 
+@contextmanager
+def raises_one_line(match: str, naming: Path | str):
+    """An AdaptbenchError whose message matches ``match``, is one line and names ``naming``."""
+    import pytest
+
+    from adaptbench.errors import AdaptbenchError
+
+    with pytest.raises(AdaptbenchError, match=match) as info:
+        yield info
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert str(naming) in message, message
+
+
 def adapter_or_skip(adapter_name: str, backbone, backbone_name: str):
     """The adapter with its defaults on ``backbone``; where the pair is n/a, checks that building
     it says so (``NotApplicable``) and skips the test."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,9 +18,9 @@ from PIL import Image
 
 from adaptbench.datasets.formats import COOP_DATASETS, SPLITS
 from adaptbench.datasets.images import check_images_exist, load_rgb
-from adaptbench.errors import AdaptbenchError
 from adaptbench.tasks.catalog import TaskSpec, builtin_task_specs
 from adaptbench.tasks.samples import data_root_of, task_class_names, task_samples
+from helpers import raises_one_line
 
 EUROSAT = ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road", "Industrial Buildings",
            "Pasture Land", "Permanent Crop Land", "Residential Buildings", "River", "Sea or Lake"]
@@ -59,16 +58,6 @@ def eurosat_split(per_class: int = 1) -> dict:
         return [[f"{name.replace(' ', '')}/{split}_{i}.png", label, name]
                 for label, name in enumerate(EUROSAT) for i in range(per_class)]
     return {"train": entries("train"), "val": entries("val"), "test": entries("test")}
-
-
-@contextmanager
-def raises_one_line(match: str, naming: Path | str):
-    """An AdaptbenchError whose message is one line and names ``naming``."""
-    with pytest.raises(AdaptbenchError, match=match) as info:
-        yield info
-    message = str(info.value)
-    assert "\n" not in message, message
-    assert str(naming) in message, message
 
 
 # -- tables and catalogue ----------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import pytest
 
 from adaptbench.datasets.formats import COOP_DATASETS, FGVC_DATASETS, VTAB1K_TASKS
 from adaptbench.datasets.prompts import BENCHMARKS, class_names_for, prompts_of, read_prompts, templates_for
-from adaptbench.errors import AdaptbenchError
 from adaptbench.tasks.catalog import TaskSpec, builtin_task_specs
 from adaptbench.tasks.samples import task_class_names, task_samples
+from helpers import raises_one_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,16 +24,6 @@ else:  # pragma: no cover
     tomllib = None
 
 PROMPTS = Path(__file__).parents[1] / "adaptbench" / "datasets" / "_prompts"
-
-
-@contextmanager
-def raises_one_line(match: str, naming: Path | str):
-    """An AdaptbenchError whose message is one line and names ``naming``."""
-    with pytest.raises(AdaptbenchError, match=match) as info:
-        yield info
-    message = str(info.value)
-    assert "\n" not in message, message
-    assert str(naming) in message, message
 
 
 def specs() -> dict[str, TaskSpec]:

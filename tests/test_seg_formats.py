@@ -6,7 +6,6 @@ Every bad-data case checks the promise of ``adaptbench.errors``: one line naming
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,9 @@ from adaptbench.datasets.formats import SEG_CLASS_NAMES, SEG_DATASETS, SPLITS
 from adaptbench.datasets.mask_folders import mask_folder_samples
 from adaptbench.datasets.masks import MaskField
 from adaptbench.datasets.mmseg import held_out, mmseg_samples
-from adaptbench.errors import AdaptbenchError
 from adaptbench.registry import READERS
 from adaptbench.tasks.catalog import TaskSpec
+from helpers import raises_one_line
 
 WIDTH, HEIGHT = 12, 10
 ADE = SEG_DATASETS["ade20k"][5]
@@ -70,16 +69,6 @@ def binary_pixels() -> np.ndarray:
 
 def stems(samples) -> list[str]:
     return [path.stem for path, _ in samples]
-
-
-@contextmanager
-def raises_one_line(match: str, naming: Path | str):
-    """An AdaptbenchError whose message is one line and names ``naming``."""
-    with pytest.raises(AdaptbenchError, match=match) as info:
-        yield info
-    message = str(info.value)
-    assert "\n" not in message, message
-    assert str(naming) in message, message
 
 
 def spec(fmt: str, folder: str, options: dict, classes: int = 3) -> TaskSpec:
