@@ -156,6 +156,9 @@ BAD_SPLITS = {
     "empty name": ({"train": [["a/1.png", 0, " "]]}, r"train\[0\] is .*non-empty class name"),
     "empty split": ({"val": []}, r"split 'val' is empty; expected at least one entry"),
     "split not a list": ({"test": {"a/1.png": 0}}, r"'test' holds \{'a/1.png': 0\}; expected a list of"),
+    "test image in train": ({"test": [["a/train.png", 0, "ant"]]},
+                            r"test\[0\] lists 'a/train.png', which train\[0\] lists too; expected train, val and "
+                            r"test to share no image"),
 }
 
 
@@ -187,7 +190,7 @@ def test_a_split_file_that_is_not_a_json_object_is_named(tmp_path, text, match):
 
 
 def test_a_label_without_a_name_is_an_error_of_class_names(tmp_path):
-    path = zhou(tmp_path, "dtd", {key: [["a/1.png", 0, "ant"]] for key in ("train", "val", "test")})
+    path = zhou(tmp_path, "dtd", {key: [[f"a/{key}.png", 0, "ant"]] for key in ("train", "val", "test")})
     with raises_one_line(r"label\(s\) \[1, 2\] occur in no split.*expected every label of 0\.\.2", path):
         task_class_names(coop("dtd", num_classes=3), tmp_path)
 

@@ -174,13 +174,15 @@ def _entries(path: Path, key: str, entries: object) -> list:
 
 
 class _Names:
-    """Checks entries one by one: each well formed, its label in range, and labels and class
-    names one-to-one across the whole file (remembering where each was first seen)."""
+    """Checks entries one by one: each well formed, its label in range, labels and class names
+    one-to-one across the whole file, and no image in two splits (a test image seen in
+    training); remembers where each was first seen."""
 
     def __init__(self, path: Path, num_classes: int):
         self.path, self.num_classes = path, num_classes
         self.name_of: dict[int, tuple[str, str]] = {}  # label -> (name, where)
         self.label_of: dict[str, tuple[int, str]] = {}  # name -> (label, where)
+        self.split_of: dict[str, tuple[str, str]] = {}  # image path -> (split, where)
 
     def entry(self, key: str, index: int, entry: object) -> tuple[str, str, int, str]:
         at = f"{key}[{index}]"
@@ -199,6 +201,10 @@ class _Names:
         if labelled != label:
             raise AdaptbenchError(f"{self.path}: {at} gives class {name!r} label {label}, but {first} gives it "
                                   f"label {labelled}; expected one label per class name")
+        listed, first = self.split_of.setdefault(image, (key, at))
+        if listed != key:
+            raise AdaptbenchError(f"{self.path}: {at} lists {image!r}, which {first} lists too; expected train, "
+                                  f"val and test to share no image")
         return at, image, label, name
 
 
