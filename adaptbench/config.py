@@ -277,6 +277,9 @@ def _expected_base(base: Any, bounds: dict[str, Any]) -> str:
         return "a number"
     if base is str:
         return "a non-empty string"
+    if typing.get_origin(base) in (list, tuple):  # on the command line: comma-separated
+        items = {int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {items.get(next(iter(typing.get_args(base)), None), 'values')}"
     return f"a {getattr(base, '__name__', base)}"
 
 

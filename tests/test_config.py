@@ -73,6 +73,11 @@ def test_text_from_the_command_line_is_parsed_by_the_fields_type():
     (["--accelerator", "gpu"], "--accelerator gpu"),
     (["--img-size", "x"], "--img-size x: expected an integer >= 8"),
     (["--head", "linaer"], "unknown head 'linaer' (did you mean 'linear'"),
+    (["--wise-ft", "a,b"], "--wise-ft a,b: expected a list of numbers"),
+    (["--wise-ft", "0,2"], "--wise-ft 0,2: expected mixing weights in [0, 1]"),
+    (["--shots", "0"], "--shots 0: expected an integer >= 1 or null"),
+    (["--head-arg", "n_ctx=4"], "head 'linear' takes no options; got n_ctx"),
+    (["--adapter-arg", "dropout=high"], "adapter 'linear' has no option"),
 ])
 def test_bad_flags_are_one_line_exit_2_and_leave_no_record(flags, fragment, tmp_path):
     out = tmp_path / "results"

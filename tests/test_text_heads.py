@@ -171,7 +171,7 @@ def test_a_spec_runs_one_cell_per_k_and_the_zero_shot_row_once(tmp_path):
     ("shots: [1, 1]\n", "shots: expected a list of distinct integers >= 1"),
     ("train: {head: zeroshot_text, head_options: {frozen: 1}}\n", "head_options.frozen: head 'zeroshot_text' has no "
                                                                    "option 'frozen'"),
-    ("train: {head: zeroshot_text}\ngrid: {head_options.trainable: [yes_please]}\n", "expected a value of type"),
+    ("train: {head: zeroshot_text}\ngrid: {head_options.trainable: [yes_please]}\n", "option trainable='yes_please': expected true or false"),
     ("train: {head_options: {trainable: true}}\n", "head options need a head"),
 ])
 def test_bad_few_shot_and_head_option_keys_in_a_spec_name_their_line(tmp_path, text, message):

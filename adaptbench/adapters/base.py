@@ -89,9 +89,23 @@ def _coerce(name: str, value: Any, hint: Any, adapter: str, what: str = "adapter
             return None if value.lower() in ("none", "") else int(value)
     except ValueError:
         raise AdaptbenchError(
-            f"{what} {adapter!r} option {name}={value!r}: expected a value of type {hint}"
+            f"{what} {adapter!r} option {name}={value!r}: expected {_type_in_words(hint)}"
         ) from None
     return value
+
+
+def _type_in_words(hint: Any) -> str:
+    """What a command-line option of type ``hint`` accepts, as an error message says it."""
+    words = {bool: "true or false", int: "an integer", float: "a number"}
+    if hint in words:
+        return words[hint]
+    sequence = _sequence_hint(hint)
+    if sequence is not None:
+        item = {int: "integers", float: "numbers"}.get(_item_type(sequence), "names")
+        return f"a comma-separated list of {item}"
+    if _is_optional_int(hint):
+        return "an integer or none"
+    return f"a value of type {hint}"
 
 
 def _listify(value: Any, hint: Any) -> Any:
