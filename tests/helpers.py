@@ -143,3 +143,48 @@ def adaptbench(*args: str, cwd: Path, check_rc: int | None = 0) -> subprocess.Co
     if check_rc is not None:
         assert result.returncode == check_rc, result.stdout + result.stderr
     return result
+
+
+# -- clips: a backbone with its own temporal branch -------------------------------------------
+class TimeAttention(torch.nn.Module):
+    """Self-attention over the frames of each clip, token position by token position (the
+    temporal half of TimeSformer's divided space-time attention), with its own weights. It
+    reads the number of frames from the backbone's published geometry, as temporal adapters do."""
+
+    def __init__(self, width: int, context: GeometryContext, heads: int = 2):
+        super().__init__()
+        from timm.models.vision_transformer import Attention
+
+        self.attention = Attention(width, num_heads=heads, qkv_bias=True)
+        self.context = context
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = self.context.current.frames
+        batch, tokens, width = x.shape
+        clips = x.reshape(batch // frames, frames, tokens, width).transpose(1, 2).reshape(-1, frames, width)
+        out = self.attention(clips)
+        return out.reshape(batch // frames, tokens, frames, width).transpose(1, 2).reshape(batch, tokens, width)
+
+
+def divided_space_time_backbone(name: str = "vit_tiny_test", seed: int = 123):
+    """A tiny backbone whose every block gets a seeded ``temporal`` branch (its own norm and
+    :class:`TimeAttention`) between its attention and MLP branches: a video block whose temporal
+    part shares nothing with the spatial one. The anatomy takes the branch as a site as is."""
+    from adaptbench.backbones import load_backbone
+    from adaptbench.backbones.anatomy import ResidualBranch, TransformerBlock
+
+    backbone = load_backbone(name).eval()
+    width = backbone.anatomy.embed_dim
+    torch.manual_seed(seed)
+    for index, block in enumerate(backbone.blocks):
+        temporal = ResidualBranch(torch.nn.LayerNorm(width), TimeAttention(width, backbone.geometry))
+        backbone.blocks[index] = TransformerBlock(
+            {"attn": block.branches["attn"], "temporal": temporal, "mlp": block.branches["mlp"]})
+    backbone.anatomy.branches = ("attn", "temporal", "mlp")
+    backbone.seal_weights()
+    return backbone.eval()
+
+
+def clips(seed: int = 0, batch: int = 2, frames: int = 4, size: int = 32) -> torch.Tensor:
+    """A seeded batch of clips folded into images, clip-major: (batch * frames, 3, size, size)."""
+    return images(seed, batch * frames, size)

@@ -80,7 +80,7 @@ def test_registered_with_options_and_kinds():
     for name in CLIP_HEADS:
         assert name in HEADS.names()
         factory = HEADS.get(name)
-        assert factory.kinds == ("classification",)
+        assert factory.reads == "pooled"
         assert factory.config.help() and all(factory.config.help().values())
 
 

@@ -93,9 +93,10 @@ def test_every_segmentation_head_gives_class_maps_from_the_final_feature_map(hea
 def test_a_segmentation_head_is_refused_for_classification_and_the_linear_head_for_segmentation():
     backbone = load_backbone("vit_tiny_test")
     classification = TaskSpec("t/c", "classification", "vtab1k", "x", 3, "g", "d")
-    with pytest.raises(AdaptbenchError, match="head 'seg_pup' is for segmentation tasks, not classification"):
+    with pytest.raises(AdaptbenchError, match="head 'seg_pup' reads feature_map features, but classification "
+                                              "tasks give their head pooled features"):
         build_head("seg_pup", backbone, classification)
-    with pytest.raises(AdaptbenchError, match="head 'linear' is for classification"):
+    with pytest.raises(AdaptbenchError, match="head 'linear' reads pooled features, but segmentation tasks"):
         build_head("linear", backbone, spec())
     with pytest.raises(AdaptbenchError, match="head 'seg_linear' takes no 'box' prompt"):
         build_head("seg_linear", backbone, spec(), prompt="box")

@@ -18,5 +18,5 @@ def parameter_report(adapter: Adapter, head: nn.Module | None = None) -> Paramet
         extra_inference=extra,
         checkpoint_bytes=0 if adapter.merged else checkpoint_bytes(adapter),
         backbone=adapter.backbone_params,
-        extra_inference_merged=0 if adapter.mergeable else extra,
+        extra_inference_merged=adapter.kept_after_merge() if adapter.mergeable else extra,
     )

@@ -358,6 +358,11 @@ class Adapter:
             return 0
         return self.inference_params()
 
+    def kept_after_merge(self) -> int:
+        """Parameters a mergeable adapter still adds once merged (ZeroI2V's temporal
+        embedding); 0 for most: merging folds everything into the backbone."""
+        return 0
+
     def stats(self) -> dict[str, float]:
         """Method-specific figures for the run record (mask tuning: the fraction of weights
         masked). Read after training, before any merge; empty by default."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -104,9 +104,17 @@ class Backbone(nn.Module):
                             f"clip:<model>/<tag>, clip_micro)", reason="no text tower (not a CLIP backbone)")
 
     # -- the forward --------------------------------------------------------------------
-    def run(self, images: torch.Tensor, keep: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor], TokenGeometry]:
-        """(final tokens, {block index: tokens after it}, geometry after the blocks)."""
+    def run(self, images: torch.Tensor, keep: Sequence[int] = (), frames: int = 1
+            ) -> tuple[torch.Tensor, dict[int, torch.Tensor], TokenGeometry]:
+        """(final tokens, {block index: tokens after it}, geometry after the blocks).
+
+        ``frames``: the images are clips of that many frames folded into the batch, clip-major
+        (image ``c * frames + t`` is frame t of clip c); published as ``geometry.frames`` so
+        that temporal adapters can unfold them. Image tasks pass 1.
+        """
         tokens, geometry = self.embed(images)
+        if frames != 1:
+            geometry = replace(geometry, frames=_clip_frames(frames, geometry.batch))
         kept: dict[int, torch.Tensor] = {}
         with self.geometry.publish(geometry):
             for index, block in enumerate(self.blocks):
@@ -137,13 +145,14 @@ class Backbone(nn.Module):
         self.geometry.update(prefix=after[0].prefix, grid=after[0].grid)
         return tokens
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.run(images)[0]
+    def forward_features(self, images: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        return self.run(images, frames=frames)[0]
 
-    def forward(self, images: torch.Tensor, pool: str | None = None) -> torch.Tensor:
-        return self.project(self.pool(self.forward_features(images), pool))
+    def forward(self, images: torch.Tensor, pool: str | None = None, frames: int = 1) -> torch.Tensor:
+        """Pooled (and projected) features per image; ``frames`` as in :meth:`run`."""
+        return self.project(self.pool(self.forward_features(images, frames), pool))
 
-    def forward_dense(self, images: torch.Tensor, blocks: Sequence[int] = ()) -> DenseFeatures:
+    def forward_dense(self, images: torch.Tensor, blocks: Sequence[int] = (), frames: int = 1) -> DenseFeatures:
         """The final feature map and the maps after ``blocks`` (negative: from the end), each
         (B, C, H', W') with prefix and prompt tokens removed (read from this forward's geometry)."""
         total = self.anatomy.num_blocks
@@ -151,7 +160,7 @@ class Backbone(nn.Module):
             if not -total <= index < total:
                 raise AdaptbenchError(f"block {index} out of range; backbone {self.name!r} has {total} blocks")
         wanted = [index % total for index in blocks]
-        tokens, kept, geometry = self.run(images, wanted)
+        tokens, kept, geometry = self.run(images, wanted, frames)
         return DenseFeatures(self.dense_map(tokens, geometry), {index: kept[index % self.anatomy.num_blocks]
                                                                 for index in blocks})
 
@@ -260,6 +269,12 @@ class Backbone(nn.Module):
 
     def is_sealed(self, param: nn.Parameter) -> bool:
         return any(param is own for own in self._sealed)
+
+
+def _clip_frames(frames: int, batch: int) -> int:
+    if frames < 1 or batch % frames:
+        raise AdaptbenchError(f"a batch of {batch} images cannot be clips of {frames} frames each")
+    return frames
 
 
 def _out_features(module: nn.Module) -> int:

@@ -76,6 +76,8 @@ class Field:
     """One fixed-shape array per sample, decoded from the sample (see the module docstring)."""
 
     version: ClassVar[int] = 1
+    #: a listed path may be a folder (a video's frames), not only a file (the existence check)
+    folders: ClassVar[bool] = False
 
     def array_spec(self) -> ArraySpec:
         raise NotImplementedError
@@ -208,7 +210,10 @@ def decoded_split(samples: Sequence[Sample], fields: dict[str, Field], *, task: 
            "samples": samples_hash(samples)}
 
     def fill(arrays: dict[str, np.ndarray]) -> None:
-        check_images_exist(list(samples), source, where)  # once: a cached split is not checked again
+        # once: a cached split is not checked again; the list itself, when it is one, may check
+        # more (a rawframes list: each folder's listed frame count)
+        folders = any(field.folders for field in fields.values())
+        check_images_exist(samples if isinstance(samples, list) else list(samples), source, where, folders)
 
         def decode(index: int) -> None:
             for name, field in fields.items():

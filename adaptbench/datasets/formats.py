@@ -11,7 +11,7 @@ datasets, never the reverse. This module is plain data, with no torch and no num
 from __future__ import annotations
 
 __all__ = ["COOP_DATASETS", "FGVC_DATASETS", "FGVC_SPLITS", "SEG_CLASS_NAMES", "SEG_DATASETS", "SPLITS",
-           "VTAB1K_TASKS", "VTAB_SPLITS"]
+           "VIDEO_DATASETS", "VTAB1K_TASKS", "VTAB_SPLITS"]
 
 #: VTAB-1k folder -> (group, number of classes), NOAH's layout.
 VTAB1K_TASKS: dict[str, tuple[str, int]] = {
@@ -56,6 +56,13 @@ SPLITS: dict[str, tuple[str, str, str, str]] = {
     # train (``mmseg.py``), so val is read once, by the final run
     "mmseg": ("tune_train", "tune_val", "train", "val"),
     "mask_folders": ("train", "val", "trainval", "test"),
+    # the video lists ship train and val only (val is the reported split): tuned as mmseg is,
+    # on a seeded held-out part of train (``video.py``); the micro video tasks ship all four
+    "mmaction_video": ("tune_train", "tune_val", "train", "val"),
+    "mmaction_rawframes": ("tune_train", "tune_val", "train", "val"),
+    "ssv2": ("tune_train", "tune_val", "train", "val"),
+    "vpetl_csv": ("tune_train", "tune_val", "train", "val"),
+    "micro_video": ("train", "val", "trainval", "test"),
 }
 
 #: CoOp key -> (folder, image sub-folder, split file, number of classes, group, options), as
@@ -124,4 +131,54 @@ SEG_CLASS_NAMES: dict[str, tuple[str, ...]] = {
         "tvmonitor",
     ),
     "kvasir_seg": ("background", "polyp"),
+}
+
+#: Video key -> (benchmark, format, folder under the data root, number of classes, group,
+#: options), the layouts of mmaction2's ``tools/data`` (``data/sthv2``, ``data/hmdb51``,
+#: ``data/kinetics400``) and V-PETL's CSV folders. ``options`` hold the reader's keys
+#: (``video.py``: ``lists``, ``videos_folder``, ``frames_folder``, ``labels``, ``video_suffix``)
+#: and the anchor's sampling protocol, which the video kind reads:
+#:
+#: * ``num_frames`` T, ``sampling`` "uniform" (TSN: T equal segments, a frame from each) or
+#:   "dense" (T frames ``stride`` apart); ``positions``: uniform, cached frames per segment
+#:   (temporal jitter draws among them); dense, start positions of the T-frame window;
+#: * ``test_clips`` x ``test_crops`` views at test time; ``aspect``: width / height of the
+#:   cached frames (4:3, the 320x240 of HMDB51 and most SSv2 videos, K400's 340x256; room for
+#:   three crops along the long side); ``flip``: horizontal flips in training (never for SSv2,
+#:   whose classes say left and right: AIM's ``Flip(flip_ratio=0)``, ST-Adapter without
+#:   ``--mirror``, V-PETL's ``random_horizontal_flip=False if SSV2``).
+#:
+#: Sources: ST-Adapter ``scripts/train_ssv2_*.sh`` (8 frames, ``--sampling_rate 0`` = TSN
+#: uniform, 3 spatial x 1 temporal views) and ``scripts/train_k400_*.sh`` (8 frames at stride
+#: 16, 1 spatial x 3 temporal views, ``--mirror``); AIM ``configs/recognition/vit/
+#: vitclip_base_sthv2.py`` (8 frames ``frame_uniform``, test 1 clip x ``ThreeCrop``); ZeroI2V
+#: ``vit_zero_base_clip_hmdb51_u32_split1.py`` (``RawframeDataset`` split 1, ``UniformSample``
+#: 32 frames, test 2 clips x ``ThreeCrop``, ``Flip(0.5)``); V-PETL ``train/train_model_*.py``
+#: (8 frames, ``sampling_rate`` 4, test 4 segments x 3 crops) and ``dataloader/kinetics.py``.
+#: HMDB51 keeps 2 positions per segment: 32 x 4 frames would exceed most of its ~3 s clips.
+_CLIP_UNIFORM_8 = {"num_frames": 8, "sampling": "uniform", "stride": 1, "positions": 4,
+                   "test_clips": 1, "test_crops": 3, "aspect": 4 / 3}
+_VPETL_DENSE_8 = {"num_frames": 8, "sampling": "dense", "stride": 4, "positions": 4,
+                  "test_clips": 4, "test_crops": 3, "aspect": 4 / 3}
+VIDEO_DATASETS: dict[str, tuple[str, str, str, int, str, dict]] = {
+    "ssv2": ("video", "ssv2", "sthv2", 174, "clip_video",
+             {"labels": "annotations/something-something-v2-labels.json",
+              "lists": {"train": "annotations/something-something-v2-train.json",
+                        "val": "annotations/something-something-v2-validation.json"},
+              "videos_folder": "videos", "video_suffix": ".webm",
+              **_CLIP_UNIFORM_8, "flip": False}),
+    "hmdb51": ("video", "mmaction_rawframes", "hmdb51", 51, "clip_video",
+               {"lists": {"train": "hmdb51_train_split_1_rawframes.txt", "val": "hmdb51_val_split_1_rawframes.txt"},
+                "frames_folder": "rawframes",
+                "num_frames": 32, "sampling": "uniform", "stride": 1, "positions": 2,
+                "test_clips": 2, "test_crops": 3, "aspect": 4 / 3, "flip": True}),
+    "k400": ("video", "mmaction_video", "kinetics400", 400, "clip_video",
+             {"lists": {"train": "kinetics400_train_list_videos.txt", "val": "kinetics400_val_list_videos.txt"},
+              "videos_folder": {"train": "videos_train", "val": "videos_val"},
+              "num_frames": 8, "sampling": "dense", "stride": 16, "positions": 4,
+              "test_clips": 3, "test_crops": 1, "aspect": 4 / 3, "flip": True}),
+    "vpetl/ssv2": ("video", "vpetl_csv", "vpetl/ssv2", 174, "vpetl",
+                   {"lists": {"train": "train.csv", "val": "val.csv"}, **_VPETL_DENSE_8, "flip": False}),
+    "vpetl/hmdb51": ("video", "vpetl_csv", "vpetl/hmdb51", 51, "vpetl",
+                     {"lists": {"train": "train.csv", "val": "val.csv"}, **_VPETL_DENSE_8, "flip": True}),
 }

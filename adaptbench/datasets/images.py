@@ -51,22 +51,31 @@ def load_rgb(path: Path, source: str = "") -> Image.Image:
         raise unreadable_image_error(path, source, err) from None
 
 
-def check_images_exist(samples: list[Sample], source: str | None = None, where: list[str] | None = None) -> None:
+def check_images_exist(samples: list[Sample], source: str | None = None, where: list[str] | None = None,
+                       folders: bool = False) -> None:
     """Fail when listed images are missing or are not files (one ``stat`` each). ``where``:
     for each sample, the place that lists it (``file:line``, or a file and key), named in the
-    message after ``source``; both default to a :class:`SampleList`'s own."""
+    message after ``source``; both default to a :class:`SampleList`'s own. ``folders`` (or the
+    list's own ``folders``): a listed path may also be a folder (a video as a folder of frames,
+    ``video.py``); such a list may check its folders further with ``check_listed(source, where)``."""
     source = source if source is not None else getattr(samples, "source", "")
     where = where if where is not None else getattr(samples, "where", None)
-    bad = [index for index, (path, _) in enumerate(samples) if not os.path.isfile(path)]
+    folders = folders or getattr(samples, "folders", False)
+    exists = os.path.exists if folders else os.path.isfile
+    bad = [index for index, (path, _) in enumerate(samples) if not exists(path)]
     if bad:
         first = samples[bad[0]][0]
         at = f"{where[bad[0]]}; " if where is not None else ""
-        state = "is a directory, not an image file" if os.path.isdir(first) else "does not exist"
+        what, state = (("path", "does not exist") if folders else
+                       ("image", "is a directory, not an image file" if os.path.isdir(first) else "does not exist"))
         raise AdaptbenchError(
-            f"image {os.path.abspath(first)} listed in {source} {state} "
-            f"({at}{len(bad)} of the {len(samples)} listed images are missing); "
+            f"{what} {os.path.abspath(first)} listed in {source} {state} "
+            f"({at}{len(bad)} of the {len(samples)} listed {what}s are missing); "
             f"expected every listed path to exist"
         )
+    check_listed = getattr(samples, "check_listed", None)
+    if check_listed is not None:
+        check_listed(source, where)
 
 
 def read_text_file(path: Path, what: str, expected: str) -> str:

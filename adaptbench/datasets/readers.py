@@ -125,3 +125,74 @@ register_reader("fgvc", FgvcReader)
 register_reader("coop", CoopReader)
 register_reader("mmseg", MmsegReader)
 register_reader("mask_folders", MaskFoldersReader)
+
+
+class VideoReader(Reader):
+    """Video classification lists (``datasets/video.py``): ``(video file or frame folder, label)``
+    samples from ``<root>/<folder>``; ``format`` names the list format. Option keys (the task's
+    ``options``; paths relative to ``<root>/<folder>``):
+
+    * ``lists``: ``{split: list file}`` for the shipped splits (train, val; the micro tasks'
+      ``{train,val,trainval,test}.txt`` by default); the tune pair is held out of train
+      (``tune_val_fraction``, default 0.1, seeded, as mmseg's);
+    * ``videos_folder``: what video paths are relative to, one folder or ``{split: folder}``
+      (``mmaction_video``, ``micro_video``: default the dataset folder; ``ssv2``: "videos");
+    * ``frames_folder``: what frame folders are relative to (``mmaction_rawframes``, default "rawframes");
+    * ``labels``, ``video_suffix``: SSv2's labels file and video suffix (defaults
+      ``annotations/something-something-v2-labels.json``, ``.webm``).
+    """
+
+    format: ClassVar[str] = ""
+
+    def samples(self, root: Path, spec: Any, split: str) -> list[tuple[Path, int]]:
+        from .video import video_samples
+
+        return video_samples(root, self.format, spec.dataset, split, spec.num_classes, spec.options)
+
+    def layout(self, spec: Any) -> str:
+        from .video import video_layout
+
+        return video_layout(self.format, spec.dataset, spec.options)
+
+    def class_names(self, root: Path, spec: Any) -> tuple[str, ...] | None:
+        """SSv2's template names from its labels file; None for the other formats."""
+        from .video import video_class_names
+
+        return video_class_names(root, self.format, spec.dataset, spec.num_classes, spec.options)
+
+
+class MmactionVideoReader(VideoReader):
+    """mmaction2's video list: ``<video path> <label>`` lines (Kinetics-400), paths relative to ``videos_folder``."""
+
+    format = "mmaction_video"
+
+
+class MmactionRawframesReader(VideoReader):
+    """mmaction2's rawframes list: ``<frame folder> <total frames> <label>`` lines (HMDB51), ``img_00001.jpg``, ..."""
+
+    format = "mmaction_rawframes"
+
+
+class Ssv2Reader(VideoReader):
+    """Something-Something v2 as released: labels and train/validation JSON, ``videos/<id>.webm``."""
+
+    format = "ssv2"
+
+
+class VpetlCsvReader(VideoReader):
+    """V-PETL Bench's ``{train,val}.csv``: ``<absolute path>,<label>`` lines, no header."""
+
+    format = "vpetl_csv"
+
+
+class MicroVideoReader(VideoReader):
+    """The embedded micro video tasks: mmaction video lists ``{train,val,trainval,test}.txt`` in the task folder."""
+
+    format = "micro_video"
+
+
+register_reader("mmaction_video", MmactionVideoReader)
+register_reader("mmaction_rawframes", MmactionRawframesReader)
+register_reader("ssv2", Ssv2Reader)
+register_reader("vpetl_csv", VpetlCsvReader)
+register_reader("micro_video", MicroVideoReader)

@@ -50,7 +50,7 @@ def evaluate_checkpoint(
                               f"{backbone_name}: {str(err).strip().splitlines()[-1].strip()}") from None
     settings = {"lr": 1.0, "weight_decay": 0.0, "warmup_epochs": 0, "pool": head_info.get("pool"), "prompt": prompt}
     module = kind.build_module(backbone, adapter, head, spec, settings)
-    module.set_inputs(kind.batch_transform(backbone.data_config, train=False))
+    module.set_inputs(kind.batch_transform(backbone.data_config, train=False, spec=spec))
     batches = split_batches(kind, samples, backbone.data_config, spec, split, batch_size, shuffle=False, seed=0,
                             workers=num_workers)
     trainer = trainer_for(RunPlace(accelerator=accelerator), auto_precision(accelerator), max_epochs=0)

@@ -297,7 +297,7 @@ def _place_inputs(prepared: Prepared, resolved: dict[str, Any], place: RunPlace,
 
     module, kind, spec = prepared.module, prepared.kind, prepared.spec
     device = trainer.strategy.root_device
-    module.set_inputs(kind.batch_transform(prepared.backbone.data_config, train=True))
+    module.set_inputs(kind.batch_transform(prepared.backbone.data_config, train=True, spec=spec))
     reason = why_not_cached(module, prepared.adapter, kind) if place.policy.feature_cache else "turned off"
     if reason is not None:
         for batches in prepared.loaders.values():
@@ -357,6 +357,8 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
                               f"{primary!r} (got {sorted(metrics[plan.eval_split]) or 'nothing'})")
     memory_bytes, memory_kind = peak_memory(module.device)
     eval_size = len(loaders["eval"].dataset)
+    train_per_s = meter.images_per_second()
+    eval_per_s = eval_size / timings["eval_s"] if timings["eval_s"] > 0 and not every_epoch else None
     return {
         "stage": plan.stage,
         "metrics": metrics,
@@ -366,8 +368,8 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
         "adapter_stats": prepared.adapter.stats(),
         "extra_losses": sorted(key.removeprefix("train_extra_") for key in trainer.logged_metrics
                                if key.startswith("train_extra_")),
-        "train_images_per_s": meter.images_per_second(),
-        "eval_images_per_s": eval_size / timings["eval_s"] if timings["eval_s"] > 0 and not every_epoch else None,
+        "train_images_per_s": train_per_s,
+        "eval_images_per_s": eval_per_s,
         "timings": {name: round(value, 4) for name, value in timings.items()},
         "peak_memory_bytes": memory_bytes,
         "peak_memory_kind": memory_kind,
@@ -375,9 +377,21 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
             "train_split": plan.train_split, "eval_split": plan.eval_split,
             "train_size": len(loaders["train"].dataset) if "train" in loaders else 0, "eval_size": eval_size,
             "inputs": inputs,
-            **kind.data_description(prepared.backbone.data_config),
+            **kind.data_description(prepared.backbone.data_config, prepared.spec),
+            "throughput": throughput(kind, prepared.spec, train_per_s, eval_per_s),
         },
     }
+
+
+def throughput(kind, spec, train_per_s: float | None, eval_per_s: float | None) -> dict[str, float | None]:
+    """Samples (``kind.sample_unit``: images, clips) and frames per second, in training and
+    evaluation (``train_images_per_s`` counts samples); evaluation frames count every test view."""
+    rates: dict[str, float | None] = {}
+    for stage, per_s in (("train", train_per_s), ("eval", eval_per_s)):
+        frames = kind.frames_per_sample(spec, evaluation=stage == "eval")
+        rates[f"{stage}_{kind.sample_unit}_per_s"] = per_s
+        rates[f"{stage}_frames_per_s"] = per_s * frames if per_s is not None else None
+    return rates
 
 
 def _split_metrics(logged: dict[str, Any], prefix: str) -> dict[str, float]:

@@ -17,6 +17,15 @@ from ..datasets.formats import FGVC_DATASETS, SPLITS, VTAB1K_TASKS
 __all__ = ["FGVC_DATASETS", "SPLITS", "TaskSpec", "VTAB1K_TASKS", "builtin_task_specs"]
 
 
+#: Epochs of the video recipe: ST-Adapter and AIM train SSv2 for 50 epochs (K400: 12 and 30),
+#: ZeroI2V HMDB51 for 40.
+VIDEO_DEFAULT_EPOCHS = 50
+
+#: How the micro video tasks' 16-frame clips are sampled: TSN-uniform 8 frames, 2 cached
+#: positions per segment for temporal jitter, one centred view at test (the clips are 32x32).
+MICRO_VIDEO_SAMPLING = {"num_frames": 8, "sampling": "uniform", "stride": 1, "positions": 2,
+                        "test_clips": 1, "test_crops": 1, "aspect": 1.0, "flip": False}
+
 #: Epochs of the segmentation recipe: mmseg trains ADE20K for 160k iterations at batch 16
 #: (about 127 epochs of its 20,210 images); SAM adapters train medical sets for 20-100 epochs.
 SEG_DEFAULT_EPOCHS = 100
@@ -27,7 +36,7 @@ class TaskSpec:
     """What a task is: its name, the kind of model it trains and the data it reads."""
 
     name: str
-    kind: str  # "classification", "segmentation" (video comes later)
+    kind: str  # a task kind: "classification", "segmentation", "video_classification"
     format: str  # a reader's name: "vtab1k" (also the embedded micro tasks), "fgvc", "coop", "mmseg", "mask_folders"
     dataset: str  # folder (vtab1k, coop, mmseg, mask_folders), FGVC key (fgvc) or micro task name (micro)
     num_classes: int
@@ -116,5 +125,28 @@ def _micro_seg_specs() -> list[TaskSpec]:
     ]
 
 
+def _video_specs() -> list[TaskSpec]:
+    from ..datasets.formats import VIDEO_DATASETS
+
+    return [
+        TaskSpec(f"{benchmark}/{key}", "video_classification", reader, folder, classes, group,
+                 f"video classification: {folder} ({classes} classes, {options['num_frames']} frames "
+                 f"{options['sampling']})", default_epochs=VIDEO_DEFAULT_EPOCHS, options=dict(options))
+        for key, (benchmark, reader, folder, classes, group, options) in VIDEO_DATASETS.items()
+    ]
+
+
+def _micro_video_specs() -> list[TaskSpec]:
+    from ..datasets.micro_catalog import MICRO_VIDEO_TASK_INFO
+
+    return [
+        TaskSpec(f"micro_video/{name}", "video_classification", reader, name, classes, group,
+                 f"embedded: {description}", embedded=True, default_epochs=10,
+                 options={**MICRO_VIDEO_SAMPLING, **options}, class_names=tuple(names))
+        for name, (group, classes, description, reader, options, names) in MICRO_VIDEO_TASK_INFO.items()
+    ]
+
+
 def builtin_task_specs() -> list[TaskSpec]:
-    return _vtab_specs() + _fgvc_specs() + _coop_specs() + _micro_specs() + _seg_specs() + _micro_seg_specs()
+    return (_vtab_specs() + _fgvc_specs() + _coop_specs() + _micro_specs() + _seg_specs() + _micro_seg_specs()
+            + _video_specs() + _micro_video_specs())

@@ -577,7 +577,7 @@ def text_lora(backbone, spec, **options) -> nn.Module:
 for _factory, _config in ((coop, CoOpConfig), (clip_adapter, CLIPAdapterConfig), (tip_adapter, TipAdapterConfig),
                           (text_lora, TextLoRAConfig)):
     _factory.config = _config
-    _factory.kinds = ("classification",)
+    _factory.reads = "pooled"
 
 tip_adapter.reads_training_split = True  # built from the k-shot split even untrained (epochs: 0)
 register_head("coop", coop)

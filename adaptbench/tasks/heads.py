@@ -40,13 +40,14 @@ def linear_head(backbone, spec) -> nn.Module:
     return nn.Linear(backbone.anatomy.feature_dim, spec.num_classes)
 
 
-linear_head.kinds = ("classification",)
+linear_head.reads = "pooled"
 
 
 def build_head(name: str, backbone, spec, prompt: str = "none", options: Mapping[str, Any] | None = None) -> nn.Module:
     """The head ``name`` for ``spec`` on ``backbone`` (registry: ``adaptbench ls heads``).
 
-    A factory may say which task kinds it serves (``factory.kinds``), which prompts it
+    A factory says what it reads (``factory.reads``: ``"pooled"`` features, a ``"feature_map"``),
+    which must be what the task's kind hands its head (``TaskKind.head_input``), which prompts it
     takes (``factory.prompts``; only promptable heads receive ``prompt``) and which options
     (``factory.config``)."""
     factory = HEADS.get(name)
@@ -111,10 +112,16 @@ def prepare_head(module, batches, device) -> bool:
 
 
 def check_head(name: str, factory, kind: str, prompt: str = "none") -> None:
-    """Refuse, in one line, a head for another task kind or a prompt the head cannot take."""
-    kinds = getattr(factory, "kinds", None)
-    if kinds is not None and kind not in kinds:
-        raise AdaptbenchError(f"head {name!r} is for {' / '.join(kinds)} tasks, not {kind}; "
+    """Refuse, in one line, a head that reads something the task's kind does not give its head
+    (a pooled-feature classifier on a segmentation task), or a prompt the head cannot take.
+    A plugin head may name the kinds it serves instead (``factory.kinds``)."""
+    from .kinds import task_kind
+
+    reads, kinds = getattr(factory, "reads", None), getattr(factory, "kinds", None)
+    gives = task_kind(kind).head_input
+    if (reads is not None and reads != gives) or (kinds is not None and kind not in kinds):
+        serves = f"reads {reads} features" if reads is not None else f"is for {' / '.join(kinds)} tasks"
+        raise AdaptbenchError(f"head {name!r} {serves}, but {kind} tasks give their head {gives} features; "
                               f"see `adaptbench ls heads`")
     prompts = getattr(factory, "prompts", ("none",))
     if prompt not in prompts:

@@ -226,6 +226,10 @@ class TaskKind:
     higher_is_better: ClassVar[bool] = True
     augmentation: ClassVar[str] = "none"
     default_head: ClassVar[str] = "linear"
+    sample_unit: ClassVar[str] = "images"  # what one sample is, in throughput figures
+    # what the kind's module hands its head: "pooled" features (B, C) or a "feature_map"
+    # (B, C, H', W'); a head serves every kind that gives it what it reads (``factory.reads``)
+    head_input: ClassVar[str] = "pooled"
 
     def metrics(self, spec) -> MetricCollection:
         raise NotImplementedError
@@ -260,14 +264,21 @@ class TaskKind:
 
         return {"images": ImageField(tuple(data_config.input_size), data_config.interpolation), "labels": LabelField()}
 
-    def batch_transform(self, data_config, train: bool) -> nn.Module | None:
-        """Decoded batch -> model inputs, on the device (the PIL path's ToTensor + Normalize)."""
+    def batch_transform(self, data_config, train: bool, spec=None) -> nn.Module | None:
+        """Decoded batch -> model inputs, on the device (the PIL path's ToTensor + Normalize).
+        The transform is a submodule of the task module, so it follows its train / eval mode
+        (a kind with training-time augmentation reads ``self.training``)."""
         from .batches import NormalizeImages
 
         return NormalizeImages(data_config.mean, data_config.std)
 
-    def data_description(self, data_config) -> dict[str, Any]:
-        """Preprocessing facts stored in every record."""
+    def frames_per_sample(self, spec, evaluation: bool = False) -> int:
+        """Images one sample puts through the backbone (a video clip: its frames, every test
+        view counted in evaluation); throughput is reported per sample and per frame."""
+        return 1
+
+    def data_description(self, data_config, spec=None) -> dict[str, Any]:
+        """Preprocessing facts stored in every record (``spec``: the task, for per-task facts)."""
         return {"input_size": list(data_config.input_size), "mean": list(data_config.mean),
                 "std": list(data_config.std), "resize": "no crop", "augmentation": self.augmentation}
 

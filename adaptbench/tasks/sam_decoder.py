@@ -210,6 +210,6 @@ def sam_decoder_head(backbone, spec, prompt: str = "none") -> SamDecoderHead:
 
 
 sam_decoder_head.version = 1
-sam_decoder_head.kinds = ("segmentation",)
+sam_decoder_head.reads = "feature_map"
 sam_decoder_head.prompts = PROMPTS
 register_head("sam_decoder", sam_decoder_head)

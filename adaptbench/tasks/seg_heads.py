@@ -72,7 +72,7 @@ def seg_pup_head(backbone, spec) -> ProgressiveUpsamplingHead:
 
 
 for _factory in (seg_linear_head, seg_pup_head):
-    _factory.kinds = ("segmentation",)
+    _factory.reads = "feature_map"
 
 register_head("seg_linear", seg_linear_head)
 register_head("seg_pup", seg_pup_head)

@@ -188,6 +188,7 @@ class SegmentationKind(TaskKind):
     higher_is_better = True
     augmentation = "none"
     default_head = "seg_linear"
+    head_input = "feature_map"
 
     def few_shot(self, samples, shots: int, seed: int, spec):
         """k images of the training split, drawn with the seed (dense tasks have no per-image class)."""
@@ -243,8 +244,8 @@ class SegmentationKind(TaskKind):
     def head_info(self, spec, settings: dict[str, Any], backbone) -> dict[str, Any]:
         return {**super().head_info(spec, settings, backbone), "prompt": settings.get("prompt", "none")}
 
-    def data_description(self, data_config) -> dict[str, Any]:
-        return {**super().data_description(data_config), "masks": "nearest-neighbour resize, 255 = ignore",
+    def data_description(self, data_config, spec=None) -> dict[str, Any]:
+        return {**super().data_description(data_config, spec), "masks": "nearest-neighbour resize, 255 = ignore",
                 "metrics": METRIC_DEFINITIONS}
 
 

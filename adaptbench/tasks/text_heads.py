@@ -158,7 +158,7 @@ def text_linear(backbone, spec) -> nn.Module:
     return TextInitLinear(embeddings, scale)
 
 
-zeroshot_text.kinds = text_linear.kinds = ("classification",)
+zeroshot_text.reads = text_linear.reads = "pooled"
 zeroshot_text.config = ZeroShotTextOptions
 register_head("zeroshot_text", zeroshot_text)
 register_head("text_linear", text_linear)
