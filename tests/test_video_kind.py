@@ -156,3 +156,27 @@ def test_throughput_counts_clips_and_frames():
     task = spec(num_frames=8, test_clips=2, test_crops=3)
     assert throughput(kind, task, 10.0, 4.0) == {"train_clips_per_s": 10.0, "train_frames_per_s": 80.0,
                                                  "eval_clips_per_s": 4.0, "eval_frames_per_s": 192.0}
+
+
+# -- a whole run: the real mp4 reader, the decode cache, the runner, eval from the checkpoint ----------
+def test_a_video_run_trains_records_and_evaluates_from_its_checkpoint(tmp_path):
+    """A few-shot ST-Adapter run on the embedded mp4 task: the record holds the clip sampling,
+    clips/s and frames/s, and ``eval`` from the saved adapter reproduces the test score."""
+    pytest.importorskip("av")
+    from adaptbench.config import RunConfig
+    from adaptbench.runner.evaluate import evaluate_checkpoint
+    from adaptbench.runner.train import RunPlace, quiet_lightning, run
+
+    quiet_lightning()
+    config = RunConfig(task="micro_video/count_events", backbone="vit_micro", adapter="st_adapter", epochs=2,
+                       shots=4, batch_size=16, lr=0.005)
+    result = run(config, RunPlace(out_dir=tmp_path, accelerator="cpu"))
+    info = result.record.train_info
+    assert info.data["clip_sampling"]["num_frames"] == 4 and info.data["train_size"] == 16
+    rates = info.data["throughput"]
+    assert rates["train_frames_per_s"] == pytest.approx(4 * rates["train_clips_per_s"])
+    assert rates["eval_frames_per_s"] == pytest.approx(4 * rates["eval_clips_per_s"])
+    assert "drawn anew" in info.data["inputs"]
+    evaluated = evaluate_checkpoint(result.checkpoint_path, "micro_video/count_events", "vit_micro", batch_size=50,
+                                    accelerator="cpu")
+    assert evaluated["test"]["top1"] == pytest.approx(result.record.primary_score(), abs=1e-6)

@@ -28,12 +28,10 @@ rank in what we could read of the paper, and the official code (TencentARC/ToonC
 which has no ViT-B counterpart. So rank 8 (LoRA's default here) is our choice, and scale 1
 matches the official code, which adds its branch unscaled.
 
-Departure from the official code, and why: the released implementation (``model/dera.py``,
-class ``DeRA``, added to the self-attention output in ``WanAttentionBlock``) is not LoRA on
-the projections but a *parallel branch* beside the spatial self-attention: ``up(attn_r(down(x)))``
-with a bias-free ``down`` (d -> r), a small 4-head attention with its own q/k/v/o (r -> r,
-RoPE) computed per frame over the patch grid, and a zero-initialised bias-free ``up`` (r -> d).
-That branch is not mergeable. This adapter follows the benchmark's definition of the method
+Its relation to the official code: the released implementation (``model/dera.py``, class
+``DeRA``, added to the self-attention output in ``WanAttentionBlock``) is not LoRA on the
+projections but a *parallel branch* beside the spatial self-attention, which is registered here
+as ``dera`` (``adapters/dera.py``). This adapter is the benchmark's other reading of the method
 ("LoRA restricted to the spatial attention and projection sites, per-site ranks"): it keeps
 SLRA's defining property (only spatial attention adapted, temporal prior intact, low rank,
 identity at init) on the LoRA machinery, so it merges and compares directly with ``lora``.

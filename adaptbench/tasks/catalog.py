@@ -21,9 +21,11 @@ __all__ = ["FGVC_DATASETS", "SPLITS", "TaskSpec", "VTAB1K_TASKS", "builtin_task_
 #: ZeroI2V HMDB51 for 40.
 VIDEO_DEFAULT_EPOCHS = 50
 
-#: How the micro video tasks' 16-frame clips are sampled: TSN-uniform 8 frames, 2 cached
-#: positions per segment for temporal jitter, one centred view at test (the clips are 32x32).
-MICRO_VIDEO_SAMPLING = {"num_frames": 8, "sampling": "uniform", "stride": 1, "positions": 2,
+#: How the micro video tasks' 16-frame clips are sampled: TSN-uniform 4 frames, the 4 frames of
+#: each segment cached (the whole clip) for temporal jitter, one centred view at test (the
+#: clips are 32x32). 4 frames, not the anchors' 8: half the cost on a CPU, and one frame per
+#: segment of 4 still shows every motion of these tasks.
+MICRO_VIDEO_SAMPLING = {"num_frames": 4, "sampling": "uniform", "stride": 1, "positions": 4,
                         "test_clips": 1, "test_crops": 1, "aspect": 1.0, "flip": False}
 
 #: Epochs of the segmentation recipe: mmseg trains ADE20K for 160k iterations at batch 16
