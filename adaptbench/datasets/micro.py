@@ -52,6 +52,8 @@ from .decoded import CACHE_ENV, cache_root  # noqa: F401 - CACHE_ENV re-exported
 from .images import DECODE_ERRORS, unreadable_image_error
 from .micro_catalog import MICRO_SEG_TASK_INFO, MICRO_TASK_INFO, MICRO_VIDEO_TASK_INFO
 from .micro_seg import SEG_RECIPES, SEG_WRITERS, folder_checksum
+from .procedural import SIZE, SPRITE_REACH as _SPRITE_REACH, XX as _XX, YY as _YY
+from .procedural import linear_upsampler, sprite_depth as _sprite, to_uint8 as _to_uint8
 from .micro_video import VIDEO_RECIPES, VIDEO_WRITERS, video_task_checksum
 from .vtab import VTAB_SPLITS, checked_split
 
@@ -60,7 +62,6 @@ __all__ = ["MICRO_SEG_TASKS", "MICRO_TASKS", "MICRO_VIDEO_TASKS", "MicroTask", "
 
 FORMAT_VERSION = "v1"
 COMPLETE_MARKER = ".complete"  # written last, holds the checksum the folder was verified against
-SIZE = 32  # procedural images are SIZE x SIZE grayscale
 
 Images = np.ndarray  # (N, H, W) uint8
 Labels = np.ndarray  # (N,) int64
@@ -171,9 +172,6 @@ def faces_task(task: MicroTask) -> SplitData:
 
 
 # -- procedural sources ------------------------------------------------------------------
-_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
-
-
 def procedural(draw: Callable[[np.random.Generator, int], np.ndarray]) -> Callable[[MicroTask], SplitData]:
     """A task generator that calls ``draw(rng, label)`` once per image, per split."""
 
@@ -193,10 +191,6 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return rng.normal(rng.uniform(10, 60), rng.uniform(4, 12), (SIZE, SIZE))
 
 
-def _to_uint8(canvas: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-
-
 def _paint(canvas: np.ndarray, inside: np.ndarray, intensity: float) -> None:
     """Blend ``intensity`` in where ``inside`` (pixels inside the edge, >0) says.
 
@@ -205,19 +199,6 @@ def _paint(canvas: np.ndarray, inside: np.ndarray, intensity: float) -> None:
     alpha = np.clip(inside + 0.5, 0.0, 1.0)
     canvas *= 1.0 - alpha
     canvas += alpha * intensity
-
-
-def _sprite(kind: int, cy: float, cx: float, radius: float) -> np.ndarray:
-    """Signed depth (in pixels) inside a disc, square or diamond."""
-    dy, dx = np.abs(_YY - cy), np.abs(_XX - cx)
-    if kind == 0:
-        return radius - np.sqrt(dy * dy + dx * dx)
-    if kind == 1:
-        return radius - np.maximum(dy, dx)
-    return radius * 1.3 - (dy + dx)
-
-
-_SPRITE_REACH = (1.0, 1.42, 1.3)  # how far each sprite kind reaches, in radii
 
 
 def count_image(rng: np.random.Generator, label: int) -> np.ndarray:
@@ -305,20 +286,9 @@ def _dots(rng: np.random.Generator, period: float, tilt: float) -> np.ndarray:
 
 def _smooth_noise(rng: np.random.Generator, period: float, tilt: float) -> np.ndarray:
     cells = int(round(SIZE / period)) + 1  # blob size follows the same random period
-    blend = _linear_upsampler(cells)
+    blend = linear_upsampler(SIZE, cells)
     noise = blend @ rng.normal(0.0, 1.0, (cells, cells)) @ blend.T
     return noise / (np.abs(noise).max() + 1e-9)
-
-
-def _linear_upsampler(cells: int) -> np.ndarray:
-    """(SIZE, cells) matrix of linear-interpolation weights (numpy only: no resampler version)."""
-    position = np.linspace(0.0, cells - 1.0, SIZE)
-    left = np.minimum(np.floor(position).astype(np.int64), cells - 2)
-    weight = position - left
-    matrix = np.zeros((SIZE, cells))
-    matrix[np.arange(SIZE), left] = 1.0 - weight
-    matrix[np.arange(SIZE), left + 1] = weight
-    return matrix
 
 
 _TEXTURE_PATTERNS = (

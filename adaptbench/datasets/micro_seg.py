@@ -55,6 +55,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import AdaptbenchError
+from .procedural import linear_upsampler
 from .images import DECODE_ERRORS, unreadable_image_error
 
 if TYPE_CHECKING:
@@ -219,21 +220,10 @@ def _shapes_background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     ramp = (_XX * np.cos(angle) + _YY * np.sin(angle)) / SHAPES_SIZE
     ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
     canvas = first + (second - first) * ramp[..., None]
-    blend = _upsampler(5)
+    blend = linear_upsampler(SHAPES_SIZE, 5)
     blotches = blend @ rng.normal(0.0, 1.0, (5, 5)) @ blend.T
     canvas += rng.uniform(5, 25) * blotches[..., None]
     return canvas, (first + second) / 2
-
-
-def _upsampler(cells: int) -> np.ndarray:
-    """(SHAPES_SIZE, cells) linear-interpolation weights (numpy only: no resampler version)."""
-    position = np.linspace(0.0, cells - 1.0, SHAPES_SIZE)
-    left = np.minimum(np.floor(position).astype(np.int64), cells - 2)
-    weight = position - left
-    matrix = np.zeros((SHAPES_SIZE, cells))
-    matrix[np.arange(SHAPES_SIZE), left] = 1.0 - weight
-    matrix[np.arange(SHAPES_SIZE), left + 1] = weight
-    return matrix
 
 
 def _shape_depth(rng: np.random.Generator, label: int) -> np.ndarray:

@@ -89,6 +89,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import AdaptbenchError
+from .procedural import SIZE, SPRITE_REACH, XX as _XX, YY as _YY  # frames are SIZE x SIZE RGB
+from .procedural import linear_upsampler, sprite_depth as _sprite, to_uint8 as _to_uint8
 
 if TYPE_CHECKING:
     from .micro import MicroTask
@@ -99,7 +101,6 @@ __all__ = ["ARROW_SOURCES", "FRAMES", "SIZE", "VIDEO_RECIPES", "VIDEO_SPLITS", "
            "video_data_checksum", "video_task_checksum", "write_micro_video"]
 
 FRAMES = 16  # frames per clip
-SIZE = 32  # frames are SIZE x SIZE RGB
 FPS = 16
 VIDEO_SPLITS = ("train", "val", "trainval", "test")  # the list files, in checksum order
 ENCODER = "libx264rgb"
@@ -142,21 +143,7 @@ def _balanced_labels(count: int, num_classes: int, rng: np.random.Generator) -> 
     return labels
 
 
-_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
-
-
-def _upsampler(cells: int) -> np.ndarray:
-    """(SIZE, cells) linear-interpolation weights (numpy only: no resampler version)."""
-    position = np.linspace(0.0, cells - 1.0, SIZE)
-    left = np.minimum(np.floor(position).astype(np.int64), cells - 2)
-    weight = position - left
-    matrix = np.zeros((SIZE, cells))
-    matrix[np.arange(SIZE), left] = 1.0 - weight
-    matrix[np.arange(SIZE), left + 1] = weight
-    return matrix
-
-
-_BLEND = _upsampler(5)
+_BLEND = linear_upsampler(SIZE, 5)
 
 
 def _background(rng: np.random.Generator, high: float = 225.0) -> tuple[np.ndarray, np.ndarray]:
@@ -196,22 +183,6 @@ def _frames(canvas: np.ndarray, depth: np.ndarray, colour: np.ndarray) -> np.nda
     return frames
 
 
-def _to_uint8(frames: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
-
-
-def _sprite(kind: int, cy: float, cx: float, radius: float) -> np.ndarray:
-    """Signed depth (pixels) inside a disc, square or diamond."""
-    dy, dx = np.abs(_YY - cy), np.abs(_XX - cx)
-    if kind == 0:
-        return radius - np.sqrt(dy * dy + dx * dx)
-    if kind == 1:
-        return radius - np.maximum(dy, dx)
-    return radius * 1.3 - (dy + dx)
-
-
-_REACH = (1.0, 1.42, 1.3)  # how far each sprite kind reaches, in radii
-
 DIRECTIONS = ("moving left", "moving right", "moving up", "moving down")
 
 
@@ -221,7 +192,7 @@ def direction_clip(rng: np.random.Generator, label: int) -> np.ndarray:
     The draws depend on the axis only: left is right reversed, up is down reversed.
     """
     kind, radius = int(rng.integers(3)), rng.uniform(2.0, 4.0)
-    reach = radius * _REACH[kind]
+    reach = radius * SPRITE_REACH[kind]
     speed = rng.uniform(0.6, 1.2)
     travel = speed * (FRAMES - 1)
     start = rng.uniform(reach + 0.5, SIZE - 1.5 - reach - travel)
@@ -294,7 +265,7 @@ def towards_clip(rng: np.random.Generator, label: int) -> np.ndarray:
     """A moves away from B (label 1) or towards it (label 0: the same clip reversed)."""
     kind_a, kind_b = (int(k) for k in rng.integers(3, size=2))
     radius_a, radius_b = rng.uniform(2.0, 3.2), rng.uniform(2.5, 4.0)
-    reach_a, reach_b = radius_a * _REACH[kind_a], radius_b * _REACH[kind_b]
+    reach_a, reach_b = radius_a * SPRITE_REACH[kind_a], radius_b * SPRITE_REACH[kind_b]
     while True:  # draws that keep both objects inside the frame
         b = rng.uniform(reach_b + 0.5, SIZE - 1.5 - reach_b, size=2)  # (y, x)
         away = rng.uniform(0, 2 * np.pi)
