@@ -180,3 +180,30 @@ def test_a_video_run_trains_records_and_evaluates_from_its_checkpoint(tmp_path):
     evaluated = evaluate_checkpoint(result.checkpoint_path, "micro_video/count_events", "vit_micro", batch_size=50,
                                     accelerator="cpu")
     assert evaluated["test"]["top1"] == pytest.approx(result.record.primary_score(), abs=1e-6)
+
+
+# -- every registered adapter on clips -----------------------------------------------------------------
+@pytest.mark.parametrize("adapter_name", __import__("adaptbench.registry", fromlist=["ADAPTERS"]).ADAPTERS.names())
+def test_every_adapter_runs_on_clips_frame_wise_unless_it_is_temporal(adapter_name):
+    """Image adapters run frame-wise on video (a clip's frames give what they give as images); a
+    temporal adapter (``Adapter.temporal``) mixes the frames of a clip, never two clips."""
+    from adaptbench.adapters import adapter_class
+
+    from helpers import adapter_or_skip, clips, randomise
+
+    torch.manual_seed(0)
+    backbone = load_backbone("vit_tiny_test")
+    adapter = adapter_or_skip(adapter_name, backbone, "vit_tiny_test")
+    randomise(adapter, 3)
+    backbone.eval()
+    x = clips(batch=2, frames=4)
+    with torch.no_grad():
+        as_clips = backbone(x, frames=4)
+        as_images = backbone(x)
+        other_first_clip = backbone(torch.cat([x[:4], clips(seed=9, batch=1, frames=4)]), frames=4)
+    assert torch.isfinite(as_clips).all()
+    torch.testing.assert_close(other_first_clip[:4], as_clips[:4])  # clips never mix
+    if adapter_class(adapter_name).temporal:
+        assert not torch.allclose(as_clips, as_images, atol=1e-4)
+    else:
+        torch.testing.assert_close(as_clips, as_images)

@@ -244,6 +244,8 @@ class TemporalEmbedding(SiteWrapper):
 class AIM(Adapter):
     """AIM (Yang et al. 2023): temporal, spatial and joint adapters sharing the frozen attention"""
 
+    temporal = True
+
     # the temporal pass runs the block's attention over a sequence of frames: SAM's windowed
     # (B, H, W, C) attention has no such sequence
     needs: ClassVar[Needs] = Needs(layouts=("BNC",))

@@ -203,6 +203,9 @@ class Adapter:
     # True when training runs a randomly drawn sub-network (MoSA) and evaluation the whole
     # one: a tensor may then miss the gradient of one training step without being dead.
     stochastic_training: ClassVar[bool] = False
+    #: True when the adapter mixes the frames of a clip (``geometry.frames``): a temporal
+    #: adapter. Every other adapter runs frame-wise on video, each frame as if it were an image.
+    temporal: ClassVar[bool] = False
     #: Why the adapter's trained state must stay float32 (None: any precision). It then refuses
     #: the precisions that store parameters in half precision (``16-true``, ``bf16-true``).
     fp32_state: ClassVar[str | None] = None

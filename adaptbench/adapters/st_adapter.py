@@ -169,6 +169,8 @@ class STAdapterModule(nn.Module):
 class STAdapter(Adapter):
     """ST-Adapter (Pan et al. 2022): depthwise temporal-conv bottlenecks before attention / MLP"""
 
+    temporal = True
+
     def _attach(self, backbone) -> None:
         config: STAdapterConfig = self.config
         dim = backbone.anatomy.embed_dim

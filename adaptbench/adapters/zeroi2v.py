@@ -293,6 +293,8 @@ class LinearAdapterLinear(SiteWrapper):
 class ZeroI2V(Adapter):
     """ZeroI2V (Li et al. 2024): frame-shifted k/v heads plus linear adapters merged away"""
 
+    temporal = True
+
     mergeable = True
     needs = Needs(layouts=("BNC",))
 
