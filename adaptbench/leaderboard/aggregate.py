@@ -647,8 +647,8 @@ def cost_notes(final: pd.DataFrame) -> list[str]:
          f"trained parameters (for methods that live in the head, CoOp's context or Tip-Adapter-F's "
          f"cache, the method itself). {EXTRA}: parameters "
          "added at inference (after merging into the backbone in brackets, when that differs). "
-         f"{CKPT}: adapter checkpoint on disk, 1 KB = 1024 B. {SPEED}: training images per second, "
-         "mean over the row's runs."),
+         f"{CKPT}: adapter checkpoint on disk, 1 KB = 1024 B. {SPEED}: training samples per second (images; "
+         "clips on video boards, whose records also hold frames/s), mean over the row's runs."),
         f"{MEMORY}: max over the row's runs (1 MB = 2^20 B) of {kinds or 'no recorded memory'}.",
     ]
 
