@@ -64,3 +64,26 @@ def test_format_facts_and_task_specs_import_without_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_validating_a_spec_never_imports_lightning_or_torchmetrics():
+    # validate and the matrix driver read every task kind (heads, versions, fields); the kinds'
+    # LightningModules and metrics load only in the process that trains (seconds per driver)
+    code = ("import sys\nfrom adaptbench.runner.spec import load_spec\nfrom adaptbench.runner.validate import validate_spec\n"
+            "from adaptbench.tasks.kinds import task_kind\n"
+            "spec = load_spec('benchmarks/micro_seg.yaml')\nvalidate_spec(spec, None)\n"
+            "for name in ('classification', 'segmentation', 'video_classification'):\n"
+            "    kind = task_kind(name); kind.version, kind.head_input, kind.default_head\n"
+            "print(sorted(m for m in ('lightning', 'torchmetrics') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_plugin_kinds_still_find_the_module_base_under_its_old_name():
+    from adaptbench.tasks import kinds
+    from adaptbench.tasks.modules.base import TaskModule
+
+    assert kinds.TaskModule is TaskModule
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        kinds.Nothing  # noqa: B018

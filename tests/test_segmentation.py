@@ -9,12 +9,9 @@ from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
 from adaptbench.tasks.catalog import TaskSpec
 from adaptbench.tasks.heads import build_head
-from adaptbench.tasks.segmentation import (
-    IGNORE_INDEX,
-    SegmentationKind,
-    class_iou,
-    soft_dice_loss,
-)
+from adaptbench.datasets.masks import IGNORE_INDEX
+from adaptbench.tasks.modules.segmentation import class_iou, soft_dice_loss
+from adaptbench.tasks.segmentation import SegmentationKind
 from helpers import adapter_or_skip
 
 I = IGNORE_INDEX

@@ -17,7 +17,8 @@ from adaptbench.registry import HEADS, READERS, TASK_KINDS, TASKS
 from adaptbench.runner.train import RunPlace, quiet_lightning, run, trainer_for
 from adaptbench.config import RunConfig, RunPolicy
 from adaptbench.tasks.heads import build_head
-from adaptbench.tasks.kinds import task_kind, warmup_cosine
+from adaptbench.tasks.kinds import task_kind
+from adaptbench.tasks.modules.base import warmup_cosine
 
 quiet_lightning()
 

@@ -11,7 +11,8 @@ import torch
 from adaptbench.backbones import load_backbone
 from adaptbench.errors import AdaptbenchError
 from adaptbench.tasks.kinds import task_kind
-from adaptbench.tasks.video import ClipSampling, ClipTransform, VideoModule, crop_offsets
+from adaptbench.tasks.modules.video import VideoModule
+from adaptbench.tasks.video import ClipSampling, ClipTransform, crop_offsets
 
 
 def spec(**options):

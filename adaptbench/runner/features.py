@@ -29,7 +29,7 @@ from ..tasks.batches import SplitBatches
 
 def why_not_cached(module, adapter, kind) -> str | None:
     """Why the backbone's features cannot stand in for running it (None: they can)."""
-    from ..tasks.kinds import TaskModule
+    from ..tasks.modules.base import TaskModule
 
     if type(module).encode is TaskModule.encode:
         return f"task kind {kind.name or type(kind).__name__} does not split its forward into encode and decode"

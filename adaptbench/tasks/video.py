@@ -31,14 +31,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
 
 from ..errors import AdaptbenchError
 from ..registry import register_task_kind
-from .kinds import TaskKind, TaskModule
+from .kinds import TaskKind
 
 SAMPLINGS = ("uniform", "dense")
 
@@ -177,35 +174,6 @@ class ClipTransform(nn.Module):
         return clips.sub_(self.mean).div_(self.std)
 
 
-class VideoModule(TaskModule):
-    """Frame-wise backbone (temporal adapters inside it see the clip), temporal average pooling,
-    the task's head, scores averaged over test views."""
-
-    def encode(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, h, w) or (B, V, T, 3, h, w) -> (B, V, C): per view, the mean over frames of the
-        backbone's pooled per-frame features."""
-        if clips.dim() == 5:
-            clips = clips.unsqueeze(1)
-        batch, views, frames = clips.shape[:3]
-        features = self.backbone(clips.flatten(0, 2), pool=self.hparams.pool, frames=frames)
-        return features.view(batch, views, frames, -1).mean(dim=2)
-
-    def decode(self, features: torch.Tensor) -> torch.Tensor:
-        batch, views = features.shape[:2]
-        return self.head(features.flatten(0, 1)).view(batch, views, -1).mean(dim=1)
-
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
-
-    def why_not_cacheable(self) -> str | None:
-        sampling = self.hparams.clip_sampling
-        if ClipSampling(**sampling).random_in_training(tuple(self.hparams.input_size)):
-            return "training clips are drawn anew every epoch (temporal jitter, random crops or flips)"
-        if sampling["test_clips"] * sampling["test_crops"] > 1:
-            return "evaluation averages several views, training sees one"
-        return None
-
-
 class VideoClassificationKind(TaskKind):
     """Video classification: cross-entropy on clips, top-1 and top-5 accuracy over clips."""
 
@@ -217,13 +185,18 @@ class VideoClassificationKind(TaskKind):
     default_head = "linear"
     sample_unit = "clips"
 
-    def metrics(self, spec) -> MetricCollection:
+    def metrics(self, spec):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy
+
         metrics = {"top1": MulticlassAccuracy(spec.num_classes, average="micro", validate_args=False)}
         if spec.num_classes > 5:  # top-5 of 5 classes or fewer is always 1
             metrics["top5"] = MulticlassAccuracy(spec.num_classes, top_k=5, average="micro", validate_args=False)
         return MetricCollection(metrics)
 
-    def build_module(self, backbone, adapter, head, spec, settings: dict[str, Any]) -> VideoModule:
+    def build_module(self, backbone, adapter, head, spec, settings: dict[str, Any]):
+        from .modules.video import VideoModule
+
         return VideoModule(backbone, adapter, head, self.metrics(spec), lr=settings["lr"],
                            weight_decay=settings["weight_decay"], warmup_epochs=settings["warmup_epochs"],
                            label_smoothing=settings.get("label_smoothing", 0.0), pool=settings.get("pool"),

@@ -13,7 +13,8 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError, MetricCollection
 
 from adaptbench.tasks.catalog import TaskSpec
-from adaptbench.tasks.kinds import TaskKind, TaskModule
+from adaptbench.tasks.kinds import TaskKind
+from adaptbench.tasks.modules.base import TaskModule
 
 
 class DigitValueModule(TaskModule):
