@@ -36,6 +36,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "run_matrix": ("adaptbench.api", "run_matrix"),
     "load_records": ("adaptbench.api", "load_records"),
     "make_leaderboard": ("adaptbench.api", "make_leaderboard"),
+    "compare": ("adaptbench.api", "compare"),
     "RunConfig": ("adaptbench.config", "RunConfig"),
     "RunPolicy": ("adaptbench.config", "RunPolicy"),
     "BackboneOptions": ("adaptbench.config", "BackboneOptions"),
@@ -44,7 +45,7 @@ _LAZY: dict[str, tuple[str, str]] = {
 _LEADERBOARD = "leaderboard"
 
 __all__ = ["AdaptbenchError", "BackboneOptions", "RunConfig", "RunPolicy", "RunRecord",
-           "build_adapter", "leaderboard", "load_backbone", "load_records", "make_leaderboard", "run_matrix",
+           "build_adapter", "compare", "leaderboard", "load_backbone", "load_records", "make_leaderboard", "run_matrix",
            "train"]
 
 

@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only
     from .records import RunRecord
     from .runner.train import RunPlace, RunResult
 
-__all__ = ["MatrixProblems", "check_matrix", "load_records", "make_leaderboard", "plan_matrix", "run_checked",
-           "run_matrix", "run_place", "train"]
+__all__ = ["MatrixProblems", "check_matrix", "compare", "load_records", "make_leaderboard", "plan_matrix",
+           "run_checked", "run_matrix", "run_place", "train"]
 
 
 
@@ -241,3 +241,15 @@ def make_leaderboard(records, format: str = "md") -> str:  # noqa: A002 - the CL
     from .leaderboard.text import make_leaderboard as render
 
     return render(records, format)
+
+
+def compare(records, a: str, b: str, *, benchmark: str | None = None):
+    """Rows ``a`` and ``b`` (the labels the leaderboard shows) of the leaderboard of ``records``
+    (RunRecords, record files or folders) compared paired, as ``adaptbench compare A B``: a
+    :class:`~adaptbench.leaderboard.stats.Comparison` with per-task means (``cells``), the
+    difference of the means over tasks, its 95 % paired-bootstrap interval (``low``, ``high``),
+    a two-sided p-value and ``verdict()``. ``benchmark`` picks the board when there are several.
+    A label that names no row raises AdaptbenchError listing the board's labels."""
+    from .leaderboard.compare import compare as compare_rows
+
+    return compare_rows(records, a, b, benchmark=benchmark)

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(commands)
     _add_pretrain_micro(commands)
     _add_leaderboard(commands)
+    _add_compare(commands)
     return parser
 
 
@@ -156,6 +157,36 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return 0
     for fmt in formats:  # text to stdout, e.g. `adaptbench leaderboard results --format md > table.md`
         print(render_leaderboards(boards, fmt), end="")
+    return 0
+
+
+def _add_compare(commands) -> None:
+    from .config import CompareOptions, cli_fields
+
+    compare = commands.add_parser(
+        "compare", help="two leaderboard rows compared paired: per-task means, the difference, its 95%% CI, a p-value",
+        description="Find rows A and B (the labels the leaderboard shows) on one board of the run records and "
+                    "compare them: per task the two means and A - B; for the mean over tasks the difference, "
+                    "its 95% paired-bootstrap interval, a two-sided p-value and a verdict at 0.05.",
+    )
+    compare.add_argument("a", metavar="A", help="a row's label, as the leaderboard shows it")
+    compare.add_argument("b", metavar="B", help="the other row's label")
+    compare.add_argument("results", nargs="+", help="run records (.json) or folders searched recursively")
+    for option in cli_fields(CompareOptions):
+        _add_generated_flag(compare, option)
+    compare.set_defaults(handler=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .api import compare
+    from .config import CompareOptions
+    from .leaderboard.compare import render_comparison
+
+    options = _config_from_flags(CompareOptions, args)
+    comparison = compare(args.results, args.a, args.b, benchmark=options.benchmark)
+    Console(width=160).print(render_comparison(comparison))
     return 0
 
 
@@ -350,7 +381,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .runner.capabilities import Capabilities
     from .runner.cells import search_groups
     from .runner.spec import load_spec
-    from .runner.validate import not_applicable_cells, problems, validate_spec
+    from .runner.validate import not_applicable_cells, problems, search_budget_warning, validate_spec
 
     spec = load_spec(args.spec)
     capabilities = Capabilities()
@@ -368,6 +399,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     skipped = not_applicable_cells(spec, capabilities)
     console.print(f"{tune} tune cells + {len(groups) * len(spec.seeds)} final cells"
                   + (f"; {skipped} n/a (recorded, not run)" if skipped else ""))
+    budget = search_budget_warning(spec)
+    if budget:
+        console.print(f"[yellow]warning:[/] {escape(budget)}")
     found = problems(checks)
     if found:  # the table shows them all; n/a pairs are not problems
         judged = [check for check in checks if not check.not_applicable]

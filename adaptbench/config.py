@@ -46,6 +46,20 @@ class _Model(BaseModel):
 OMITTED_AT_DEFAULT: dict[str, Any] = {"prompt": "none", "shots": None, "head_options": {}, "wise_ft": []}
 
 
+#: Input normalisations a run may ask for instead of the backbone's own (``normalization``).
+Normalization = Literal["backbone", "imagenet", "inception", "none"]
+NORMALIZATION_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+#: Backbone options every family honours (``load_backbone`` applies them after the factory).
+GENERIC_BACKBONE_OPTIONS = ("grad_checkpointing", "drop_path", "normalization")
+#: Backbone options added after records existed: left out of the resolved config while unset,
+#: so earlier cells keep their ids.
+BACKBONE_OPTIONS_OMITTED_AT_DEFAULT = ("drop_path", "normalization")
+
+
 class BackboneOptions(_Model):
     """How a backbone is built (a family accepts the options it can honour; see ``load_backbone``)."""
 
@@ -56,10 +70,18 @@ class BackboneOptions(_Model):
                                                       "pretrained tag says)")
     grad_checkpointing: bool = Field(False, description="recompute block activations in the backward "
                                                         "pass (less memory, more time)")
+    drop_path: float | None = Field(None, ge=0.0, lt=1.0, description=(
+        "stochastic depth on the frozen backbone's residual branches in training, rising linearly "
+        "over the blocks from 0 to this rate (timm's drop_path_rate; the PETL-on-VTAB recipes use "
+        "0.1; default 0)"))
+    normalization: Normalization | None = Field(None, description=(
+        "input mean/std: backbone (its pretrained config, the default), imagenet (0.485/0.229, "
+        "...), inception (0.5/0.5) or none (mean 0, std 1 on [0, 1] pixels)"))
 
     def factory_options(self) -> dict[str, Any]:
-        """The options a family's factory receives (set ones only; checkpointing is generic)."""
-        return {key: value for key, value in self.model_dump(exclude={"grad_checkpointing"}).items()
+        """The options a family's factory receives (set ones only; the generic ones are applied
+        to every family by ``load_backbone``)."""
+        return {key: value for key, value in self.model_dump(exclude=set(GENERIC_BACKBONE_OPTIONS)).items()
                 if value is not None}
 
 
@@ -229,6 +251,13 @@ class MatrixRunOptions(_Model):
     data_root: str | None = Field(None, description="data folder (default: the spec's data_root)")
     accelerator: Accelerator = RunPlaceOptions.model_fields["accelerator"]
     leaderboard: bool = Field(True, description="print and write the leaderboard at the end")
+
+
+class CompareOptions(_Model):
+    """``adaptbench compare A B RESULTS``: two rows of one leaderboard, compared paired."""
+
+    benchmark: str | None = Field(None, description="the board holding both rows, when the records make "
+                                                    "several (default: the one board that has both)")
 
 
 #: The RunConfig fields a spec's ``train:`` block (and a grid) may set: trainer settings.

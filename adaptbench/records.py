@@ -9,7 +9,7 @@ Layout (DESIGN.md, "Run record"; PEFT's ``method_comparison`` convention)::
       "train_info": {status, error, na_reason, stage, metrics {split: {name: value}},
                      primary_metric, higher_is_better, params, adapter_stats, extra_losses,
                      wall_time_s, train_images_per_s, peak_memory_bytes, peak_memory_kind,
-                     data, checkpoint},
+                     data, checkpoint, samples},
       "meta_info":  {host, platform, python, device, cpu_count}
     }
 
@@ -25,6 +25,12 @@ reader (resume, grid selection, the leaderboard, the CLI) go through :class:`Run
 * ``train_info.status`` is ``success``, ``failed`` (``error`` says why) or ``n/a``: the adapter
   cannot run on the backbone at all; ``error`` is then ``"<adapter> on <backbone>: n/a:
   <reason>"`` and ``na_reason`` the bare reason. n/a is a result, never retried.
+* ``train_info.samples`` (final runs of kinds that give them; :class:`SampleScores`): the
+  per-sample contributions to the primary metric on the test split, in test-set order, packed
+  (:class:`PackedArray`: booleans as bits, numbers as their narrowest dtype, zlib, base64), so
+  that the metric can be recomputed on any resample of the test samples
+  (``tasks/sample_metrics.py``; the leaderboard's intervals, ``leaderboard/stats.py``).
+  Optional: records without it (older ones, tune runs, plugin kinds) read as before.
 
 Schema 1 records (before code versions and row ids) are read and upgraded in memory: their
 row id is computed from their config the same way; a resumed matrix never matches them
@@ -118,6 +124,93 @@ class RunInfo(_Section):
     policy: dict[str, Any] = Field(default_factory=dict)
 
 
+class PackedArray(BaseModel):
+    """One numpy array, compact and exact in JSON: ``data`` is base64 of the zlib-compressed
+    bytes -- of ``np.packbits`` for booleans (``encoding`` "bits"), of the little-endian values
+    for numbers ("raw") -- and ``dtype`` / ``shape`` say how to read them back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str
+    shape: list[int]
+    encoding: Literal["bits", "raw"] = "raw"
+    data: str
+
+    @classmethod
+    def pack(cls, array: Any) -> PackedArray:
+        """``array`` packed; integers are stored in the narrowest dtype that holds their values
+        (they read back as that dtype, with the same values)."""
+        import base64
+        import zlib
+
+        import numpy as np
+
+        array = np.ascontiguousarray(array)
+        if array.dtype == np.bool_:
+            payload, encoding = np.packbits(array.ravel()).tobytes(), "bits"
+        else:
+            if array.dtype.kind in "iu":
+                array = array.astype(_narrowest_int(array), copy=False)
+            array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+            payload, encoding = array.tobytes(), "raw"
+        return cls(dtype=array.dtype.str if encoding == "raw" else "|b1", shape=list(array.shape),
+                   encoding=encoding, data=base64.b64encode(zlib.compress(payload, 9)).decode("ascii"))
+
+    def unpack(self) -> Any:
+        """The numpy array (booleans as ``bool``, numbers in the stored dtype)."""
+        import base64
+        import zlib
+
+        import numpy as np
+
+        payload = zlib.decompress(base64.b64decode(self.data))
+        count = int(np.prod(self.shape, dtype=np.int64))
+        if self.encoding == "bits":
+            bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), count=count)
+            return bits.astype(bool).reshape(self.shape)
+        return np.frombuffer(payload, dtype=np.dtype(self.dtype)).reshape(self.shape).copy()
+
+
+def _narrowest_int(array: Any):
+    import numpy as np
+
+    if array.size == 0:
+        return np.dtype(np.uint8)
+    low, high = int(array.min()), int(array.max())
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64) if low >= 0 else (np.int8, np.int16, np.int32, np.int64):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.dtype(dtype)
+    return array.dtype
+
+
+class SampleScores(BaseModel):
+    """Per-sample contributions to a final run's primary metric on its test split.
+
+    ``arrays`` (each of first dimension ``count``, in test-set order) are what the kind's module
+    returned from ``TaskModule.sample_scores``; ``reduction`` names the function of
+    ``tasks/sample_metrics.py`` that turns (weighted) arrays into ``metric``: on the full set
+    (every weight 1) it gives the recorded value, on a resample its value there."""
+
+    model_config = ConfigDict(extra="allow")
+
+    metric: str
+    reduction: str
+    count: int
+    arrays: dict[str, PackedArray]
+
+    @classmethod
+    def of(cls, metric: str, reduction: str, arrays: dict[str, Any]) -> SampleScores:
+        counts = {len(array) for array in arrays.values()}
+        if len(counts) != 1:
+            raise ValueError(f"per-sample arrays of different lengths: { {k: len(v) for k, v in arrays.items()} }")
+        return cls(metric=metric, reduction=reduction, count=counts.pop(),
+                   arrays={name: PackedArray.pack(array) for name, array in arrays.items()})
+
+    def unpacked(self) -> dict[str, Any]:
+        return {name: packed.unpack() for name, packed in self.arrays.items()}
+
+
 class TrainInfo(_Section):
     status: Literal["success", "failed", "n/a"] | None = None
     error: str | None = None
@@ -137,6 +230,7 @@ class TrainInfo(_Section):
     peak_memory_kind: str | None = None
     data: dict[str, Any] | None = None
     checkpoint: str | None = None
+    samples: SampleScores | None = None  # final runs: per-sample scores on the test split
 
 
 class RunRecord(BaseModel):

@@ -213,3 +213,52 @@ def test_a_deep_copy_keeps_its_own_sealed_parameters():
     assert not any(clone.is_sealed(p) for p in original.parameters())
     assert len(build_adapter("bitfit", clone).trainable_parameters()) == len(
         build_adapter("bitfit", original).trainable_parameters()) > 0
+
+
+def test_drop_path_matches_timms_drop_path_rate_on_every_family():
+    # timm's drop_path_rate: block i of n drops each branch with rate * i / (n - 1)
+    ours = load_backbone("vit_tiny_test", weights="random", options={"drop_path": 0.3}).train()
+    reference = plain_timm(drop_path_rate=0.3, depth=len(ours.blocks))
+    expected = [[getattr(b.drop_path1, "drop_prob", 0.0), getattr(b.drop_path2, "drop_prob", 0.0)]
+                for b in reference.blocks]
+    found = [[m.drop_prob for m in block.modules() if type(m).__name__ == "DropPath"] or [0.0, 0.0]
+             for block in ours.blocks]
+    assert found == [[0.0, 0.0], [0.3, 0.3]] and expected == [[0.0, 0.0], pytest.approx([0.3, 0.3])]
+    images = torch.randn(4, 3, 32, 32)
+    ours.eval()
+    assert torch.equal(ours(images), load_backbone("vit_tiny_test", weights="random")(images))  # eval: no drop
+    ours.train()
+    torch.manual_seed(0)
+    first = ours(images)
+    torch.manual_seed(1)
+    assert not torch.equal(first, ours(images))  # training: stochastic depth
+    for name in ("clip_tiny_test", "sam_tiny_test"):
+        backbone = load_backbone(name, weights="random", options={"drop_path": 0.1})
+        assert any(type(m).__name__ == "DropPath" for m in backbone.blocks[-1].modules()), name
+
+
+@pytest.mark.parametrize("normalization,mean,std", [
+    ("imagenet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ("inception", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ("none", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+])
+def test_normalization_replaces_the_backbones_mean_and_std(normalization, mean, std):
+    default = load_backbone("clip_tiny_test", weights="random").data_config
+    chosen = load_backbone("clip_tiny_test", weights="random", options={"normalization": normalization}).data_config
+    assert (chosen.mean, chosen.std) == (mean, std)
+    assert chosen.input_size == default.input_size and chosen.interpolation == default.interpolation
+    same = load_backbone("clip_tiny_test", weights="random", options={"normalization": "backbone"}).data_config
+    assert same == default
+
+
+def test_unset_generic_options_leave_run_ids_as_they_were():
+    from adaptbench.config import RunConfig
+    from adaptbench.runner.train import cell_id, resolved_config
+
+    plain = RunConfig(task="micro/digits", backbone="vit_micro", adapter="linear")
+    assert "drop_path" not in resolved_config(plain)["backbone_options"]
+    assert "normalization" not in resolved_config(plain)["backbone_options"]
+    dropped = RunConfig(task="micro/digits", backbone="vit_micro", adapter="linear",
+                        backbone_options={"drop_path": 0.1})
+    assert cell_id(dropped) != cell_id(plain)
+    assert resolved_config(dropped)["backbone_options"]["drop_path"] == 0.1

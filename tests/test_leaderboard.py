@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import html
 import io
 import json
 import re
@@ -27,6 +28,7 @@ from adaptbench.leaderboard import (
     build_leaderboards,
     load_records,
     records_frame,
+    render_html,
     render_latex,
     render_markdown,
     render_terminal,
@@ -64,13 +66,15 @@ def make_record(task: str, adapter: str, seed: int, top1: float | None, *, backb
                 stage: str = "final", created_at: str = "2026-03-01T12:00:00+0000", group: str | None = None,
                 label: str | None = None, trainable: int = 12288, task_info: bool = True,
                 na: str | None = None, options: dict | None = None, lr: float = 1e-3,
-                grid: dict | None = None, spec: str = "test") -> RunRecord:
+                grid: dict | None = None, spec: str = "test", recipe: str | None = None) -> RunRecord:
     """A run record as the runner makes it; ``top1=None``: a failed run; ``na``: an n/a run with
     that reason (the adapter cannot run on the backbone); ``label``: a matrix cell's label;
     ``grid``: the search a final cell's values came from."""
     config = resolved_config(task, adapter, seed, backbone=backbone, stage=stage, options=options, lr=lr)
     info = TaskInfo(benchmark=task.partition("/")[0], group=group or "natural", num_classes=10) if task_info else None
     annotations = {"spec": spec, "adapter_label": label} if label else None
+    if recipe:
+        annotations = {**(annotations or {"spec": spec}), "recipe": recipe}
     record = RunRecord.start(config, grid=grid, task_info=info, annotations=annotations)
     record.run_info.created_at = created_at
     if na is not None:
@@ -143,7 +147,7 @@ def micro_board():
 
 
 def row(board, adapter: str, source: str = "ours") -> pd.Series:
-    rows = board.table[(board.table["Adapter"] == adapter) & (board.table["Source"] == source)]
+    rows = board.table[(board.table["Adapter"] == adapter) & board.table["Source"].str.startswith(source)]
     assert len(rows) == 1, board.table
     return rows.iloc[0]
 
@@ -499,6 +503,65 @@ def test_reported_rows_for_vit_b_in21k_on_vtab1k():
     assert "(as bi_adaptformer_32)" in bi["Source"] and bi["Mean (groups)"] == "77.00"
     assert board.table.iloc[0]["Source"] == "ours" and board.table.iloc[0]["Rank"] == "1"
     assert any("all 19 vtab1k tasks" in note for note in board.notes)
+    # the published rows started from Google's original checkpoint, ours from augreg: said, per row
+    assert full_noah["Backbone"] == "vit_base_patch16_224.orig_in21k"
+    assert "not comparable: weights orig_in21k (ours: augreg_in21k)" in full_noah["Source"]
+    ssf = row(board, "ssf", "reported: V-PETL Bench README")  # SSF's number is on augreg, its own recipe
+    assert "not comparable: recipe ssf (ours: unnamed)" in ssf["Source"] and "weights orig" not in ssf["Source"]
+    fact = row(board, "fact", "reported: V-PETL Bench README (as fact_tk)")
+    assert "FacT-TK" in fact["Source"]
+    assert not board.flags
+
+
+def vtab19_records(label: str, adapter: str, per_seed: list[float], recipe: str = "noah",
+                   backbone: str = "vit_base_patch16_224.orig_in21k", grid: dict | None = None,
+                   lr: float = 1e-3) -> list[RunRecord]:
+    from adaptbench.tasks.groups import task_groups
+
+    groups = task_groups()
+    group_of = {task: group.partition("/")[2] for group in ("vtab1k/natural", "vtab1k/specialized",
+                                                            "vtab1k/structured") for task in groups[group]}
+    return [make_record(task, adapter, seed, score, backbone=backbone, group=group_of[task], label=label,
+                        recipe=recipe, grid=grid, lr=lr)
+            for task in groups["vtab1k"] for seed, score in enumerate(per_seed)]
+
+
+def test_a_comparable_published_number_far_outside_our_seed_spread_is_flagged_first():
+    # NOAH's LoRA: 74.5 (mean of group means), orig_in21k, recipe noah; ours at 70 +- 0.5
+    far = vtab19_records("lora", "lora", [69.5, 70.0, 70.5])
+    near = vtab19_records("lora_near", "lora", [74.0, 74.5, 75.0], lr=2e-3)  # not NOAH's method name: never paired
+    [board] = build_leaderboards(far + near)
+    assert row(board, "lora")["Source"] == "ours ⚑" and row(board, "lora_near")["Source"] == "ours"
+    [flag] = board.flags
+    assert flag.startswith("⚑ lora | vit_base_patch16_224.orig_in21k: Mean (groups) 70.00 vs 74.50 reported by "
+                           "NOAH README Table 1: -4.50, more than 2 x our seed std (0.50 over 3 seeds)")
+    noah = row(board, "lora", "reported: NOAH README Table 1")
+    assert "not comparable" not in noah["Source"]  # same weights, recipe and head: comparable
+    assert "not comparable: recipe vpetl (ours: noah)" in row(board, "lora", "reported: V-PETL")["Source"]
+    markdown, page = render_markdown([board]), render_html([board])
+    assert markdown.index("- ⚑ lora") < markdown.index("| Rank")
+    assert page.index(html.escape(flag)) < page.index('class="leaderboard"')
+    # within the spread: no flag; one seed: said, not flagged
+    [board] = build_leaderboards(vtab19_records("lora", "lora", [73.0, 74.5, 76.0]))
+    assert not board.flags
+    [board] = build_leaderboards(vtab19_records("lora", "lora", [70.0]))
+    assert board.flags == [] and any("not judged (one seed" in note for note in board.notes)
+
+
+def test_a_published_number_of_another_recipe_is_never_flagged():
+    [board] = build_leaderboards(vtab19_records("lora", "lora", [69.5, 70.0, 70.5], recipe="equal-search"))
+    assert not board.flags and row(board, "lora")["Source"] == "ours"
+    assert "recipe noah (ours: equal-search)" in row(board, "lora", "reported: NOAH")["Source"]
+
+
+def test_unequal_search_budgets_are_noted():
+    searched = vtab_records()[:0] + [make_record("vtab1k/cifar", "fact", 0, 70.0, backbone=VIT_B, label="fact",
+                                                 grid={"options.scale": [0.1, 1, 10], "options.rank": [8, 16]})]
+    [board] = build_leaderboards(searched + [make_record("vtab1k/cifar", "linear", 0, 60.0, backbone=VIT_B)])
+    assert any(note.startswith("Search budgets differ by more than 2x (configurations tried per task: fact 6, "
+                               "linear 1)") for note in board.notes)
+    [board] = build_leaderboards(vtab_records())
+    assert not any(note.startswith("Search budgets") for note in board.notes)
 
 
 def test_reported_rows_for_fgvc_go_in_the_mean_over_tasks():

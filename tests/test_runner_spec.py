@@ -66,6 +66,42 @@ def test_cells_apply_spec_then_adapter_then_grid_settings(tmp_path):
     assert linear.tune_cells() == [] and linear.final_cells({})[0].config.lr == 0.001
 
 
+def test_recipes_and_backbone_options_layer_spec_then_backbone_then_adapter(tmp_path):
+    spec = load_spec(write(tmp_path / "demo.yaml", """
+        recipe: noah
+        backbone_options: {drop_path: 0.1, normalization: imagenet}
+        backbones:
+          - vit_tiny_test
+          - {name: clip_tiny_test, options: {normalization: inception}}
+        tasks: [micro/digits]
+        adapters:
+          - linear
+          - {name: ssf, recipe: ssf, backbone_options: {drop_path: 0.0, normalization: none}}
+    """))
+    cells = {(g.backbone.name, g.adapter.label): g.final_cells({})[0] for g in search_groups(spec)}
+    options = {key: cell.config.backbone_options for key, cell in cells.items()}
+    assert (options["vit_tiny_test", "linear"].drop_path, options["vit_tiny_test", "linear"].normalization) \
+        == (0.1, "imagenet")
+    assert options["clip_tiny_test", "linear"].normalization == "inception"  # the entry's own beats the spec's
+    assert (options["clip_tiny_test", "ssf"].drop_path, options["clip_tiny_test", "ssf"].normalization) == (0.0, "none")
+    assert cells["vit_tiny_test", "linear"].annotations["recipe"] == "noah"
+    assert cells["vit_tiny_test", "ssf"].annotations["recipe"] == "ssf"
+    assert start_record(cells["vit_tiny_test", "ssf"].config,
+                        cells["vit_tiny_test", "ssf"].annotations).run_info.matrix["recipe"] == "ssf"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("backbone_options: {drop_path: 1.5}\n", r"demo.yaml:4: backbone_options.drop_path: expected"),
+    ("backbone_options: {normalization: imagnet}\n", r"demo.yaml:4: backbone_options.normalization: expected"),
+    ("recipe: [noah]\n", r"demo.yaml:4: recipe: expected a recipe name"),
+    ("backbone_options: {img_size: 64}\n", r"demo.yaml:4: backbone_options.img_size: backbone option img_size"),
+])
+def test_bad_recipes_and_backbone_options_name_their_line(tmp_path, text, expected):
+    path = write(tmp_path / "demo.yaml", "backbones: [clip_tiny_test]\ntasks: [micro]\nadapters: [linear]\n" + text)
+    with pytest.raises(AdaptbenchError, match=expected):
+        load_spec(path)
+
+
 def test_cell_id_is_the_run_id_of_the_resolved_config(tmp_path):
     from adaptbench.registry import TASKS
     from adaptbench.records import run_id
@@ -222,15 +258,21 @@ def test_shipped_specs_load(tmp_path):
     from adaptbench.adapters import adapter_class
 
     for path in sorted((REPO / "benchmarks").glob("*.yaml")):
-        if path.stem == "petl_recipe":  # a recipe the VTAB-1k and FGVC specs include, not a spec
-            continue
         spec = load_spec(path)
         assert spec.name == path.stem
         for entry in spec.adapters:  # every adapter's options are valid ones (video specs: the papers' settings)
             adapter_class(entry.name).config_class.from_dict(dict(entry.options), adapter=entry.name)
     vtab = load_spec(REPO / "benchmarks" / "vtab1k.yaml")
     assert len(vtab.tasks) == 19 and vtab.seeds == (0, 1, 2)
-    assert vtab.backbones[0].name == "timm:vit_base_patch16_224.augreg_in21k"
+    assert vtab.backbones[0].name == "timm:vit_base_patch16_224.orig_in21k" and vtab.recipe == "noah"
+    assert vtab.backbone_options == {"drop_path": 0.1, "normalization": "imagenet"}
+    labels = {entry.label: entry for entry in vtab.adapters}
+    assert labels["adaptformer"].options == {"bottleneck": 8} and len(labels["adaptformer"].grid_points()) == 5
+    assert vtab.recipe_of(labels["ssf"]) == "ssf" and vtab.recipe_of(labels["lora"]) == "noah"
+    assert load_spec(REPO / "benchmarks" / "vtab1k_augreg.yaml").backbones[0].name.endswith("augreg_in21k")
+    for recipe in sorted((REPO / "benchmarks" / "recipes").glob("*.yaml")):  # includable on their own
+        load_spec(write(tmp_path / f"{recipe.stem}.yaml", f"include: {recipe}\nbackbones: [vit_tiny_test]\n"
+                                                         "tasks: [micro]\nadapters: [linear]\n"))
     micro = load_spec(REPO / "benchmarks" / "micro.yaml")
     assert len(micro.adapters) >= 6 and len(micro.tasks) >= 6
 

@@ -27,7 +27,9 @@ Defaults are the vision-benchmark adapter baseline on VTAB-1k: bottleneck width 
 V-PETL ``models/vision_transformer_adapter.py``, VPT ``src/models/vit_adapter/vit.py``: all
 ``x + adapter(mlp(norm(x)))`` with the adapter's own skip), GELU (VPT and V-PETL; Houlsby's
 ``adapter-bert`` uses GELU too; NOAH uses QuickGELU, available as ``act=quick_gelu``), s = 1
-(no scaling in any of them), no dropout (NOAH's ``drop_rate_adapter = 0``).
+(no scaling in any of them), no dropout by default as V-PETL; NOAH trains its adapter baseline with
+dropout 0.1 (``supernet_train_prompt.py`` ``--drop_rate_adapter 0.1``), which
+``benchmarks/vtab1k.yaml`` sets (``dropout: 0.1``) to reproduce NOAH's row.
 
 Initialisation: ``down`` Xavier-uniform (NOAH ``model/module/adapter_super.py``), ``up`` and
 both biases zero, so every adapter outputs 0 and the adapted model *is* the frozen one at

@@ -22,8 +22,9 @@ Table 1), 0.16 M for Convpass-attn.
 Initialisation (official ``Convpass.__init__``): ``W_down`` Xavier-uniform; ``W_up``, ``b_up``,
 ``b_down`` and the conv bias zero, so the model is the frozen one at initialisation; the conv
 weight either zero with the identity at the centre tap (``conv_init="identity"``: the class
-default ``xavier_init=False``, used on 10 of the 19 VTAB-1k tasks) or Xavier-uniform
-(``conv_init="xavier"``).
+default ``xavier_init=False``, which the released ``convpass/vtab/configs/convpass/*.yaml`` keep
+on 9 of the 19 VTAB-1k tasks) or Xavier-uniform (``conv_init="xavier"``, ``xavier_init: True``
+on the other 10); ``benchmarks/vtab1k.yaml`` searches the two per task.
 
 Defaults (ViT-B/16 on VTAB-1k): ``hidden_dim = 8`` (paper, Experiments, "Setup": h = 8),
 dropout 0.1 and QuickGELU (official module), sites ``attn`` and ``mlp`` in every block

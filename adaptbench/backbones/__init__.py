@@ -7,6 +7,7 @@ plugin families).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,39 @@ def load_backbone(name: str, weights: str | None = None, options=None, **factory
     options = check_backbone_options(name, options)
     backbone = BACKBONES.get(name)(weights=weights, **options.factory_options(), **factory_kwargs)
     backbone.grad_checkpointing = options.grad_checkpointing
+    if options.drop_path:
+        add_drop_path(backbone, options.drop_path)
+    if options.normalization not in (None, "backbone"):
+        from ..config import NORMALIZATION_STATS
+
+        mean, std = NORMALIZATION_STATS[options.normalization]
+        backbone.data_config = dataclasses.replace(backbone.data_config, mean=mean, std=std)
     return backbone
+
+
+def add_drop_path(backbone: "Backbone", rate: float) -> None:
+    """Stochastic depth on every residual branch of the canonical blocks, at timm's rates
+    (``linspace(0, rate, depth)``: block i of n drops with ``rate * i / (n - 1)``).
+
+    The drop follows the branch's ``post`` (LayerScale, the family's own DropPath), so it acts
+    where timm's ``drop_path_rate`` acts and adapters that add their output outside ``post``
+    (AdaptFormer, Convpass) stay outside it, as in their official code. It is active in
+    training mode only, so the fast path sees a backbone whose training differs from its
+    evaluation and runs it (``runner/features.py``).
+    """
+    from timm.layers import DropPath
+    from torch import nn
+
+    from .anatomy import ResidualBranch
+
+    blocks = list(backbone.blocks)
+    for index, block in enumerate(blocks):
+        block_rate = rate * index / max(1, len(blocks) - 1)
+        if block_rate == 0:
+            continue
+        for branch in block.modules():
+            if isinstance(branch, ResidualBranch):
+                branch.post = nn.Sequential(branch.post, DropPath(block_rate))
 
 
 def check_backbone_options(name: str, options=None):

@@ -40,6 +40,13 @@ settings that differ among their configs appended (``lora [r=4]``, ``lora [r=8]`
   reads ``failed`` (a task failed), ``n/a`` (a task is n/a) or ``incomplete`` (a task was not
   run). Rows without a numeric mean are not ranked nor plotted. Its ``±`` is the
   sample std over seeds of the per-seed means, when every task ran the same >= 2 seeds.
+* ``95% CI``, ``Rank (95%)``, ``Tie group`` (``stats.py``), for ranked rows of ours: a 95 %
+  bootstrap interval of ``Mean (tasks)`` (1000 replicates, fixed seed; resampling seeds per task
+  and, when every record holds per-sample test scores, the test samples, paired across rows --
+  else seeds only, and the board's note says so; ``–`` when nothing varies, e.g. one seed
+  without per-sample scores); the rank with the 2.5--97.5 % range of its ranks over the
+  replicates; rows sharing a letter are tied (the paired interval of their difference holds
+  0). ``adaptbench compare A B RESULTS`` compares two rows paired (``compare.py``).
 * ``Seeds`` (per task; a range when tasks differ), ``Params w/o head (M)`` (trainable
   parameters without the task head), ``Extra inf. params`` (added at inference; the merged
   count in brackets when merging changes it), ``Ckpt (KB)`` (adapter file, 1 KB = 1024 B),

@@ -34,7 +34,8 @@ import pandas as pd
 
 from ..records import RunRecord
 from .records import flatten, record_facts
-from .references import column_of, references_for
+from .references import column_of, comparable, reference_label, references_for, setting_differences
+from .stats import STATS_COLUMNS, BoardBootstrap, board_statistics, statistics_note
 
 MISSING = "–"  # a cell that has no run (en dash)
 NOT_APPLICABLE = "n/a"  # a cell whose adapter cannot run on the row's backbone
@@ -84,6 +85,12 @@ class Leaderboard:
     # (the shown text), mean, std, seeds; None for other boards
     per_task: pd.DataFrame | None = None
     wise_columns: list[str] = field(default_factory=list)  # "α=0", "α=0.5", ... (numbers in the summary too)
+    # the rows' bootstrap replicates (stats.py): intervals, ranks, ties, paired comparisons; None
+    # when no row of ours is ranked
+    bootstrap: BoardBootstrap | None = None
+    # our rows that differ from a comparable published number (same weights, recipe, head) by
+    # more than their seed spread explains: one line each, listed first by every format
+    flags: list[str] = field(default_factory=list)
 
     @property
     def has_reported_rows(self) -> bool:
@@ -286,23 +293,130 @@ def _board(benchmark: str, final: pd.DataFrame, warnings: list[str], wise: bool 
             for row_id, rows in final.groupby("row_id", sort=True)]
     summary = _ranked(pd.DataFrame([numbers for numbers, _ in ours]), higher_is_better)
     texts = [dict(text, Rank=_rank_text(rank)) for (_, text), rank in zip(ours, summary["rank"])]
-    reported = [_reported_row(ref, tasks, column_groups, alphas) for ref in references.itertuples()
-                if not ref.mean_kind.startswith("task:") or ref.mean_kind.removeprefix("task:") in tasks]
+    summary, texts, bootstrap = with_statistics(final, summary, texts, ["task"], tasks, higher_is_better)
+    references = references[[not ref.mean_kind.startswith("task:") or ref.mean_kind.removeprefix("task:") in tasks
+                             for ref in references.itertuples()]]
+    settings = set(zip(final["backbone"], final["head_name"], final["recipe"]))
+    reported = [_reported_row(ref, tasks, column_groups, alphas, setting_differences(ref, settings))
+                for ref in references.itertuples()]
+    flags, unjudged, flagged = disagreement_flags(benchmark, final, summary, references, tasks, group_of)
+    summary["disagrees"] = summary["row_id"].isin(flagged)
+    texts = [dict(text, Source="ours ⚑") if row_id in flagged else text
+             for text, row_id in zip(texts, summary["row_id"])]
     if reported:
         summary = pd.concat([summary, pd.DataFrame([numbers for numbers, _ in reported])], ignore_index=True)
         texts += [text for _, text in reported]
     order = _row_order(summary)
     board = Leaderboard(
         benchmark=benchmark,
-        table=pd.DataFrame(texts).loc[order, _columns(tasks, column_groups, alphas)].reset_index(drop=True)
-        .astype(str),
+        table=pd.DataFrame(without_statistics_as_missing(texts)).loc[order, _columns(tasks, column_groups, alphas)]
+        .reset_index(drop=True).astype(str),
         summary=summary.loc[order].reset_index(drop=True),
         tasks=tasks, groups=groups, metric=metric, higher_is_better=higher_is_better,
         records_used=len(final), warnings=warnings, wise_columns=list(map(wise_column, alphas)),
+        bootstrap=bootstrap, flags=flags,
     )
     board.na_notes = _na_notes(board.summary)
-    board.notes = _notes(board, final, show_groups=bool(column_groups)) + board.na_notes
+    board.notes = (_notes(board, final, show_groups=bool(column_groups)) + [statistics_note(bootstrap, MEAN_TASKS)]
+                   + search_budget_notes(final) + unjudged + board.na_notes)
     return board
+
+
+# -- published numbers we disagree with; search budgets --------------------------------------
+#: Our row is flagged when it is further from a comparable published number than this many
+#: sample standard deviations of its own per-seed values (about a 95% band for one run).
+FLAG_SPREADS = 2.0
+
+
+def disagreement_flags(benchmark: str, final: pd.DataFrame, summary: pd.DataFrame, references: pd.DataFrame,
+                       tasks: list[str], group_of: dict[str, str]) -> tuple[list[str], list[str], set[str]]:
+    """(flags, notes, flagged row ids): each row of ours that runs a published row's exact setting (method,
+    architecture, weights, head, recipe: ``references.comparable``) and whose value in that
+    row's column differs from it by more than ``FLAG_SPREADS`` sample stds over our seeds.
+    A pair with one seed cannot be judged: a note says so, without a flag."""
+    lines, notes, flagged = [], [], set()
+    numbers = summary.set_index("row_id")
+    for ref in references.itertuples():
+        for row_id, rows in final.groupby("row_id", sort=True):
+            first = rows.iloc[0]
+            if not (_pairs_with(ref, first) and comparable(ref, first["backbone"], first["head_name"], first["recipe"])):
+                continue
+            column, value, per_seed = _our_value(ref, rows, numbers.loc[row_id], benchmark, tasks, group_of)
+            if column is None or pd.isna(value):
+                continue
+            where = f"{first['adapter']} | {first['backbone']}: {column} {value:.{DECIMALS}f} vs {ref.value:.{DECIMALS}f} " \
+                    f"reported by {ref.source}"
+            if len(per_seed) < 2:
+                notes.append(f"{where}: not judged (one seed: no spread to compare the gap of "
+                             f"{value - ref.value:+.{DECIMALS}f} with)")
+                continue
+            spread = float(per_seed.std(ddof=1))
+            if abs(value - ref.value) > FLAG_SPREADS * spread:
+                flagged.add(row_id)
+                lines.append(f"⚑ {where}: {value - ref.value:+.{DECIMALS}f}, more than {FLAG_SPREADS:g} x our "
+                             f"seed std ({spread:.{DECIMALS}f} over {len(per_seed)} seeds)")
+    return lines, notes, flagged
+
+
+def _pairs_with(ref, first: pd.Series) -> bool:
+    """A published method pairs with our row named after it, or with the adapter's default row."""
+    label, adapter = str(first["label"]), str(first["row_config"].get("adapter", ""))
+    return label == ref.method or (label == adapter and adapter == ref.adapter)
+
+
+def _our_value(ref, rows: pd.DataFrame, numbers: pd.Series, benchmark: str, tasks: list[str],
+               group_of: dict[str, str]) -> tuple[str | None, float, pd.Series]:
+    """(our column, our value, its per-seed values) for a published row's ``mean_kind``; the
+    column is None when our board cannot hold that number (a mean over tasks it lacks)."""
+    from ..registry import TASKS
+
+    per_seed = rows[rows["ok"]].pivot_table(index="seed", columns="task", values="score").reindex(columns=tasks)
+    if ref.mean_kind.startswith("task:"):
+        task = ref.mean_kind.removeprefix("task:")
+        return _task_column(task), float(per_seed[task].mean()), per_seed[task].dropna()
+    full = [name for name in TASKS.names() if name.startswith(f"{benchmark}/")]
+    if full and len(tasks) != len(full):
+        return None, np.nan, per_seed  # the paper averaged all the benchmark's tasks
+    complete = per_seed.dropna()
+    if column_of(ref.mean_kind) == MEAN_GROUPS:
+        return MEAN_GROUPS, float(numbers["mean_groups"]), complete.T.groupby(group_of).mean().T.mean(axis=1)
+    return MEAN_TASKS, float(numbers["mean_tasks"]), complete.mean(axis=1)
+
+
+#: Search budgets (configurations tried per row) further apart than this ratio get a note.
+BUDGET_RATIO = 2.0
+
+
+def search_budget_notes(final: pd.DataFrame) -> list[str]:
+    """A note when the rows' hyper-parameter searches tried numbers of configurations more than
+    ``BUDGET_RATIO`` apart (a row tuned over more points can win by its search alone)."""
+    budgets = final.groupby("adapter", sort=True)["search_points"].max()
+    if budgets.empty or budgets.max() <= BUDGET_RATIO * budgets.min():
+        return []
+    listed = ", ".join(f"{label} {int(points)}" for label, points in budgets.sort_values(ascending=False).items())
+    return [f"Search budgets differ by more than {BUDGET_RATIO:g}x (configurations tried per task: {listed}); "
+            "a row searched over more points can rank higher for that alone."]
+
+
+# -- statistics (stats.py) -------------------------------------------------------------------
+def with_statistics(final: pd.DataFrame, summary: pd.DataFrame, texts: list[dict], by: Sequence[str],
+                    scope: Sequence[Any], higher_is_better: bool, task_of=None):
+    """``summary`` and the shown ``texts`` of our rows (in the same order) with the bootstrap
+    columns (``stats.STATS_COLUMNS``; numbers ``ci_low`` ... in the summary), and the bootstrap."""
+    bootstrap, shown = board_statistics(final, summary, by, scope, higher_is_better, task_of=task_of,
+                                        missing=MISSING, decimals=DECIMALS)
+    numbers = pd.DataFrame([{key: value for key, value in shown.get(row_id, {}).items() if key not in STATS_COLUMNS}
+                            for row_id in summary["row_id"]], index=summary.index,
+                           columns=["ci_low", "ci_high", "rank_low", "rank_high", "tie_group"])
+    summary = pd.concat([summary, numbers], axis=1)
+    texts = [{**text, **{column: shown.get(row_id, {}).get(column, MISSING) for column in STATS_COLUMNS}}
+             for text, row_id in zip(texts, summary["row_id"])]
+    return summary, texts, bootstrap
+
+
+def without_statistics_as_missing(texts: list[dict]) -> list[dict]:
+    """Rows without statistics (reported ones) read ``MISSING`` in the statistics columns."""
+    return [{**{column: MISSING for column in STATS_COLUMNS}, **text} for text in texts]
 
 
 def _ordered_tasks(final: pd.DataFrame) -> list[str]:
@@ -570,12 +684,16 @@ def _rank_text(rank: float) -> str:
     return MISSING if pd.isna(rank) else str(int(rank))
 
 
-def _reported_row(ref, tasks: list[str], groups: list[str], alphas: Sequence[str] = ()) -> tuple[dict, dict]:
-    """A published number as a row: only its mean column and parameter count are filled."""
+def _reported_row(ref, tasks: list[str], groups: list[str], alphas: Sequence[str] = (),
+                  differences: Sequence[str] = ()) -> tuple[dict, dict]:
+    """A published number as a row: only its mean column and parameter count are filled; its
+    Source says what configuration it ran and what separates it from our rows."""
     column = column_of(ref.mean_kind) or _task_column(ref.mean_kind.removeprefix("task:"))
-    source = reported_source(ref)
+    source = reported_source(ref) + (f"; {ref.config}" if getattr(ref, "config", "") else "")
+    if differences:
+        source += "; not comparable: " + ", ".join(differences)
     params = ref.trainable_params_m
-    shown = {"Rank": MISSING, "Adapter": ref.adapter, "Backbone": ref.backbone, "Head": ref.head,
+    shown = {"Rank": MISSING, "Adapter": ref.adapter, "Backbone": reference_label(ref), "Head": ref.head,
              "Source": source}
     shown.update({_task_column(task): MISSING for task in tasks})
     shown.update({_group_column(group): MISSING for group in groups})
@@ -584,7 +702,7 @@ def _reported_row(ref, tasks: list[str], groups: list[str], alphas: Sequence[str
     shown.update({wise_column(alpha): MISSING for alpha in alphas})
     shown[column] = f"{ref.value:.{DECIMALS}f}"
     shown[PARAMS] = MISSING if pd.isna(params) else f"{params:.4g}"
-    numbers = {"adapter": ref.adapter, "backbone": ref.backbone, "head": ref.head, "row_id": "", "source": source,
+    numbers = {"adapter": ref.adapter, "backbone": reference_label(ref), "head": ref.head, "row_id": "", "source": source,
                "reported": True,
                "mean_tasks": ref.value if column == MEAN_TASKS else np.nan,
                "mean_groups": ref.value if column == MEAN_GROUPS else np.nan,
@@ -610,7 +728,7 @@ def _columns(tasks: list[str], groups: list[str], alphas: Sequence[str] = ()) ->
     group_columns = [_group_column(group) for group in groups]
     overall = [MEAN_TASKS, MEAN_GROUPS] if groups else [MEAN_TASKS]
     return [*LEADING_COLUMNS, *map(_task_column, tasks), *group_columns, *overall, *map(wise_column, alphas),
-            *COST_COLUMNS]
+            *STATS_COLUMNS, *COST_COLUMNS]
 
 
 def _notes(board: Leaderboard, final: pd.DataFrame, show_groups: bool) -> list[str]:
@@ -676,4 +794,7 @@ def _reported_note(board: Leaderboard) -> str:
                 f"{len(board.tasks)}." if full and full != len(board.tasks) else "")
     return ("reported: published numbers, for the backbone and head in their columns, copied from the "
             "named source, not re-run here, shown in the mean column they were computed as; one row "
-            "per (method, source), so sources that disagree stay visible." + coverage)
+            "per (method, source), so sources that disagree stay visible. A published row is comparable "
+            "with ours only when its weights and recipe (the spec's recipe: name) match ours; its Source "
+            "says what differs otherwise. ⚑ marks a row of ours further from a comparable published number "
+            f"than {FLAG_SPREADS:g} sample stds of its per-seed values." + coverage)

@@ -61,8 +61,11 @@ from .aggregate import (
     wise_column,
     wise_means,
     wise_note,
+    with_statistics,
+    without_statistics_as_missing,
 )
-from .references import references_for
+from .references import reference_label, references_for, setting_differences
+from .stats import STATS_COLUMNS, statistics_note
 
 MEAN = "Mean"
 ALL = "all"  # the k of a row trained on the whole training set
@@ -90,24 +93,26 @@ def fewshot_board(benchmark: str, final: pd.DataFrame, warnings: list[str], wise
     ours = [_our_row(rows, tasks, ks, numeric, alphas, memory_kinds) for rows in rows_of.values()]
     summary = _ranked(pd.DataFrame([numbers for numbers, _ in ours]), higher_is_better)
     texts = [dict(text, Rank=_rank_text(rank)) for (_, text), rank in zip(ours, summary["rank"])]
+    summary, texts, bootstrap = with_statistics(final, summary, texts, BY, [(k, task) for k in numeric for task in tasks],
+                                                higher_is_better, task_of=lambda cell: cell[1])
     reported, reference_notes = _reported_rows(benchmark, final, tasks, ks, numeric, alphas)
     if reported:
         summary = pd.concat([summary, pd.DataFrame([numbers for numbers, _ in reported])], ignore_index=True)
         texts += [text for _, text in reported]
     order = _row_order(summary)
-    columns = [*LEADING_COLUMNS, *map(k_column, ks), MEAN, *map(wise_column, alphas), *COST_COLUMNS]
+    columns = [*LEADING_COLUMNS, *map(k_column, ks), MEAN, *map(wise_column, alphas), *STATS_COLUMNS, *COST_COLUMNS]
     board = Leaderboard(
         benchmark=benchmark,
-        table=pd.DataFrame(texts).loc[order, columns].reset_index(drop=True).astype(str),
+        table=pd.DataFrame(without_statistics_as_missing(texts)).loc[order, columns].reset_index(drop=True).astype(str),
         summary=summary.loc[order].reset_index(drop=True),
         tasks=tasks, groups=sorted(set(final["group"]), key=_group_sort_key), metric=metric,
         higher_is_better=higher_is_better, records_used=records_used, warnings=warnings,
         k_columns=list(map(k_column, ks)), shots=[int(k) for k in numeric],
-        wise_columns=list(map(wise_column, alphas)),
+        wise_columns=list(map(wise_column, alphas)), bootstrap=bootstrap,
     )
     board.per_task = _per_task(board.summary, rows_of, tasks, ks)
     board.na_notes = _na_notes(board.summary)
-    board.notes = _notes(board, final, reference_notes) + board.na_notes
+    board.notes = _notes(board, final, reference_notes) + [statistics_note(bootstrap, MEAN)] + board.na_notes
     return board
 
 
@@ -168,8 +173,9 @@ def _reported_rows(benchmark: str, final: pd.DataFrame, tasks: list[str], ks: li
             notes.append(f"reported: published few-shot means for this setting ({methods}) are left out: they "
                          f"average all {full} {benchmark} tasks, this table's {len(tasks)}.")
             continue
-        rows += [_reported_row(group, ks, numeric, alphas)
-                 for _, group in refs.groupby(["method", "source", "backbone", "head"], sort=True)]
+        settings = set(zip(final["backbone"], final["head_name"], final["recipe"]))
+        rows += [_reported_row(group, ks, numeric, alphas, setting_differences(group.iloc[0], settings))
+                 for _, group in refs.groupby(["method", "source", "backbone", "weights", "head"], sort=True)]
         notes.append(f"reported: published means over all {full} {benchmark} tasks, copied from the named source, "
                      "not re-run here, one row per (method, source), each number in the k column of its "
                      "shots; a zero-shot number fills every k column. Their Mean is over this table's k "
@@ -191,7 +197,8 @@ def _covers_all_tasks(benchmark: str, tasks: list[str], mean_kind: str) -> tuple
     return len(set(tasks)) >= full, full
 
 
-def _reported_row(refs: pd.DataFrame, ks: list[str], numeric: list[str], alphas: Sequence[str]) -> tuple[dict, dict]:
+def _reported_row(refs: pd.DataFrame, ks: list[str], numeric: list[str], alphas: Sequence[str],
+                  differences: Sequence[str] = ()) -> tuple[dict, dict]:
     """One published method as a row: its value per k (the zero-shot one in every k column),
     their mean when it has every numeric k of the board, its parameter count."""
     first = refs.iloc[0]
@@ -200,13 +207,14 @@ def _reported_row(refs: pd.DataFrame, ks: list[str], numeric: list[str], alphas:
     values = {k: zero_shot if k == ALL else by_shots.get(float(k), zero_shot) for k in ks}
     at_k = [values[k] for k in numeric]
     mean = float(np.mean(at_k)) if at_k and not np.isnan(at_k).any() else np.nan
-    source = reported_source(first)
+    source = reported_source(first) + ("; not comparable: " + ", ".join(differences) if differences else "")
     params = first["trainable_params_m"]
-    shown = {"Rank": MISSING, "Adapter": first["adapter"], "Backbone": first["backbone"], "Head": first["head"],
+    backbone = reference_label(first)
+    shown = {"Rank": MISSING, "Adapter": first["adapter"], "Backbone": backbone, "Head": first["head"],
              "Source": source, **{k_column(k): _number_text(value) for k, value in values.items()},
              MEAN: _number_text(mean), **{wise_column(alpha): MISSING for alpha in alphas},
              **{column: MISSING for column in COST_COLUMNS}, PARAMS: MISSING if pd.isna(params) else f"{params:.4g}"}
-    numbers = {"adapter": first["adapter"], "backbone": first["backbone"], "head": first["head"], "row_id": "",
+    numbers = {"adapter": first["adapter"], "backbone": backbone, "head": first["head"], "row_id": "",
                "source": source, "reported": True, **{k_column(k): value for k, value in values.items()},
                "mean_tasks": mean, "mean_groups": np.nan, "params_m": params, "images_per_s": np.nan,
                "peak_memory_mb": np.nan, "rank": np.nan, "not_applicable": False, "na_reason": ""}

@@ -119,6 +119,8 @@ def record_facts(record: RunRecord) -> dict[str, Any]:
         "adapter": str(config["adapter"]),
         "label": str(run_info.matrix.get("adapter_label") or config["adapter"]) + _prompt_note(config),
         "head_name": str(config.get("head") or "linear"),  # records before heads existed: linear
+        "recipe": str(run_info.matrix.get("recipe") or ""),  # the spec's named recipe ("" when unnamed)
+        "search_points": _search_points(row.get("searched")),  # the grid its final config came from
         "row_id": row_id,
         "row_config": row,
         "seed": config.get("seed", run_info.seed),
@@ -146,7 +148,16 @@ def record_facts(record: RunRecord) -> dict[str, Any]:
         "peak_memory_kind": train.peak_memory_kind,
         "created_at": str(run_info.created_at or ""),
         "run_id": str(record.run_id or ""),
+        # per-sample test scores (records.SampleScores, still packed) of a scored run, else None
+        "samples": train.samples if score is not None else None,
     }
+
+
+def _search_points(grid: Any) -> int:
+    """How many configurations the search behind a final run tried (1: no search)."""
+    if not isinstance(grid, dict) or not grid:
+        return 1
+    return int(np.prod([len(values) for values in grid.values()]))
 
 
 def _prompt_note(config: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..files import atomic_write
 from .aggregate import MISSING, NOT_APPLICABLE, Leaderboard
+from .stats import RANK_COLUMN, TIE_COLUMN
 
 FORMATS = ("md", "csv", "tex", "html")
 FAILED_CSS = "color:#b00020;font-weight:600"
@@ -46,9 +47,11 @@ PROTOCOL = (
     "sample standard deviation."
 )
 REPORTED = (
-    'Rows marked "reported" are published numbers (ViT-B/16, ImageNet-21k augreg weights on VTAB-1k '
-    "and FGVC; CLIP on the few-shot CoOp datasets) copied from the named source, not re-run here, "
-    "beside our rows of the same backbone and head only. Each sits in the mean column it was "
+    'Rows marked "reported" are published numbers (ViT-B/16 ImageNet-21k on VTAB-1k and FGVC, with '
+    "the weights and recipe each started from; CLIP on the few-shot CoOp datasets) copied from the "
+    "named source, not re-run here, beside our rows of the same architecture and head only; their "
+    "Source says when their weights or recipe differ from ours, and only a row in our exact setting "
+    "can flag one of ours (listed first). Each sits in the mean column it was "
     "computed as (mean over tasks, or mean of the group means; on few-shot boards the k column of "
     "its shots); one row per method and source, so when sources disagree (full fine-tuning 65.57 "
     "vs 68.9, BitFit) both stay visible."
@@ -59,7 +62,10 @@ REPORTED = (
 def render_markdown(boards: Sequence[Leaderboard]) -> str:
     parts = ["# adaptbench leaderboard", ""]
     for board in boards:
-        parts += [f"## {board.benchmark}", "", _caption(board), "", _markdown_table(board), ""]
+        parts += [f"## {board.benchmark}", "", _caption(board), ""]
+        if board.flags:  # disagreements with comparable published numbers come before the table
+            parts += [f"**{FLAGS_TITLE}:**", "", *(f"- {_markdown_escape(flag)}" for flag in board.flags), ""]
+        parts += [_markdown_table(board), ""]
         parts += [f"- {_markdown_escape(note)}" for note in board.notes]
         parts += [f"- **warning:** {_markdown_escape(warning)}" for warning in board.warnings]
         parts.append("")
@@ -132,7 +138,7 @@ def render_tasks_csv(board: Leaderboard) -> str:
 def render_latex(boards: Sequence[Leaderboard]) -> str:
     parts = ["% adaptbench leaderboard (needs no package beyond LaTeX's own tabular)"]
     for board in boards:
-        parts += [f"% {line}" for line in (*board.notes, *(f"warning: {w}" for w in board.warnings))]
+        parts += [f"% {line}" for line in (*board.flags, *board.notes, *(f"warning: {w}" for w in board.warnings))]
         styler = board.table.style.hide(axis="index")
         styler = styler.format(escape="latex").format_index(escape="latex", axis=1)
         latex = styler.to_latex(
@@ -160,6 +166,7 @@ def _latex_symbols(latex: str) -> str:
 
 
 # -- HTML ---------------------------------------------------------------------------------
+FLAGS_TITLE = "Where we disagree with a comparable published number"
 PAGE_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem; color: #222; }
 h1 { margin-bottom: 0.2rem; } .meta { color: #666; margin-top: 0; }
@@ -170,6 +177,7 @@ table.leaderboard th { background: #f0f3f7; position: sticky; top: 0; }
 table.leaderboard :is(td, th):is(:nth-child(2), :nth-child(3), :nth-child(4)) { text-align: left; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .warnings li { color: #8a5300; } .notes li, .warnings li { margin: 0.2rem 0; }
+.flags { border-left: 4px solid #b0006a; padding-left: 1rem; } .flags li { color: #7a0049; }
 """
 
 
@@ -182,6 +190,9 @@ def render_html(boards: Sequence[Leaderboard], plots: dict[str, bytes] | None = 
     generated_at = generated_at or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     records = sum(board.records_used for board in boards)
     sections = "\n".join(_html_section(board, plots[board.benchmark]) for board in boards)
+    flags = "".join(f"<li>{html.escape(board.benchmark)}: {html.escape(flag)}</li>" for board in boards
+                    for flag in board.flags)
+    flags = f'<section class="flags"><h2>{FLAGS_TITLE}</h2><ul>{flags}</ul></section>' if flags else ""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -193,6 +204,7 @@ def render_html(boards: Sequence[Leaderboard], plots: dict[str, bytes] | None = 
 <h1>adaptbench leaderboard</h1>
 <p class="meta">Generated {html.escape(generated_at)} from {records} final run record(s);
 benchmarks: {html.escape(", ".join(board.benchmark for board in boards))}.</p>
+{flags}
 {sections}
 <section>
 <h2>Protocol</h2>
@@ -252,6 +264,10 @@ def render_terminal(boards: Sequence[Leaderboard]):
         # A terminal is narrow: columns holding one value for every row move into the title.
         constant = [c for c in ("Backbone", "Head", "Source", "Seeds") if board.table[c].nunique() == 1]
         shown = board.table.drop(columns=constant)
+        if RANK_COLUMN in shown.columns:  # narrow: "1 (1–2) a" says the rank, its range and tie group
+            shown = shown.assign(Rank=[f"{rank} {group}".strip() if group != MISSING else rank for rank, group
+                                       in zip(shown[RANK_COLUMN], shown[TIE_COLUMN])])
+            shown = shown.drop(columns=[RANK_COLUMN, TIE_COLUMN])
         title = "; ".join([_caption(board).rstrip("."), *(f"{c}: {board.table[c].iloc[0]}" for c in constant)])
         table = Table(title=title, show_lines=False, header_style="bold")
         for column in shown.columns:
@@ -259,6 +275,7 @@ def render_terminal(boards: Sequence[Leaderboard]):
         for (_, row), source in zip(shown.iterrows(), board.table["Source"]):
             reported = str(source).startswith("reported")
             table.add_row(*(Text(str(value), style=_terminal_style(str(value), reported)) for value in row))
+        parts.extend(Text(flag, style="bold magenta") for flag in board.flags)
         parts.append(table)
         parts.extend(Text(note, style="dim") for note in board.na_notes)
         parts.extend(Text(f"warning: {warning}", style="yellow") for warning in board.warnings)

@@ -80,6 +80,9 @@ class SearchGroup:
         config = cell_config(self.spec, self.backbone, self.adapter, self.task, point, seed, stage, self.shots)
         config = config.for_accelerator(self.accelerator)
         annotations = {"spec": self.spec.name, "adapter_label": self.adapter.label, **(extra or {})}
+        recipe = self.spec.recipe_of(self.adapter)
+        if recipe:
+            annotations["recipe"] = recipe
         if stage == "tune":
             annotations["grid_point"] = point
         return Cell(config, self.adapter.label, annotations)
@@ -102,7 +105,7 @@ def cell_config(spec: MatrixSpec, backbone: BackboneEntry, adapter: AdapterEntry
     if head_options:
         train["head_options"] = head_options
     return RunConfig(task=task, backbone=backbone.name, adapter=adapter.name, adapter_options=options,
-                     weights=backbone.weights, backbone_options=backbone.options, seed=seed, stage=stage, **train)
+                     weights=backbone.weights, backbone_options=spec.backbone_options_for(backbone, adapter), seed=seed, stage=stage, **train)
 
 
 def search_groups(spec: MatrixSpec, accelerator: str = "auto") -> list[SearchGroup]:

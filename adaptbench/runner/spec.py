@@ -11,12 +11,17 @@ Keys (all but ``backbones``, ``adapters`` and ``tasks`` optional)::
     name: micro                      # default: the file's stem; names the leaderboard files
     description: ...
     include: base.yaml               # or a list; paths relative to this file; this file wins
+    recipe: noah                     # the training recipe's name, written into every record (an
+                                     #   adapter entry may name its own); published rows match on it
     backbones: [vit_micro]           # registered names (adaptbench ls backbones), or {name, weights, options}
-                                     #   options: img_size, keep_projection, quick_gelu, grad_checkpointing
+                                     #   options: img_size, keep_projection, quick_gelu, grad_checkpointing,
+                                     #   drop_path, normalization
+    backbone_options: {drop_path: 0.1, normalization: imagenet}   # under every backbone entry's options
     tasks: [micro]                   # task names or groups: micro, vtab1k, vtab1k/natural, fgvc
     adapters:                        # names, or mappings:
       - linear
       - {name: lora, label: lora_r4, options: {r: 4}, train: {lr: 5e-3}, grid: {...}}
+      - {name: ssf, recipe: ssf, backbone_options: {drop_path: 0.0}}   # over the backbone's
     seeds: [0, 1, 2]                 # or a count: 3 -> [0, 1, 2]
     shots: [1, 4, 16]                # few-shot: one cell per k (k per class); an entry that sets
                                      #   train: {shots: ...} (or epochs: 0, zero-shot) is not repeated
@@ -43,9 +48,9 @@ from ..config import TRAIN_FIELDS, BackboneOptions, ConfigError, RunConfig, RunP
 from ..errors import AdaptbenchError, did_you_mean
 from ..yaml_files import Where, read_with_includes
 
-TOP_LEVEL_KEYS = ("name", "description", "include", "backbones", "tasks", "adapters", "seeds", "shots",
-                  "train", "policy", "grid", "data_root", "out", "leaderboard")
-ADAPTER_KEYS = ("name", "label", "options", "train", "grid")
+TOP_LEVEL_KEYS = ("name", "description", "include", "recipe", "backbones", "backbone_options", "tasks", "adapters",
+                  "seeds", "shots", "train", "policy", "grid", "data_root", "out", "leaderboard")
+ADAPTER_KEYS = ("name", "label", "recipe", "options", "backbone_options", "train", "grid")
 BACKBONE_KEYS = ("name", "weights", "options")
 LEADERBOARD_KEYS = ("out", "name", "formats", "wise")
 LEADERBOARD_FORMATS = ("md", "csv", "tex", "html")
@@ -75,6 +80,8 @@ class AdapterEntry:
     options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    recipe: str = ""  # the named recipe this entry follows, when it is not the spec's
+    backbone_options: dict[str, Any] = field(default_factory=dict)  # over the backbone entry's (set keys)
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the grid, in the order written ([{}] when there is no grid)."""
@@ -100,6 +107,18 @@ class MatrixSpec:
     policy: RunPolicy = field(default_factory=RunPolicy)
     shots: tuple[int | None, ...] = (None,)  # the few-shot k values (None: all training data)
     leaderboard_wise: bool = False  # WiSE-FT columns (leaderboard: {wise: true})
+    recipe: str = ""  # the training recipe's name, written into every record (recipe: noah)
+    backbone_options: dict[str, Any] = field(default_factory=dict)  # under every backbone entry's (set keys)
+
+    def recipe_of(self, adapter: AdapterEntry) -> str:
+        """The recipe an adapter entry's cells follow: its own, else the spec's ('' when unnamed)."""
+        return adapter.recipe or self.recipe
+
+    def backbone_options_for(self, backbone: BackboneEntry, adapter: AdapterEntry) -> BackboneOptions:
+        """The options a cell's backbone is built with: the spec's ``backbone_options``, then the
+        backbone entry's, then the adapter entry's (a recipe's drop-path or normalisation)."""
+        return BackboneOptions(**{**self.backbone_options, **backbone.options.model_dump(exclude_unset=True),
+                                  **adapter.backbone_options})
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -131,6 +150,10 @@ def _resolve(raw: dict[str, Any], where: Where) -> MatrixSpec:
         _check_combinations(train, entry, index, global_grid, where)
         _check_head_options(train, entry, index, global_grid, where)
     leaderboard = _check_leaderboard(raw.get("leaderboard") or {}, where)
+    recipe = _check_recipe(raw.get("recipe", ""), ("recipe",), where)
+    backbone_options = _set_options(raw.get("backbone_options") or {}, ("backbone_options",), where)
+    backbones = tuple(_backbone_entry(item, i, where) for i, item in enumerate(_list(raw, "backbones", where)))
+    _check_cell_backbone_options(backbones, adapters, backbone_options, where)
     data_root = raw.get("data_root")
     if data_root is not None and not isinstance(data_root, str):
         raise where.error(("data_root",), f"expected a folder path, got {data_root!r}")
@@ -140,7 +163,9 @@ def _resolve(raw: dict[str, Any], where: Where) -> MatrixSpec:
     return MatrixSpec(
         name=name,
         path=where.path,
-        backbones=tuple(_backbone_entry(item, i, where) for i, item in enumerate(_list(raw, "backbones", where))),
+        backbones=backbones,
+        recipe=recipe,
+        backbone_options=backbone_options,
         tasks=_expand_tasks(_list(raw, "tasks", where), where),
         adapters=adapters,
         seeds=_check_seeds(raw.get("seeds", [0]), where),
@@ -272,7 +297,39 @@ def _adapter_entry(item: Any, index: int, global_grid: dict[str, list[Any]], whe
     grid_keys = ("grid",) if "grid" not in item else (*keys, "grid")
     _check_adapter_options(item["name"], options, grid, grid_keys, keys, where)
     train = _check_train(item.get("train") or {}, (*keys, "train"), where)
-    return AdapterEntry(item["name"], label, dict(options), train, grid)
+    recipe = _check_recipe(item.get("recipe", ""), (*keys, "recipe"), where)
+    backbone_options = _set_options(item.get("backbone_options") or {}, (*keys, "backbone_options"), where)
+    return AdapterEntry(item["name"], label, dict(options), train, grid, recipe, backbone_options)
+
+
+def _check_recipe(recipe: Any, keys: tuple[Any, ...], where: Where) -> str:
+    if not isinstance(recipe, str) or not (recipe == "" or recipe.replace("-", "").replace("_", "").isalnum()):
+        raise where.error(keys, f"expected a recipe name (letters, digits, - or _), got {recipe!r}")
+    return recipe
+
+
+def _set_options(values: Any, keys: tuple[Any, ...], where: Where) -> dict[str, Any]:
+    """Backbone options checked as :class:`BackboneOptions`; only the keys written are kept, so
+    they can be layered over a backbone entry's."""
+    checked = _check_section(BackboneOptions, values, keys, where)
+    return checked.model_dump(exclude_unset=True)
+
+
+def _check_cell_backbone_options(backbones: tuple[BackboneEntry, ...], adapters: tuple[AdapterEntry, ...],
+                                 spec_options: dict[str, Any], where: Where) -> None:
+    """Every backbone's family honours the options its cells are built with (the spec's and
+    the adapters' layered over its own), the error at the line that sets the refused one."""
+    from ..backbones import refused_backbone_options
+
+    for backbone in backbones:
+        for index, adapter in enumerate(adapters):
+            merged = BackboneOptions(**{**spec_options, **backbone.options.model_dump(exclude_unset=True),
+                                        **adapter.backbone_options})
+            for option in refused_backbone_options(backbone.name, merged):
+                at = (("adapters", index, "backbone_options", option) if option in adapter.backbone_options
+                      else ("backbone_options", option))
+                _check_backbone_options(backbone.name, BackboneOptions(**{option: getattr(merged, option)}),
+                                        at[:-1], where)
 
 
 def _check_unique_labels(adapters: tuple[AdapterEntry, ...], where: Where) -> None:

@@ -64,7 +64,7 @@ def code_versions(config: RunConfig, spec) -> dict[str, int]:
 
 def resolved_config(config: RunConfig, spec=None) -> dict[str, Any]:
     """The config with every default filled in and the code versions: recorded and hashed."""
-    from ..config import OMITTED_AT_DEFAULT
+    from ..config import BACKBONE_OPTIONS_OMITTED_AT_DEFAULT, OMITTED_AT_DEFAULT
     from ..registry import TASKS
     from ..tasks.kinds import task_kind
 
@@ -73,6 +73,9 @@ def resolved_config(config: RunConfig, spec=None) -> dict[str, Any]:
     for name, default in OMITTED_AT_DEFAULT.items():
         if resolved[name] == default:
             del resolved[name]
+    for name in BACKBONE_OPTIONS_OMITTED_AT_DEFAULT:
+        if resolved["backbone_options"].get(name) is None:
+            resolved["backbone_options"].pop(name, None)
     resolved["head"] = config.resolved_head(task_kind(spec.kind).default_head)
     resolved["epochs"] = config.resolved_epochs(spec.default_epochs)
     resolved["warmup_epochs"] = config.resolved_warmup(spec.default_epochs)
@@ -341,8 +344,10 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
         metrics[plan.train_split] = _split_metrics(trainer.logged_metrics, "train_")
     timings["fit_s"] = time.perf_counter() - started
     started = time.perf_counter()
+    samples = None
     if plan.eval_is_test:
         evaluated = trainer.test(module, loaders["eval"], verbose=False)
+        samples = _test_sample_scores(module)  # before WiSE-FT's evaluations replace them
     else:  # the tune stage's score: one validation after the last epoch (unless every epoch)
         evaluated = [trainer.logged_metrics] if every_epoch else trainer.validate(module, loaders["eval"], verbose=False)
     timings["eval_s"] = time.perf_counter() - started
@@ -357,6 +362,7 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
                               f"{primary!r} (got {sorted(metrics[plan.eval_split]) or 'nothing'})")
     memory_bytes, memory_kind = peak_memory(module.device)
     eval_size = len(loaders["eval"].dataset)
+    samples = sample_scores(kind, prepared.spec, primary, samples, eval_size)
     train_per_s = meter.images_per_second()
     eval_per_s = eval_size / timings["eval_s"] if timings["eval_s"] > 0 and not every_epoch else None
     return {
@@ -373,6 +379,7 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
         "timings": {name: round(value, 4) for name, value in timings.items()},
         "peak_memory_bytes": memory_bytes,
         "peak_memory_kind": memory_kind,
+        **({"samples": samples} if samples is not None else {}),
         "data": {
             "train_split": plan.train_split, "eval_split": plan.eval_split,
             "train_size": len(loaders["train"].dataset) if "train" in loaders else 0, "eval_size": eval_size,
@@ -381,6 +388,23 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
             "throughput": throughput(kind, prepared.spec, train_per_s, eval_per_s),
         },
     }
+
+
+def _test_sample_scores(module) -> dict[str, Any] | None:
+    collect = getattr(module, "test_sample_scores", None)  # a plugin's module need not be a TaskModule
+    return collect() if collect is not None else None
+
+
+def sample_scores(kind, spec, primary: str, arrays: dict[str, Any] | None, eval_size: int):
+    """A final run's per-sample test scores for its record (``records.SampleScores``); None when
+    its kind gives none (``TaskKind.sample_reduction``, ``TaskModule.sample_scores``) or they do
+    not cover the test split once."""
+    from ..records import SampleScores
+
+    reduction = kind.sample_reduction(spec) if hasattr(kind, "sample_reduction") else None  # plugins may lack it
+    if reduction is None or not arrays or any(len(array) != eval_size for array in arrays.values()):
+        return None
+    return SampleScores.of(primary, reduction, arrays)
 
 
 def throughput(kind, spec, train_per_s: float | None, eval_per_s: float | None) -> dict[str, float | None]:

@@ -41,6 +41,22 @@ def validate_spec(spec: MatrixSpec, data_root: str | None = None,
             + not_applicable_pairs(spec, capabilities))
 
 
+#: Search budgets (grid points per adapter entry) further apart than this ratio are warned about.
+BUDGET_RATIO = 2.0
+
+
+def search_budget_warning(spec: MatrixSpec) -> str | None:
+    """A warning when the spec's adapters search numbers of configurations more than
+    ``BUDGET_RATIO`` apart: a method tuned over 10 points and one over 1 are not compared on
+    equal terms (the papers' own searches differ so; the leaderboard notes it too)."""
+    budgets = {entry.label: len(entry.grid_points()) for entry in spec.adapters}
+    if not budgets or max(budgets.values()) <= BUDGET_RATIO * min(budgets.values()):
+        return None
+    listed = ", ".join(f"{label} {points}" for label, points in sorted(budgets.items(), key=lambda kv: -kv[1]))
+    return (f"unequal search budgets, more than {BUDGET_RATIO:g}x apart (configurations searched per task: "
+            f"{listed}); a method searched over more points can win by its search alone")
+
+
 def problems(checks: list[Check]) -> list[str]:
     return [f"{check.kind} {check.subject}: {check.detail}" for check in checks if not check.ok]
 

@@ -24,6 +24,9 @@ class ClassificationKind(TaskKind):
         # readers have already checked every label against the class count.
         return MetricCollection({"top1": MulticlassAccuracy(spec.num_classes, average="micro", validate_args=False)})
 
+    def sample_reduction(self, spec) -> str:
+        return "accuracy"  # one bit per test image: correct or not
+
     def build_module(self, backbone, adapter, head, spec, settings: dict[str, Any]):
         from .modules.classification import ClassificationModule
 

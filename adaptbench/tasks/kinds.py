@@ -8,7 +8,9 @@ A :class:`TaskKind` (registered with ``register_task_kind``; plugins through an
 * its data: a Dataset over the samples its format reader lists (``dataset``), plus the
   description of the preprocessing and augmentation that goes into every record;
 * its torchmetrics ``MetricCollection``, its primary metric and whether higher is better;
-* what its checkpoint must remember about the head (``head_info``).
+* what its checkpoint must remember about the head (``head_info``);
+* optionally, how its primary metric is recomputed from per-sample test scores
+  (``sample_reduction``, with the module's ``sample_scores``): the leaderboard's intervals.
 
 The runner and ``eval`` dispatch on ``spec.kind`` and never import a kind's code by name.
 ``version`` enters the run id of every run of the kind.
@@ -86,6 +88,22 @@ class TaskKind:
         """The metric that ranks ``spec``'s leaderboard (a dataset may name another one of the
         kind's metrics, e.g. Dice for a binary medical task)."""
         return self.primary_metric
+
+    def sample_reduction(self, spec) -> str | None:
+        """The reduction (``tasks/sample_metrics.py``) that recomputes ``spec``'s primary metric
+        from the arrays the module's ``sample_scores`` returns, on the test set or any resample
+        of it; None: the kind gives no per-sample scores (its rows' intervals resample seeds only)."""
+        return None
+
+    def metric_from_samples(self, spec, arrays: dict, weights=None):
+        """The primary metric (a fraction) from per-sample ``arrays``, each sample weighted by
+        ``weights`` ((R, N) draws per resample; None: the full set) -> R values."""
+        from .sample_metrics import metric
+
+        name = self.sample_reduction(spec)
+        if name is None:
+            raise NotImplementedError(f"task kind {self.name or type(self).__name__!r} gives no per-sample scores")
+        return metric(name, arrays, weights)
 
     def build_module(self, backbone, adapter, head: nn.Module, spec, settings: dict[str, Any]) -> TaskModule:
         """The LightningModule; ``settings`` holds lr, weight_decay, warmup_epochs, label_smoothing, pool."""

@@ -69,6 +69,10 @@ class SegmentationKind(TaskKind):
     def primary_metric_of(self, spec) -> str:
         return str(spec.options.get("primary_metric", self.primary_metric))
 
+    def sample_reduction(self, spec) -> str | None:
+        """mIoU from per-image, per-class intersections and unions; Dice from per-image Dice."""
+        return {"miou": "iou", "dice": "dice"}.get(self.primary_metric_of(spec))
+
     def metrics(self, spec):
         from torchmetrics import MetricCollection
         from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex

@@ -194,6 +194,9 @@ class VideoClassificationKind(TaskKind):
             metrics["top5"] = MulticlassAccuracy(spec.num_classes, top_k=5, average="micro", validate_args=False)
         return MetricCollection(metrics)
 
+    def sample_reduction(self, spec) -> str:
+        return "accuracy"  # one bit per test clip (views averaged): correct or not
+
     def build_module(self, backbone, adapter, head, spec, settings: dict[str, Any]):
         from .modules.video import VideoModule
 

@@ -82,6 +82,13 @@ class TaskModule(L.LightningModule):
         """What the metrics are updated with (segmentation: argmax class maps)."""
         return outputs, targets
 
+    def sample_scores(self, outputs: torch.Tensor, targets: Any) -> dict[str, torch.Tensor] | None:
+        """Per-sample contributions to the primary metric of one test batch: arrays whose first
+        dimension is the batch (classification: ``correct``, one bool per sample), from which
+        the kind's ``sample_reduction`` recomputes the metric on any resample of the test set.
+        None (the default): the kind gives none, and its leaderboard rows resample seeds only."""
+        return None
+
     # -- inputs ---------------------------------------------------------------------------------
     def set_inputs(self, batch_transform: nn.Module | None, from_features: bool = False) -> None:
         """What batches hold: decoded samples that ``batch_transform`` turns into inputs on the
@@ -153,19 +160,38 @@ class TaskModule(L.LightningModule):
         self._check_nonfinite()
 
     # -- evaluation -----------------------------------------------------------------------------
-    def _evaluate(self, batch, metrics: MetricCollection, loss_name: str) -> None:
+    def _evaluate(self, batch, metrics: MetricCollection, loss_name: str) -> tuple[torch.Tensor, Any]:
+        """Update ``metrics`` and log the loss; returns (outputs, targets) of the batch."""
         inputs, targets = batch
         outputs = self._outputs(inputs)
         metrics.update(*self.metric_inputs(outputs, targets))
         self.log(loss_name, self.task_loss(outputs, targets), on_step=False, on_epoch=True,
                  batch_size=_batch_size(targets))
         self.log_dict(metrics, on_step=False, on_epoch=True)
+        return outputs, targets
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, self.val_metrics, "val_loss")
 
+    def on_test_start(self) -> None:
+        self._test_samples: list[dict[str, torch.Tensor]] | None = []
+
     def test_step(self, batch, batch_idx):
-        self._evaluate(batch, self.test_metrics, "test_loss")
+        outputs, targets = self._evaluate(batch, self.test_metrics, "test_loss")
+        if getattr(self, "_test_samples", None) is not None:
+            scores = self.sample_scores(outputs.detach(), targets)
+            if scores is None:
+                self._test_samples = None  # the kind gives none: stop asking
+            else:
+                self._test_samples.append({name: value.detach() for name, value in scores.items()})
+
+    def test_sample_scores(self) -> dict[str, Any] | None:
+        """The per-sample scores of the last ``trainer.test``, in test-set order, as numpy arrays
+        (None when the kind gives none)."""
+        batches = getattr(self, "_test_samples", None)
+        if not batches:
+            return None
+        return {name: torch.cat([batch[name] for batch in batches]).cpu().numpy() for name in batches[0]}
 
     # -- optimisation ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

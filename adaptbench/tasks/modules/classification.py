@@ -23,3 +23,6 @@ class ClassificationModule(TaskModule):
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+
+    def sample_scores(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"correct": logits.argmax(dim=-1) == labels}  # top-1, one bit per sample

@@ -83,7 +83,7 @@ class SegmentationModule(TaskModule):
     def metric_inputs(self, logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return logits.argmax(dim=1), masks
 
-    def _evaluate(self, batch, metrics: MetricCollection, loss_name: str) -> None:
+    def _evaluate(self, batch, metrics: MetricCollection, loss_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, masks = batch
         logits = self._outputs(inputs)
         predictions, masks = self.metric_inputs(logits, masks)
@@ -92,6 +92,17 @@ class SegmentationModule(TaskModule):
         confusion.update(predictions, masks)
         self.log(loss_name, self.task_loss(logits, masks), on_step=False, on_epoch=True, batch_size=len(masks))
         self.log_dict(metrics, on_step=False, on_epoch=True)
+        return logits, masks
+
+    def sample_scores(self, logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per image and class, the intersection and union pixel counts (mIoU over any set of
+        images: mean over classes with a union of sum(I) / sum(U)); binary tasks add per-image
+        foreground Dice and whether the image counts in its mean (``tasks/sample_metrics.py``)."""
+        predictions, masks = self.metric_inputs(logits, masks)
+        scores = image_intersections_and_unions(predictions, masks, self.hparams.num_classes)
+        if "dice" in self.test_metrics:
+            scores.update(image_foreground_dice(predictions, masks))
+        return scores
 
     def on_validation_epoch_end(self) -> None:
         self._log_class_iou(self.val_confusion, "val_")
@@ -122,6 +133,37 @@ def class_iou(confusion: torch.Tensor, names: tuple[str, ...]) -> dict[str, floa
     union = confusion.sum(0) + confusion.sum(1) - hits
     # names as shown (mmseg's ADE20K list writes 'bed ' with a trailing space)
     return {names[c].strip(): float(hits[c] / union[c]) for c in range(len(names)) if union[c] > 0}
+
+
+def image_intersections_and_unions(predictions: torch.Tensor, masks: torch.Tensor,
+                                   classes: int) -> dict[str, torch.Tensor]:
+    """(B, K) pixel counts per image and class: predicted and target both c (intersection), either
+    c (union); pixels whose target is the ignore index count in neither."""
+    keep = masks != IGNORE_INDEX
+    offsets = torch.arange(len(masks), device=masks.device).view(-1, *([1] * (masks.dim() - 1))) * classes
+    size = len(masks) * classes
+
+    def counts(ids: torch.Tensor) -> torch.Tensor:
+        return torch.bincount(ids, minlength=size).view(len(masks), classes)
+
+    predicted = counts((predictions + offsets)[keep])
+    target = counts((masks + offsets)[keep])
+    intersection = counts((predictions + offsets)[keep & (predictions == masks)])
+    return {"intersection": intersection, "union": predicted + target - intersection}
+
+
+def image_foreground_dice(predictions: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image, the foreground (class 1) Dice 2TP / (2TP + FP + FN) with ignored pixels as
+    background in both (``metrics.ForegroundDice``), and whether the image counts: its
+    prediction or target has foreground (torchmetrics leaves the others out as NaN)."""
+    keep = masks != IGNORE_INDEX
+    predicted = ((predictions == 1) & keep).flatten(1)
+    target = ((masks == 1) & keep).flatten(1)
+    overlap = (predicted & target).sum(1)
+    denominator = predicted.sum(1) + target.sum(1)
+    counts = denominator > 0
+    dice = torch.where(counts, 2 * overlap / denominator.clamp_min(1), torch.zeros((), device=masks.device))
+    return {"dice": dice.float(), "dice_counts": counts}
 
 
 def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:

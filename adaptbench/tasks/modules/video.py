@@ -30,6 +30,9 @@ class VideoModule(TaskModule):
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
 
+    def sample_scores(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"correct": logits.argmax(dim=-1) == labels}  # top-1, one bit per sample
+
     def why_not_cacheable(self) -> str | None:
         sampling = self.hparams.clip_sampling
         if ClipSampling(**sampling).random_in_training(tuple(self.hparams.input_size)):
