@@ -247,8 +247,10 @@ def test_records_without_samples_resample_seeds_only_and_say_so():
     assert board.bootstrap.mode == SEEDS
     assert any("seeds only" in note and "no per-sample test scores" in note for note in board.notes)
     table = board.table.set_index("Adapter")
-    assert table.loc["bitfit", CI_COLUMN] == "–"  # one seed, no samples: no interval
-    assert table.loc["bitfit", RANK_COLUMN].startswith("1 (")
+    # one seed, no samples: nothing varies, so no interval, no rank range and no tie group
+    assert table.loc["bitfit", CI_COLUMN] == "–" and table.loc["bitfit", TIE_COLUMN] == "–"
+    assert table.loc["bitfit", RANK_COLUMN] == "1"
+    assert table.loc["lora", RANK_COLUMN].endswith(")") and table.loc["lora", TIE_COLUMN] != "–"
     assert table.loc["lora", CI_COLUMN] == "75.25–76.75"  # per-seed means 75 and 77: 2 seeds x 4 tasks resampled
     assert table.loc["ssf", CI_COLUMN] == table.loc["ssf", RANK_COLUMN] == "–"  # failed: unranked
 
@@ -319,3 +321,12 @@ def test_a_kind_without_per_sample_scores_records_none_and_its_board_says_seeds_
     [board] = build_leaderboards(records)
     note = next(note for note in board.notes if note.startswith(CI_COLUMN))
     assert "seeds only" in note and "4 record(s)" in note and "a task kind that gives none" in note
+
+
+def test_compare_refuses_a_row_with_nothing_to_resample():
+    from adaptbench.leaderboard.compare import compare
+
+    records = [make_record(task, "lora", 0, score, label=label, options={"label": label})
+               for task in TASKS for label, score in (("one", 70.0), ("two", 60.0))]
+    with pytest.raises(AdaptbenchError, match="row 'one' has nothing to resample"):
+        compare(records, "one", "two")

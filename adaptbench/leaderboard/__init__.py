@@ -68,13 +68,19 @@ a spec's ``leaderboard: {wise: true}``): a column ``α=<alpha>`` per interpolati
 evaluated (``metrics[<split>]["<metric>@wise<alpha>"]``), reduced like the row's mean.
 
 **Reported numbers** (``references.py``, package data ``references.csv``) are published means
-for ViT-B/16 with ImageNet-21k augreg weights (and, on few-shot ``coop`` boards, the CoOp
-11-dataset averages for CLIP, in their k columns, shown only when our board has all 11
-tasks). They are appended as rows marked ``reported`` with their source when the board's
-benchmark, backbone and head are theirs (``vit_base_patch16_224.augreg_in21k``, with or
-without ``timm:``, and ``linear`` on ``vtab1k`` and ``fgvc``). Each value sits
-in the mean column it was computed as, one row per (method, source), so disagreeing sources
-stay visible. They average the whole benchmark; the notes say how many tasks ours cover.
+for ViT-B/16 ImageNet-21k (most from Google's original checkpoint, ``orig_in21k``; SSF's from
+augreg), and, on few-shot ``coop`` boards, the CoOp 11-dataset averages for CLIP, in their k
+columns, shown only when our board has all 11 tasks. They are appended as rows marked
+``reported`` with their source when the board's benchmark, architecture and head are theirs;
+their Source says when their weights or recipe differ from ours. Each value sits in the mean
+column it was computed as, one row per (method, source), so disagreeing sources stay visible.
+They average the whole benchmark; the notes say how many tasks ours cover. A row of ours in a
+published row's exact setting (method, weights, recipe, head) further from it than twice its
+seed std is flagged (``Leaderboard.flags``, listed first by every format).
+
+**Statistics** (``stats.py``): a 95% bootstrap interval of each row's overall mean, resampling
+seeds and test samples (the per-sample scores stored with final records), ranks with their
+intervals, ties (the paired interval of a difference holds 0), and ``compare`` for two rows.
 
 Aggregation uses pandas, plots matplotlib (Agg), the terminal view rich. ``load_records``
 (files and folders -> :class:`~adaptbench.records.RunRecord` s) and ``records_frame``

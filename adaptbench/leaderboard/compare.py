@@ -36,6 +36,11 @@ def compare(records: RunRecord | str | os.PathLike | Iterable[RunRecord | str | 
     ids = [_row_id(board, label) for label in (a, b)]
     if ids[0] == ids[1]:
         raise AdaptbenchError(f"compare: {a!r} and {b!r} are the same row")
+    still = [label for label, row_id in zip((a, b), ids) if board.bootstrap.interval(row_id) is None]
+    if still:  # no spread to test a difference against: any difference would look certain
+        raise AdaptbenchError(f"compare: row {still[0]!r} has nothing to resample (one seed per task and no "
+                              "per-sample test scores in its records): its difference from the other row "
+                              "cannot be tested; run more seeds or re-run its cells to store per-sample scores")
     comparison = board.bootstrap.compare(*ids, labels=(a, b))
     comparison.cells.index = [_cell_name(cell) for cell in comparison.cells.index]
     return comparison

@@ -313,18 +313,22 @@ def board_statistics(final: pd.DataFrame, summary: pd.DataFrame, by: Sequence[st
     if boot is None:
         return None, {}
     rank_ranges = boot.rank_intervals()
-    groups = boot.tie_groups(row_ids)
+    # A row whose replicates cannot vary (seeds only, one seed per task) has no interval; its
+    # rank range and ties would claim a certainty nothing measured, so it gets neither.
+    intervals = {row_id: boot.interval(row_id) for row_id in row_ids}
+    varying = [row_id for row_id in row_ids if intervals[row_id] is not None]
+    groups = boot.tie_groups(varying) if varying else {}
     shown = {}
     for row_id, rank in zip(ranked["row_id"], ranked["rank"]):
-        interval = boot.interval(row_id)
-        low, high = rank_ranges[row_id]
+        interval = intervals[row_id]
+        low, high = rank_ranges[row_id] if interval is not None else (np.nan, np.nan)
         shown[row_id] = {
             CI_COLUMN: missing if interval is None else f"{interval[0]:.{decimals}f}–{interval[1]:.{decimals}f}",
-            RANK_COLUMN: f"{int(rank)} ({low}–{high})",
-            TIE_COLUMN: groups[row_id],
+            RANK_COLUMN: f"{int(rank)}" if interval is None else f"{int(rank)} ({low}–{high})",
+            TIE_COLUMN: groups.get(row_id, missing),
             "ci_low": np.nan if interval is None else interval[0],
             "ci_high": np.nan if interval is None else interval[1],
-            "rank_low": low, "rank_high": high, "tie_group": groups[row_id],
+            "rank_low": low, "rank_high": high, "tie_group": groups.get(row_id, ""),
         }
     return boot, shown
 
@@ -340,7 +344,7 @@ def statistics_note(boot: BoardBootstrap | None, mean_column: str) -> str:
     else:
         resampled = (f"seeds only: {boot.lacking} record(s) of the ranked rows hold no per-sample test scores "
                      "(written before records stored them, or a task kind that gives none), so test samples "
-                     "are not resampled; a row with one seed per task has no interval (–)")
+                     "are not resampled; a row with one seed per task has no interval, rank range or tie group (–)")
     return (f"{CI_COLUMN}: 95% percentile bootstrap interval of {mean_column} ({len(boot.replicates[0])} "
             f"replicates, fixed seed {SEED}), resampling {resampled}. {RANK_COLUMN}: the rank and the "
             f"2.5–97.5% range of the row's ranks over the same replicates. {TIE_COLUMN}: rows sharing a letter "
