@@ -186,7 +186,7 @@ def check_matrix(matrix: MatrixRun, source: str | os.PathLike | None = None) -> 
     Raises :class:`MatrixProblems` (each problem prefixed with ``source``, default the spec's path).
     """
     from .config import auto_precision
-    from .runner.train import check_environment, quiet_lightning
+    from .runner.train import check_environment
     from .runner.validate import problems, spec_precisions, validate_spec
 
     source = str(source if source is not None else matrix.spec.path)
@@ -195,7 +195,6 @@ def check_matrix(matrix: MatrixRun, source: str | os.PathLike | None = None) -> 
         lines = [f"{source}: {problem}" for problem in found]
         message = lines[0] if len(lines) == 1 else f"{source}: {len(found)} problems: " + "; ".join(found)
         raise MatrixProblems(message, lines)
-    quiet_lightning()
     for precision in spec_precisions(matrix.spec):  # before any cell: a machine problem poisons no record
         check_environment(matrix.options.accelerator, auto_precision(matrix.options.accelerator)
                           if precision == "auto" else precision)

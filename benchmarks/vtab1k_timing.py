@@ -95,7 +95,7 @@ TRAIN800, VAL200 = 800, 200
 FULL_TRAIN = TRAIN800 + VAL200  # train800val200: what the final stage trains on
 EVAL_SPEEDUP = 3.0  # assumed eval img/s / train img/s when a record has no eval figure
 TARGET_S, FLOOR_S = 600.0, (180.0, 240.0)
-TUNE_POINTS, FINAL_SEEDS = 16, 3  # petl_recipe.yaml: a 4 x 4 grid on the first seed, then 3 seeds
+TUNE_POINTS, FINAL_SEEDS = 16, 3  # recipes/equal_search.yaml: a 4 x 4 grid on the first seed, then 3 seeds
 MARKER = ".synthetic-vtab1k.json"  # written last: the settings that made the folder
 GENERATOR_VERSION = 1
 NOISE_MARGIN = 32  # the noise tile is this much larger than an image: offsets make images differ
@@ -446,7 +446,7 @@ def print_report(result: dict[str, Any]) -> None:
     console.print(f"  warm cache (splits decoded before): {extra['warm_cache_total_s']:,.0f} s\n"
                   f"  the {len(extra['tasks'])} measured tasks alone, cold: {extra['measured_tasks_total_s']:,.0f} s\n"
                   f"  with the {TUNE_POINTS}-point search (train800 -> val200) and {FINAL_SEEDS} final seeds "
-                  f"(petl_recipe.yaml): {search:,.0f} s ({search / 3600:.1f} h)")
+                  f"(recipes/equal_search.yaml): {search:,.0f} s ({search / 3600:.1f} h)")
     console.print("assumptions:")
     for line in result["assumptions"]:
         console.print(f"  - {line}")

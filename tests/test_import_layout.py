@@ -67,11 +67,14 @@ def test_format_facts_and_task_specs_import_without_torch(module):
 
 
 def test_validating_a_spec_never_imports_lightning_or_torchmetrics():
-    # validate and the matrix driver read every task kind (heads, versions, fields); the kinds'
-    # LightningModules and metrics load only in the process that trains (seconds per driver)
+    # validate and the matrix driver read every task kind (heads, versions, fields) and check the
+    # machine; the kinds' LightningModules and metrics load only in the process that trains
+    # (seconds per driver)
     code = ("import sys\nfrom adaptbench.runner.spec import load_spec\nfrom adaptbench.runner.validate import validate_spec\n"
             "from adaptbench.tasks.kinds import task_kind\n"
+            "from adaptbench.runner.train import check_environment\n"
             "spec = load_spec('benchmarks/micro_seg.yaml')\nvalidate_spec(spec, None)\n"
+            "check_environment('auto', '32-true'); check_environment('cpu', '32-true')\n"
             "for name in ('classification', 'segmentation', 'video_classification'):\n"
             "    kind = task_kind(name); kind.version, kind.head_input, kind.default_head\n"
             "print(sorted(m for m in ('lightning', 'torchmetrics') if m in sys.modules))")

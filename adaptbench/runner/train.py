@@ -435,10 +435,18 @@ def _save_checkpoint(prepared: Prepared, record_path: Path) -> Path:
 # -- the environment ---------------------------------------------------------------------------
 def check_environment(accelerator: str, precision: str) -> None:
     """Refuse an accelerator or precision this machine cannot run, before any cell runs (a
-    cell that failed for want of a GPU would otherwise be recorded failed and skipped later)."""
+    cell that failed for want of a GPU would otherwise be recorded failed and skipped later).
+
+    Full precision on the CPU (or ``auto``, which falls back to it) runs on every machine, so it
+    is accepted without building a Trainer: the matrix driver then never imports Lightning (its
+    import costs seconds per command; the workers pay it once each)."""
     import warnings
 
+    if precision == "32-true" and accelerator in ("auto", "cpu"):
+        return
     import lightning as L
+
+    quiet_lightning()
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
