@@ -25,6 +25,7 @@ _SOURCES = {
     "task kind": ("tasks", "register_task_kind", 1),  # register_task_kind(name, KindClass)
     "head": ("tasks", "register_head", 1),  # register_head(name, factory)
     "reader": ("datasets", "register_reader", 1),  # register_reader(format, ReaderClass)
+    "executor": ("runner/executors", "register_executor", 1),  # register_executor(name, ExecutorClass)
 }
 
 _FAMILIES = {

@@ -157,25 +157,31 @@ def plan_matrix(
     *,
     out: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     retry_failed: bool = False,
     accelerator: str = "auto",
     leaderboard: bool = True,
     plugin_files: Sequence[str] = (),
+    executor: str | None = None,
     console: Any = None,
 ) -> MatrixRun:
     """A :class:`~adaptbench.runner.matrix.MatrixRun` of ``spec`` (a spec file, or one loaded by
-    ``adaptbench.runner.spec.load_spec``), planned but neither checked nor run."""
+    ``adaptbench.runner.spec.load_spec``), planned but neither checked nor run. ``executor`` and
+    ``workers`` override the spec's ``executor:`` block (default: local, 1 worker)."""
     from .runner.matrix import MatrixOptions, MatrixRun
     from .runner.spec import MatrixSpec, load_spec
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise AdaptbenchError(f"workers {workers!r}: expected an integer >= 1")
+    if executor is not None:
+        from .registry import EXECUTORS
+
+        EXECUTORS.require(executor)
     loaded = spec if isinstance(spec, MatrixSpec) else load_spec(spec)
-    options = MatrixOptions(out=Path(out) if out else None,
-                            data_root=None if data_root is None else os.fspath(data_root), workers=workers,
-                            retry_failed=retry_failed, accelerator=accelerator, plugin_files=tuple(plugin_files),
-                            leaderboard=leaderboard)
+    location = None if not out else os.fspath(out)
+    options = MatrixOptions(out=location, data_root=None if data_root is None else os.fspath(data_root),
+                            workers=workers, retry_failed=retry_failed, accelerator=accelerator,
+                            plugin_files=tuple(plugin_files), leaderboard=leaderboard, executor=executor)
     return MatrixRun(loaded, options, console=console)
 
 
@@ -198,6 +204,9 @@ def check_matrix(matrix: MatrixRun, source: str | os.PathLike | None = None) -> 
     for precision in spec_precisions(matrix.spec):  # before any cell: a machine problem poisons no record
         check_environment(matrix.options.accelerator, auto_precision(matrix.options.accelerator)
                           if precision == "auto" else precision)
+    from .runner.executors import executor_class
+
+    executor_class(matrix.settings.name).check(matrix.settings)  # its engine is installed, its settings fit
 
 
 def run_matrix(spec: str | os.PathLike | MatrixSpec, **options: Any) -> MatrixSummary:
@@ -205,8 +214,9 @@ def run_matrix(spec: str | os.PathLike | MatrixSpec, **options: Any) -> MatrixSu
 
     ``spec``: a spec file (YAML) or a loaded :class:`~adaptbench.runner.spec.MatrixSpec`;
     ``options`` are :func:`plan_matrix`'s (``out``, ``data_root``, ``workers``, ``retry_failed``,
-    ``accelerator``, ``leaderboard``, ``plugin_files``). ``out`` / ``data_root`` override the spec's; ``workers`` cells run in parallel processes
-    (``plugin_files`` are imported in each); cells whose record says success are skipped
+    ``accelerator``, ``leaderboard``, ``plugin_files``, ``executor``). ``out`` / ``data_root``
+    override the spec's; ``workers`` cells run at the same time on ``executor`` (``plugin_files``
+    are imported by each worker); cells whose record says success are skipped
     (failed ones too, unless ``retry_failed``). With ``leaderboard`` the spec's leaderboard
     files are written (``summary.leaderboard_files``). The spec is checked first: problems
     raise :class:`MatrixProblems` (an AdaptbenchError) and nothing runs. A failed cell does not

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_ls(commands) -> None:
     ls = commands.add_parser("ls", help="list registered adapters, backbones, tasks, task kinds, heads or data readers")
-    ls.add_argument("kind", choices=["adapters", "backbones", "tasks", "kinds", "heads", "readers"])
+    ls.add_argument("kind", choices=["adapters", "backbones", "tasks", "kinds", "heads", "readers", "executors"])
     ls.set_defaults(handler=cmd_ls)
 
 
@@ -348,7 +348,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=160)  # logs: wide enough for the tables
     matrix = plan_matrix(args.spec, out=options.out, data_root=options.data_root, workers=options.workers,
                          retry_failed=options.retry_failed, accelerator=options.accelerator,
-                         leaderboard=options.leaderboard, plugin_files=args.plugin, console=console)
+                         leaderboard=options.leaderboard, plugin_files=args.plugin, executor=options.executor,
+                         console=console)
     if options.dry_run:
         console.print(dry_run_table(matrix))
         return 0
@@ -362,7 +363,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(
         f"{matrix.spec.name}: {summary.cells} cells | {summary.succeeded} succeeded, {summary.failed} failed, "
         f"{summary.not_applicable} n/a | {summary.ran} run now, {summary.skipped} found done | "
-        f"{summary.wall_time_s:.0f} s | records in {matrix.out}"
+        f"{summary.wall_time_s:.0f} s | {matrix.settings.name} executor | records in {matrix.out}"
     )
     for path in summary.leaderboard_files:
         console.print(f"leaderboard: {path}")

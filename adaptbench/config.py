@@ -240,17 +240,57 @@ class EvalOptions(_Model):
     as_json: bool = Field(False, description="print the metrics as JSON")
 
 
+class ExecutorSettings(_Model):
+    """Where a matrix's cells run: a spec's ``executor:`` block (cluster details live here, never
+    in code). ``--executor`` and ``--workers`` override ``name`` and ``workers``."""
+
+    name: str = Field("local", description="executor: local | ray | slurm, or a plugin's "
+                                           "(entry-point group adaptbench.executors)")
+    workers: int | None = Field(None, ge=1, description="cells running at the same time (default: local, "
+                                                        "1; ray, what the cluster's resources fit; slurm, 1)")
+    gpus_per_cell: float | None = Field(None, ge=0, description="GPUs each cell holds (default: 1 where the "
+                                                                 "executor sees GPUs, else 0)")
+    cpus_per_cell: int | None = Field(None, ge=1, description="CPU cores each cell holds (default: the usable "
+                                                               "cores shared out between workers)")
+    memory_gb: float | None = Field(None, gt=0, description="memory each cell may use (slurm: --mem)")
+    partition: str | None = Field(None, description="slurm partition")
+    time_limit_min: int | None = Field(None, ge=1, description="slurm: wall-clock limit of each job")
+    address: str | None = Field(None, description="ray: the cluster to join (default: start a local one)")
+    long_lived: bool = Field(True, description="keep workers between cells (ray actors; slurm jobs that "
+                                               "pull cells), so backbones and decoded data are reused")
+    retries: int = Field(1, ge=0, description="times a cell whose worker died is tried again before it is "
+                                              "recorded failed")
+    heartbeat_s: float = Field(30.0, gt=0, description="a running cell renews its lease this often")
+    lease_timeout_s: float = Field(120.0, gt=0, description="a lease not renewed for this long is stale and "
+                                                            "taken over")
+    folder: str | None = Field(None, description="slurm: folder for submitit's job files and logs "
+                                                 "(default: <results>/.slurm)")
+    options: dict[str, Any] = Field(default_factory=dict, description="engine-specific extras (ray.init "
+                                                                      "keywords; slurm: submitit's slurm_* "
+                                                                      "parameters)")
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeat(self):
+        if self.lease_timeout_s <= self.heartbeat_s:
+            raise ValueError(f"lease_timeout_s ({self.lease_timeout_s}) must exceed heartbeat_s "
+                             f"({self.heartbeat_s}), or every running cell looks stale")
+        return self
+
+
 class MatrixRunOptions(_Model):
     """``adaptbench run SPEC``: how to run a matrix (none of it changes a cell's id)."""
 
-    workers: int = Field(1, ge=1, description="cells run in parallel worker processes (GPU machines: one "
-                                              "cell per device)")
+    workers: int | None = Field(None, ge=1, description="cells run at the same time (local: worker processes, "
+                                                        "one per GPU on GPU machines; default: the spec's "
+                                                        "executor block, else 1)")
     dry_run: bool = Field(False, description="list the cells and their status; run nothing")
     retry_failed: bool = Field(False, description="run again the cells whose record says failed")
     out: str | None = Field(None, description="folder for run records (default: the spec's out)")
     data_root: str | None = Field(None, description="data folder (default: the spec's data_root)")
     accelerator: Accelerator = RunPlaceOptions.model_fields["accelerator"]
     leaderboard: bool = Field(True, description="print and write the leaderboard at the end")
+    executor: str | None = Field(None, description="where cells run: local | ray | slurm | a plugin's "
+                                                   "(default: the spec's executor block, else local)")
 
 
 class CompareOptions(_Model):

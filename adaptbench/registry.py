@@ -7,8 +7,8 @@ Entries are registered three ways:
   That call is the only declaration: ``adaptbench/_catalogue.py`` finds those calls by
   reading the package's sources (``ast``, no import), so ``adaptbench ls`` and ``--help``
   never import torch, and the import that runs the call fills in the lazy entry;
-* plugins: the entry-point groups ``adaptbench.adapters``, ``adaptbench.backbones`` and
-  ``adaptbench.tasks`` (read at first use, imported only when an entry is used; in
+* plugins: the entry-point groups ``adaptbench.adapters``, ``adaptbench.backbones``,
+  ``adaptbench.executors`` and ``adaptbench.tasks`` (read at first use, imported only when an entry is used; in
   ``adaptbench.tasks`` an entry named ``kind.<name>`` adds a task kind, ``head.<name>`` a head
   and ``reader.<format>`` a data reader, any other name a task), and
   ``--plugin path/to/file.py`` (imported at once). ``ADAPTBENCH_NO_PLUGINS=1`` disables
@@ -47,6 +47,7 @@ ENTRY_POINT_GROUPS = {
     "task kind": ("adaptbench.tasks", "kind."),
     "head": ("adaptbench.tasks", "head."),
     "reader": ("adaptbench.tasks", "reader."),
+    "executor": ("adaptbench.executors", ""),
 }
 NO_PLUGINS_ENV = "ADAPTBENCH_NO_PLUGINS"
 # an entry point named family.<anything> adds a Family (e.g. a backbone family mine:<model>)
@@ -410,8 +411,9 @@ TASKS: Registry = Registry("task")
 TASK_KINDS: Registry = Registry("task kind")
 HEADS: Registry = Registry("head")
 READERS: Registry = Registry("reader")
+EXECUTORS: Registry = Registry("executor")
 REGISTRIES = {"adapters": ADAPTERS, "backbones": BACKBONES, "tasks": TASKS, "kinds": TASK_KINDS,
-              "heads": HEADS, "readers": READERS}
+              "heads": HEADS, "readers": READERS, "executors": EXECUTORS}
 LS_NAMES = {registry.kind: name for name, registry in REGISTRIES.items()}
 
 
@@ -452,3 +454,9 @@ def register_head(name: str, factory: Callable[..., Any], description: str = "")
 def register_reader(name: str, reader: Any, description: str = "") -> None:
     """Register an on-disk format reader (``adaptbench.datasets.readers.Reader``) as format ``name``."""
     READERS.register(name, reader, description or _first_doc_line(reader))
+
+
+def register_executor(name: str, executor_class: type, description: str = "") -> None:
+    """Register an executor (``adaptbench.runner.executors.Executor``): where a matrix's cells run."""
+    executor_class.name = name
+    EXECUTORS.register(name, executor_class, description or _first_doc_line(executor_class))

@@ -10,6 +10,7 @@ import pytest
 
 from adaptbench.errors import AdaptbenchError
 from adaptbench.runner.cells import cell_id, choose_grid_point, search_groups
+from adaptbench.runner.executors import Executor
 from adaptbench.runner.spec import load_spec
 from adaptbench.tasks.groups import task_groups
 from adaptbench.runner.train import RunConfig, record_path_for, resolved_config, start_record
@@ -277,22 +278,30 @@ def test_shipped_specs_load(tmp_path):
     assert len(micro.adapters) >= 6 and len(micro.tasks) >= 6
 
 
-class ScriptedExecutor:
+class ScriptedExecutor(Executor):
     """An executor that writes made-up records instead of training: MatrixRun's logic alone.
 
     ``scores`` maps (adapter label, stage, lr) to the score its cells get; None fails the cell.
     """
 
-    slots = 1
-
     def __init__(self, scores):
+        super().__init__()
         self.scores = scores
         self.ran: list[str] = []
+        self.queue = []
 
-    def run(self, jobs, on_event):
+    @property
+    def pending(self):
+        return len(self.queue)
+
+    def submit(self, job):
+        self.queue.append(job)
+
+    def as_completed(self, on_event, timeout=None):
         from adaptbench.runner.jobs import CellEvent, CellOutcome
 
-        for job in jobs:
+        while self.queue:
+            job = self.queue.pop(0)
             on_event(CellEvent(job.cell_id, "start", 0))
             self.ran.append(job.cell_id)
             config = job.config

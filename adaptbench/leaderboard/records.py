@@ -38,7 +38,8 @@ REQUIRED_CONFIG_KEYS = ("task", "backbone", "adapter")
 
 # -- finding and reading ---------------------------------------------------------------------
 def load_records(paths: Sequence[str | os.PathLike]) -> list[RunRecord]:
-    """The run records in ``paths`` (files, or folders searched recursively for ``*.json``).
+    """The run records in ``paths`` (files, or folders searched recursively for ``*.json``, or
+    result-store URLs such as ``s3://bucket/results/vtab1k``: the records directly in them).
 
     Hidden files (the runner's ``.x.json.123.tmp`` temp files) are skipped, and so is a JSON
     file that is not a run record (no ``run_info`` / ``train_info``). A malformed JSON file, a
@@ -46,7 +47,10 @@ def load_records(paths: Sequence[str | os.PathLike]) -> list[RunRecord]:
     :class:`AdaptbenchError`: one line naming the file.
     """
     records = []
-    for path in _record_files(paths):
+    urls = [os.fspath(path) for path in paths if "://" in os.fspath(path)]
+    for url in urls:
+        records.extend(_store_records(url))
+    for path in _record_files([path for path in paths if os.fspath(path) not in urls]):
         record = _read_record(path)
         if record is not None:
             _check_record(record, path)
@@ -68,6 +72,25 @@ def _record_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
         else:
             raise AdaptbenchError(f"results path {path} does not exist: expected a run record (.json) or a folder of them")
     return files
+
+
+def _store_records(url: str) -> list[RunRecord]:
+    """The records in a result store at ``url`` (``runner/store.py``), each checked like a file's."""
+    from ..runner.store import ResultStore
+
+    store = ResultStore.at(url)
+    records = []
+    for location in store.record_locations():
+        data = store.read_bytes(location) or b""
+        try:
+            loaded = json.loads(data)
+        except ValueError as err:
+            raise AdaptbenchError(f"run record {location}: not valid JSON ({err})") from None
+        if is_run_record(loaded):
+            record = RunRecord.from_data(loaded, location)
+            _check_record(record, location)
+            records.append(record)
+    return records
 
 
 def _is_hidden(path: Path, root: Path) -> bool:

@@ -6,7 +6,7 @@ best validation score is then used for the *final* cells (train800val200 -> test
 seed). Without a grid there are only final cells.
 
 A cell's id is the run id of its resolved configuration (a hash), so its record is
-``<out>/<cell id>.json`` whoever ran it: a re-run finds the records it already has.
+``<store>/<cell id>.json`` whoever ran it, wherever: a re-run finds the records it already has.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
-from ..errors import AdaptbenchError
 from ..records import SUCCESS, RunRecord
 from .spec import GRID_HEAD_OPTION_PREFIX, GRID_OPTION_PREFIX, AdapterEntry, BackboneEntry, MatrixSpec
-from .train import cell_id, record_path_for
+from .store import ResultStore
+from .train import cell_id
 
 
 @dataclass(frozen=True)
@@ -135,24 +135,20 @@ def _head_reads_training_split(head: str | None) -> bool:
     return head is not None and bool(getattr(HEADS.get(head), "reads_training_split", False))
 
 
-# -- records on disk -----------------------------------------------------------------------
-def record_status(out_dir: Path, cell: Cell) -> str | None:
+# -- records in the result store --------------------------------------------------------------
+def record_status(store: ResultStore | str | Path, cell: Cell) -> str | None:
     """'success' / 'failed' / 'n/a' from the cell's record, or None when it has none (or it is unreadable)."""
-    record = load_cell_record(out_dir, cell)
+    record = load_cell_record(store, cell)
     return None if record is None else record.status
 
 
-def load_cell_record(out_dir: Path, cell: Cell) -> RunRecord | None:
-    path = record_path_for(out_dir, cell.cell_id)
-    if not path.is_file():
-        return None  # never written (records are written atomically, so never half-written)
-    try:
-        return RunRecord.read(path)
-    except AdaptbenchError:
-        return None  # not a record this version reads: the cell runs again
+def load_cell_record(store: ResultStore | str | Path, cell: Cell) -> RunRecord | None:
+    """The cell's record; None when it was never written (records are written atomically, so
+    never half-written) or is not one this version reads (the cell then runs again)."""
+    return ResultStore.at(store).read_record(cell.cell_id)
 
 
-def choose_grid_point(group: SearchGroup, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def choose_grid_point(group: SearchGroup, store: ResultStore | str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The grid point with the best validation score among the group's successful tune runs.
 
     Returns (point, selection) where ``selection`` says what was compared, for the final
@@ -161,7 +157,7 @@ def choose_grid_point(group: SearchGroup, out_dir: Path) -> tuple[dict[str, Any]
     best: tuple[float, dict[str, Any], str] | None = None
     tried = []
     for cell in group.tune_cells():
-        record = load_cell_record(out_dir, cell)
+        record = load_cell_record(store, cell)
         if record is None or record.status != SUCCESS or record.primary_score() is None:
             continue
         score, signed = record.primary_score(), record.signed_score()

@@ -26,8 +26,11 @@ class ThroughputMeter(L.Callback):
         self._window_start: float | None = None
         self._window_images = 0
         self._first_step_done = False
+        self.first_step_at: float | None = None  # time.time() of the first training step (set-up's end)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         if self._window_start is None and self._first_step_done:
             _synchronize(pl_module.device)
             self._window_start = time.perf_counter()

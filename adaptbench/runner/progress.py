@@ -67,7 +67,8 @@ class MatrixProgress:
         what = escape(self.describe.get(outcome.cell_id, outcome.cell_id))
         if outcome.status == "success":
             self.succeeded += 1
-            self._progress.console.print(f"[green]done[/]   {what} | score {100 * outcome.score:.2f} | "
+            score = "-" if outcome.score is None else f"{100 * outcome.score:.2f}"
+            self._progress.console.print(f"[green]done[/]   {what} | score {score} | "
                                          f"{outcome.wall_time_s:.1f} s | {outcome.cell_id}")
         elif outcome.status == "n/a":
             self.not_applicable += 1

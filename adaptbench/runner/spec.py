@@ -29,7 +29,11 @@ Keys (all but ``backbones``, ``adapters`` and ``tasks`` optional)::
     policy: {deterministic: true, matmul_precision: auto, validation: end, compile: false}  # not in cell ids
     grid: {lr: [1e-3, 1e-2], options.r: [4, 8], head_options.alpha: [1, 2]}   # searched on the tune stage
     data_root: ~/data/vtab-1k        # where tasks read their data (the CLI's --data-root wins)
-    out: results/micro               # run records (default results/<name>)
+    out: results/micro               # the result store: a folder (default results/<name>) or an
+                                     #   fsspec URL (s3://bucket/results/micro) shared with remote workers
+    executor: {name: slurm, workers: 8, gpus_per_cell: 1, cpus_per_cell: 8, partition: gpu,
+               time_limit_min: 240, options: {slurm_account: vision}}   # adaptbench.config.ExecutorSettings;
+                                     #   --executor / --workers override name / workers
     leaderboard: {out: leaderboard, formats: [md, csv, tex, html], wise: false}   # wise: WiSE-FT columns
 
 Mappings merge deeply across ``include``; lists and scalars are replaced. The trainer
@@ -44,12 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TRAIN_FIELDS, BackboneOptions, ConfigError, RunConfig, RunPolicy, check_model, check_value
+from ..config import (TRAIN_FIELDS, BackboneOptions, ConfigError, ExecutorSettings, RunConfig, RunPolicy, check_model,
+                      check_value)
 from ..errors import AdaptbenchError, did_you_mean
 from ..yaml_files import Where, read_with_includes
 
 TOP_LEVEL_KEYS = ("name", "description", "include", "recipe", "backbones", "backbone_options", "tasks", "adapters",
-                  "seeds", "shots", "train", "policy", "grid", "data_root", "out", "leaderboard")
+                  "seeds", "shots", "train", "policy", "grid", "data_root", "out", "executor", "leaderboard")
 ADAPTER_KEYS = ("name", "label", "recipe", "options", "backbone_options", "train", "grid")
 BACKBONE_KEYS = ("name", "weights", "options")
 LEADERBOARD_KEYS = ("out", "name", "formats", "wise")
@@ -99,7 +104,7 @@ class MatrixSpec:
     seeds: tuple[int, ...]
     train: dict[str, Any]
     data_root: str | None
-    out: Path
+    out: Path | str  # a folder, or a storage URL
     leaderboard_out: Path
     leaderboard_name: str
     leaderboard_formats: tuple[str, ...]
@@ -109,6 +114,7 @@ class MatrixSpec:
     leaderboard_wise: bool = False  # WiSE-FT columns (leaderboard: {wise: true})
     recipe: str = ""  # the training recipe's name, written into every record (recipe: noah)
     backbone_options: dict[str, Any] = field(default_factory=dict)  # under every backbone entry's (set keys)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)  # where the cells run
 
     def recipe_of(self, adapter: AdapterEntry) -> str:
         """The recipe an adapter entry's cells follow: its own, else the spec's ('' when unnamed)."""
@@ -158,8 +164,8 @@ def _resolve(raw: dict[str, Any], where: Where) -> MatrixSpec:
     if data_root is not None and not isinstance(data_root, str):
         raise where.error(("data_root",), f"expected a folder path, got {data_root!r}")
     out = raw.get("out", f"results/{name}")
-    if not isinstance(out, str):
-        raise where.error(("out",), f"expected a folder path, got {out!r}")
+    if not isinstance(out, str) or not out:
+        raise where.error(("out",), f"expected a folder path or a storage URL, got {out!r}")
     return MatrixSpec(
         name=name,
         path=where.path,
@@ -172,14 +178,27 @@ def _resolve(raw: dict[str, Any], where: Where) -> MatrixSpec:
         train=train,
         shots=_check_shots(raw.get("shots"), train, where),
         data_root=str(Path(data_root).expanduser()) if data_root else None,
-        out=Path(out).expanduser(),
+        out=out if "://" in out else Path(out).expanduser(),
         leaderboard_out=Path(leaderboard.get("out", "leaderboard")).expanduser(),
         leaderboard_name=leaderboard.get("name", name),
         leaderboard_formats=tuple(leaderboard.get("formats", LEADERBOARD_FORMATS)),
         leaderboard_wise=leaderboard.get("wise", False),
         description=str(raw.get("description", "")),
         policy=_check_section(RunPolicy, raw.get("policy") or {}, ("policy",), where),
+        executor=_check_executor(raw.get("executor") or {}, where),
     )
+
+
+def _check_executor(block: Any, where: Where) -> ExecutorSettings:
+    """The ``executor:`` block: its fields by type, its name a registered executor."""
+    from ..registry import EXECUTORS
+
+    settings = _check_section(ExecutorSettings, block, ("executor",), where)
+    try:
+        EXECUTORS.require(settings.name)
+    except AdaptbenchError as err:
+        raise where.error(("executor", "name"), err.message) from None
+    return settings
 
 
 def _check_known_keys(mapping: dict[str, Any], known: tuple[str, ...], keys: tuple[Any, ...], where: Where) -> None:

@@ -26,27 +26,36 @@ from typing import Any
 from ..config import RunConfig, RunPolicy, uses_cuda
 from ..errors import AdaptbenchError, one_line
 from .protocol import split_plan
+from .store import ResultStore
 from ..records import RunRecord, TaskInfo, meta_info
 
 
 @dataclass
 class RunPlace:
-    """Where and how a run executes (not part of its identity)."""
+    """Where and how a run executes (not part of its identity).
 
-    out_dir: Path = Path("results")
+    ``out_dir`` is the result store's location (``runner/store.py``): a folder or an fsspec
+    URL; the matrix makes it absolute before any job leaves the driver.
+    """
+
+    out_dir: str | Path = Path("results")
     data_root: str | None = None
     accelerator: str = "auto"
     num_workers: int | None = None
     progress: bool = False
     save_adapter: bool = True
     policy: RunPolicy = field(default_factory=RunPolicy)
+    plugin_files: tuple[str, ...] = ()  # --plugin files each worker loads before its first cell
+    heartbeat_s: float = 30.0  # a running cell renews its lease this often (executor settings)
+    resume: bool = False  # keep a resume checkpoint per epoch and start from it (matrix cells)
+    started_at: float | None = None  # time.time() when this worker took the cell: set-up is measured from it
 
 
 @dataclass
 class RunResult:
     record: RunRecord
-    record_path: Path
-    checkpoint_path: Path | None
+    record_path: Path | str  # a URL in a remote store
+    checkpoint_path: Path | str | None
 
 
 # -- identity ----------------------------------------------------------------------------------
@@ -90,9 +99,14 @@ def cell_id(config: RunConfig) -> str:
     return config_hash(resolved_config(config))
 
 
-def record_path_for(out_dir: Path, run_id: str) -> Path:
-    """Where the record of run ``run_id`` lives (its adapter checkpoint sits beside it)."""
-    return Path(out_dir) / f"{run_id}.json"
+def record_path_for(out_dir: str | Path, run_id: str) -> Path | str:
+    """Where the record of run ``run_id`` lives (its adapter checkpoint sits beside it): a path
+    in a local store, a URL in a remote one."""
+    from .store import ResultStore
+
+    store = ResultStore.at(out_dir)
+    location = store.record_location(run_id)
+    return Path(location) if store.is_local else location
 
 
 def start_record(config: RunConfig, annotations: dict[str, Any] | None = None,
@@ -132,54 +146,60 @@ def run(
     config = config.for_accelerator(place.accelerator)  # "auto" precision: the id holds the real one
     place = replace(place, policy=place.policy.for_device(uses_cuda(place.accelerator)))
     record = start_record(config, annotations, place.policy)
-    record_path = record_path_for(place.out_dir, record.run_id)
+    store = ResultStore.at(place.out_dir)
+    record_path = record_path_for(store, record.run_id)
     started = time.perf_counter()
     try:
         prepared = _prepare(config, place, record.config)  # all bad input surfaces here
     except Exception as err:
         if is_not_applicable(err):
             record.mark_not_applicable(one_line(err))
-            _write(record, record_path, _device_name(place.accelerator))
+            _write(record, store, _device_name(place.accelerator))
         elif record_setup_failures:
             record.mark_failed(one_line(err), wall_time_s=time.perf_counter() - started)
-            _write(record, record_path, _device_name(place.accelerator))
+            _write(record, store, _device_name(place.accelerator))
         raise
     try:
         outcome = _fit_and_evaluate(prepared, record.config, place, callbacks)
     except Exception as err:  # recorded, then raised again (Ctrl-C leaves no record: re-run it)
         record.mark_failed(one_line(err), wall_time_s=time.perf_counter() - started)
-        _write(record, record_path, prepared.device)
+        _write(record, store, prepared.device)
         raise
-    checkpoint = _save_checkpoint(prepared, record_path) if place.save_adapter else None
+    checkpoint = _save_checkpoint(prepared, store, record.run_id) if place.save_adapter else None
     record.mark_success(wall_time_s=time.perf_counter() - started,
                         checkpoint=str(checkpoint) if checkpoint else None, **outcome)
-    _write(record, record_path, prepared.device)
+    _write(record, store, prepared.device)
+    if place.resume:  # the record is written: the resume checkpoint has served (runner/resume.py)
+        from .resume import discard
+
+        discard(store, record.run_id)
     return RunResult(record, record_path, checkpoint)
 
 
-def _write(record: RunRecord, path: Path, device: str) -> None:
+def _write(record: RunRecord, store: ResultStore, device: str) -> None:
     record.meta_info = meta_info(device)
-    record.write(path)
+    store.write_record(record)
 
 
-def record_unrun_failure(config: RunConfig, out_dir: Path, error: str, annotations: dict[str, Any],
-                         device: str) -> Path:
+def record_unrun_failure(config: RunConfig, out_dir: str | Path, error: str, annotations: dict[str, Any],
+                         device: str) -> Path | str:
     """Record a cell that could not run (its worker died, or its search chose nothing) as failed."""
     record = start_record(config, annotations)
     record.mark_failed(error)
-    record.meta_info = meta_info(device)
-    return record.write(record_path_for(out_dir, record.run_id))
+    _write(record, ResultStore.at(out_dir), device)
+    return record_path_for(out_dir, record.run_id)
 
 
-def record_not_applicable(config: RunConfig, out_dir: Path, message: str, annotations: dict[str, Any]) -> Path:
+def record_not_applicable(config: RunConfig, out_dir: str | Path, message: str,
+                          annotations: dict[str, Any]) -> Path | str:
     """Record a cell whose adapter cannot run on its backbone as n/a, without running it.
 
     ``message``: ``"<adapter> on <backbone>: n/a: <reason>"`` (``records.not_applicable_message``).
     """
     record = start_record(config, annotations)
     record.mark_not_applicable(message)
-    record.meta_info = meta_info("none (not applicable, not run)")
-    return record.write(record_path_for(out_dir, record.run_id))
+    _write(record, ResultStore.at(out_dir), "none (not applicable, not run)")
+    return record_path_for(out_dir, record.run_id)
 
 
 def is_not_applicable(err: BaseException) -> bool:
@@ -278,16 +298,25 @@ def few_shot_samples(config: RunConfig, kind, spec, plan, samples: dict[str, lis
 
 # -- training and evaluating -----------------------------------------------------------------
 def trainer_for(place: RunPlace, precision: str, max_epochs: int, callbacks: Sequence[Any] = ()):
-    """A Lightning Trainer under the run's policy (determinism, matmul precision)."""
+    """A Lightning Trainer under the run's policy (determinism, matmul precision). Lightning's
+    checkpointing is on only when ``callbacks`` hold a checkpoint callback (``resume.py``): it
+    then adds no default ``ModelCheckpoint`` of its own."""
     import lightning as L
     import torch
+    from lightning.pytorch.callbacks import Checkpoint
+
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     policy = place.policy.for_device(uses_cuda(place.accelerator))
     torch.set_float32_matmul_precision(policy.matmul_precision)
+    # In a Slurm job Lightning would requeue on SIGUSR1 itself, saving a whole-module checkpoint
+    # (the frozen backbone too): requeueing belongs to the executor, resuming to resume.py.
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     return L.Trainer(
         max_epochs=max_epochs, accelerator=place.accelerator, devices=1, precision=precision,
-        logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=place.progress, callbacks=list(callbacks), num_sanity_val_steps=0,
+        logger=False, enable_checkpointing=any(isinstance(callback, Checkpoint) for callback in callbacks),
+        enable_model_summary=False, enable_progress_bar=place.progress, callbacks=list(callbacks),
+        num_sanity_val_steps=0, plugins=plugins,
         deterministic="warn" if policy.deterministic else False,
         benchmark=not policy.deterministic,
     )
@@ -320,7 +349,11 @@ def _place_inputs(prepared: Prepared, resolved: dict[str, Any], place: RunPlace,
 
 def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPlace,
                       callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train (from the cell's resume checkpoint when ``place.resume`` finds one) and evaluate."""
+    from contextlib import nullcontext
+
     from ..adapters.accounting import parameter_report
+    from ..records import config_hash
     from ..tasks.heads import prepare_head
     from .measure import ThroughputMeter, peak_memory, reset_peak_memory
     from .wise import WiseFT
@@ -329,7 +362,12 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
     epochs = resolved["epochs"]
     meter = ThroughputMeter()
     reset_peak_memory()  # several runs may share one worker process
-    trainer = trainer_for(place, resolved["precision"], epochs, [meter, *callbacks])
+    resume = None
+    if place.resume and epochs > 0:  # a checkpoint per epoch, keyed by the cell id (runner/resume.py)
+        from .resume import ResumeCheckpoint
+
+        resume = ResumeCheckpoint(place.out_dir, config_hash(resolved))
+    trainer = trainer_for(place, resolved["precision"], epochs, [meter, *callbacks, *([resume] if resume else [])])
     inputs = _place_inputs(prepared, resolved, place, trainer)
     loaders, timings = prepared.loaders, prepared.timings
     metrics: dict[str, dict[str, float]] = {}
@@ -340,9 +378,18 @@ def _fit_and_evaluate(prepared: Prepared, resolved: dict[str, Any], place: RunPl
     wise = WiseFT(module) if resolved.get("wise_ft") and plan.eval_is_test else None
     started = time.perf_counter()
     if epochs > 0:
-        trainer.fit(module, loaders["train"], loaders["eval"] if every_epoch else None)
+        with resume.restoring(module, epochs) if resume is not None else nullcontext() as ckpt_path:
+            # weights_only: a resume checkpoint is read by torch's restricted unpickler (no code runs)
+            trainer.fit(module, loaders["train"], loaders["eval"] if every_epoch else None,
+                        ckpt_path=ckpt_path, weights_only=True)
         metrics[plan.train_split] = _split_metrics(trainer.logged_metrics, "train_")
     timings["fit_s"] = time.perf_counter() - started
+    if resume is not None and resume.resumed_from_epoch is not None:
+        timings["resumed_from_epoch"] = resume.resumed_from_epoch  # epochs done before this run's fit_s
+    if place.started_at is not None and meter.first_step_at is not None:
+        # from the worker taking the cell (or starting, if later) to its first step: imports,
+        # backbone, decoding, feature caching -- what long-lived workers save
+        timings["setup_s"] = max(0.0, meter.first_step_at - place.started_at)
     started = time.perf_counter()
     samples = None
     if plan.eval_is_test:
@@ -422,14 +469,16 @@ def _split_metrics(logged: dict[str, Any], prefix: str) -> dict[str, float]:
     return {key.removeprefix(prefix): float(value) for key, value in logged.items() if key.startswith(prefix)}
 
 
-def _save_checkpoint(prepared: Prepared, record_path: Path) -> Path:
+def _save_checkpoint(prepared: Prepared, store: ResultStore, run_id: str) -> Path | str:
     from ..adapters.checkpoint import save_adapter
 
-    path = record_path.with_suffix(".adapter.safetensors")
+    location = store.adapter_location(run_id)
     head_info = {**prepared.kind.head_info(prepared.spec, prepared.settings, prepared.backbone),
                  "kind": prepared.spec.kind, "head": prepared.settings["head"],
                  "head_options": prepared.settings["head_options"]}
-    return save_adapter(prepared.adapter, path, head=prepared.module.head, head_info=head_info)
+    with store.local_copy_to(location) as temporary:
+        save_adapter(prepared.adapter, temporary, head=prepared.module.head, head_info=head_info)
+    return Path(location) if store.is_local else location
 
 
 # -- the environment ---------------------------------------------------------------------------
@@ -478,5 +527,5 @@ def quiet_lightning() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in (".*does not have many workers.*", ".*no `val_dataloader`.*", ".*LeafSpec.*",
-                    ".*litlogger.*"):
+                    ".*litlogger.*", ".*`srun` command is available.*"):
         warnings.filterwarnings("ignore", message=message)

@@ -1,0 +1,30 @@
+"""A plugin executor (``--plugin`` or the entry-point group ``adaptbench.executors``): every
+cell runs in the driver's own process, one after another."""
+
+from __future__ import annotations
+
+from adaptbench.registry import register_executor
+from adaptbench.runner.executors import Executor
+from adaptbench.runner.jobs import execute_cell
+
+
+class InlineExecutor(Executor):
+    """Cells in the driver's process, one at a time (a test plugin)."""
+
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        self.queue = []
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue)
+
+    def submit(self, job) -> None:
+        self.queue.append(job)
+
+    def as_completed(self, on_event, timeout=None):
+        while self.queue:
+            yield execute_cell(self.queue.pop(0), on_event)
+
+
+register_executor("inline", InlineExecutor)
