@@ -254,10 +254,11 @@ class ExecutorSettings(_Model):
                                                                "cores shared out between workers)")
     memory_gb: float | None = Field(None, gt=0, description="memory each cell may use (slurm: --mem)")
     partition: str | None = Field(None, description="slurm partition")
-    time_limit_min: int | None = Field(None, ge=1, description="slurm: wall-clock limit of each job")
+    time_limit_min: int | None = Field(None, ge=1, description="slurm: wall-clock limit of each job (default: "
+                                                               "the partition's DefaultTime, else its MaxTime)")
     address: str | None = Field(None, description="ray: the cluster to join (default: start a local one)")
-    long_lived: bool = Field(True, description="keep workers between cells (ray actors; slurm jobs that "
-                                               "pull cells), so backbones and decoded data are reused")
+    long_lived: bool = Field(True, description="keep workers between cells (ray actors), so backbones and "
+                                               "decoded data are reused; slurm runs one job per cell")
     retries: int = Field(1, ge=0, description="times a cell whose worker died is tried again before it is "
                                               "recorded failed")
     heartbeat_s: float = Field(30.0, gt=0, description="a running cell renews its lease this often")

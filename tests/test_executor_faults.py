@@ -5,7 +5,8 @@ worker killed mid-cell, NaN and out-of-memory cells, and a cell preempted mid-tr
 Each test runs ``adaptbench run`` in a subprocess, as a user does, with the executor named in
 the spec's ``executor:`` block. Ray runs a real local cluster (``ray.init``), Slurm runs through
 submitit's local cluster (``options: {cluster: local}``: the same submitit code path, jobs as
-local processes), or a real Slurm when ``ADAPTBENCH_SLURM=1`` (``.ci/slurm_up.sh``).
+local processes), or the real Slurm that ``.ci/slurm_up.sh`` starts when
+``ADAPTBENCH_SLURM_FAULTS=1``.
 
 ``ADAPTBENCH_FAULT_KILLS`` sets how many times the driver is killed (CI: 2 per executor, for
 time; ``benchmarks/fault_suite.py`` runs 20 and prints the figures per executor).
@@ -32,16 +33,19 @@ KILLS = int(os.environ.get("ADAPTBENCH_FAULT_KILLS", "2"))
 
 
 def _executor_block(name: str) -> str | None:
-    """The spec's executor block for ``name``; None when its engine is not installed here."""
+    """The spec's executor block for ``name``; None when its engine is not installed here. Every
+    cell gets one CPU thread everywhere, so runs on different executors compute the same floats."""
     if name == "local":
-        return "{name: local, workers: 2}"
+        return "{name: local, workers: 2, cpus_per_cell: 1}"
     if name == "ray":
-        return "{name: ray, workers: 2}" if importlib.util.find_spec("ray") else None
+        return "{name: ray, workers: 2, cpus_per_cell: 1}" if importlib.util.find_spec("ray") else None
     if name == "slurm":
         if not importlib.util.find_spec("submitit"):
             return None
-        cluster = "" if os.environ.get("ADAPTBENCH_SLURM") == "1" else ", options: {cluster: local}"
-        return "{name: slurm, workers: 2, time_limit_min: 30, heartbeat_s: 2, lease_timeout_s: 20" + cluster + "}"
+        # real Slurm only when asked: CI's real cluster serves test_executor_slurm.py, in its time budget
+        cluster = "" if os.environ.get("ADAPTBENCH_SLURM_FAULTS") == "1" else ", options: {cluster: local}"
+        return ("{name: slurm, workers: 2, cpus_per_cell: 1, time_limit_min: 30, heartbeat_s: 2, lease_timeout_s: 20"
+                + cluster + "}")
     raise ValueError(name)
 
 

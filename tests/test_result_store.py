@@ -273,3 +273,45 @@ def test_an_unknown_executor_is_one_line_naming_the_known_ones(tmp_path):
     spec = _spec(tmp_path, SEARCHES)
     with pytest.raises(AdaptbenchError, match=r"unknown executor 'rey' \(did you mean 'ray'\?\); .adaptbench ls executors"):
         plan_matrix(spec, executor="rey")
+
+
+class QueuedExecutor(ScriptedExecutor):
+    """Holds every job 'in a cluster queue' for ``wait_s`` before running it."""
+
+    def __init__(self, wait_s: float):
+        super().__init__()
+        self.release_at = time.monotonic() + wait_s
+
+    def as_completed(self, on_event, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while time.monotonic() < self.release_at:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
+        yield from super().as_completed(on_event, timeout)
+
+
+def test_the_driver_keeps_the_lease_of_a_cell_waiting_in_a_queue_alive(tmp_path):
+    spec = load_spec(_spec(tmp_path, """
+        backbones: [vit_tiny_test]
+        tasks: [micro/texture]
+        adapters: [linear]
+        train: {epochs: 1, batch_size: 250}
+        executor: {heartbeat_s: 0.1, lease_timeout_s: 0.3}
+    """))
+    store = ResultStore.at(tmp_path / "results")
+    run = MatrixRun(spec, MatrixOptions(out=store.location, leaderboard=False), executor=QueuedExecutor(wait_s=1.5))
+    linear = run.final_cells_of(run.groups[0])[0][0]
+    ages = []
+
+    def watch():
+        while not store.has_record(linear.cell_id):
+            if (lease := store.lease(linear.cell_id)) is not None:
+                ages.append(time.time() - lease.heartbeat)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    assert run.run().ran == 1
+    thread.join()
+    assert ages and max(ages) < 0.3, max(ages)  # never stale while queued: another driver would have taken it

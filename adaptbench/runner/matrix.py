@@ -23,6 +23,7 @@ failures. When every tune cell of a grid search is n/a, so are its final cells.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,13 +143,17 @@ class MatrixRun:
         # The final cells of a grid search are known once its tune runs are done; the total counts them.
         self._progress = MatrixProgress(f"{self.spec.name}: {self.summary.cells} cells", self.summary.cells,
                                         describe=self._described, console=self.console)
-        self._place = RunPlace(out_dir=self.store.location, data_root=self.options.data_root or self.spec.data_root,
+        data_root = self.options.data_root or self.spec.data_root
+        if data_root and "://" not in data_root:  # like the store: where the driver runs, not the worker
+            data_root = str(Path(data_root).expanduser().absolute())
+        self._place = RunPlace(out_dir=self.store.location, data_root=data_root,
                                accelerator=self.options.accelerator, heartbeat_s=self.settings.heartbeat_s,
                                resume=True,  # a preempted or killed cell continues from its last epoch
                                plugin_files=tuple(str(Path(path).absolute()) for path in self.options.plugin_files))
         self._open_tune: dict[int, set[str]] = {}  # group -> its tune cells still to finish
         self._group_of: dict[str, int] = {}  # tune cell id -> its group
         self._watched: dict[str, Cell] = {}  # cells another runner holds the lease of
+        self._submitted: set[str] = set()  # cells submitted here and not finished
         self._finals: list[Cell] = []
         try:
             with self._progress:
@@ -192,20 +197,38 @@ class MatrixRun:
         if self.store.take_lease(cell.cell_id, self.settings.lease_timeout_s) is not None:
             self._watched[cell.cell_id] = cell
             return
+        self._submit(cell)
+
+    def _submit(self, cell: Cell) -> None:
+        self._submitted.add(cell.cell_id)
         self.executor.submit(CellJob(cell.cell_id, cell.config, self._place, cell.annotations))
 
     def _drain(self) -> None:
-        """Until no cell is pending here or elsewhere: take outcomes, submit what they unlock."""
+        """Until no cell is pending here or elsewhere: take outcomes, submit what they unlock,
+        and keep the leases of cells still queued alive (the worker renews them once it starts)."""
+        renewed = time.monotonic()
         while self._watched or (self._executor is not None and self._executor.pending):
             if self._executor is not None and self._executor.pending:
-                timeout = WATCH_POLL_S if self._watched else None
+                timeout = min(WATCH_POLL_S if self._watched else self.settings.heartbeat_s, self.settings.heartbeat_s)
                 for outcome in self._executor.as_completed(self._progress.on_event, timeout):
                     self._finish(outcome)
             else:
                 time.sleep(WATCH_POLL_S)
             self._look_at_watched()
+            if time.monotonic() - renewed >= self.settings.heartbeat_s:
+                self._renew_queued_leases()
+                renewed = time.monotonic()
+
+    def _renew_queued_leases(self) -> None:
+        """A cell may wait in a cluster's queue longer than a lease lives: the driver renews the
+        leases it still holds (not yet taken over by the cell's worker)."""
+        for cell_id in self._submitted:
+            lease = self.store.lease(cell_id)
+            if lease is not None and lease.holder == "driver" and lease.pid == os.getpid():
+                self.store.hold_lease(cell_id, holder="driver")
 
     def _finish(self, outcome: CellOutcome, ran: bool = True) -> None:
+        self._submitted.discard(outcome.cell_id)
         self._count(outcome, ran)
         self._progress.on_outcome(outcome)
         index = self._group_of.pop(outcome.cell_id, None)
@@ -224,7 +247,7 @@ class MatrixRun:
                                          score=record.primary_score()), ran=False)  # ran elsewhere
             elif self.store.take_lease(cell_id, self.settings.lease_timeout_s) is None:
                 del self._watched[cell_id]
-                self.executor.submit(CellJob(cell.cell_id, cell.config, self._place, cell.annotations))
+                self._submit(cell)
 
     def _todo(self, cells: list[Cell], not_applicable=None) -> list[Cell]:
         """The cells to run. The others are counted: found finished by an earlier run (success,
