@@ -204,9 +204,7 @@ def check_matrix(matrix: MatrixRun, source: str | os.PathLike | None = None) -> 
     for precision in spec_precisions(matrix.spec):  # before any cell: a machine problem poisons no record
         check_environment(matrix.options.accelerator, auto_precision(matrix.options.accelerator)
                           if precision == "auto" else precision)
-    from .runner.executors import executor_class
-
-    executor_class(matrix.settings.name).check(matrix.settings)  # its engine is installed, its settings fit
+    matrix.executor  # built now: its engine is installed and its settings fit, or one line says why
 
 
 def run_matrix(spec: str | os.PathLike | MatrixSpec, **options: Any) -> MatrixSummary:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from adaptbench.runner.executors import Executor
 from adaptbench.errors import AdaptbenchError
 from adaptbench.runner.capabilities import Capabilities
 from adaptbench.runner.spec import load_spec
@@ -187,18 +188,26 @@ def test_validate_checks_weights_without_ever_loading_a_backbone(bhwc, tmp_path,
 
 
 # -- the matrix runner (scripted: no training) --------------------------------------------------
-class SucceedingExecutor:
+class SucceedingExecutor(Executor):
     """Writes a successful record for every job it is given, and remembers the jobs."""
 
-    slots = 1
-
     def __init__(self):
+        super().__init__()
         self.ran: list[tuple[str, str]] = []
+        self.queue = []
 
-    def run(self, jobs, on_event):
+    @property
+    def pending(self):
+        return len(self.queue)
+
+    def submit(self, job):
+        self.queue.append(job)
+
+    def as_completed(self, on_event, timeout=None):
         from adaptbench.runner.jobs import CellOutcome
 
-        for job in jobs:
+        while self.queue:
+            job = self.queue.pop(0)
             config = job.config
             self.ran.append((config.backbone, config.adapter))
             record = start_record(config, job.annotations)
@@ -207,9 +216,6 @@ class SucceedingExecutor:
                                 primary_metric="top1", higher_is_better=True, data={"eval_split": split})
             record.write(record_path_for(job.place.out_dir, job.cell_id))
             yield CellOutcome(job.cell_id, "success", score=0.5)
-
-    def close(self):
-        pass
 
 
 GRID_SPEC = SPEC.replace("adapters: [linear, vpt_shallow]",

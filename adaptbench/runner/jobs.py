@@ -74,20 +74,16 @@ def _run_cell(job: CellJob, place, report: Report) -> tuple[str, str | None, flo
 
     try:
         prepare_worker(place.plugin_files)
+    except Exception as err:  # a --plugin file that fails here: the cell still ends with a record
+        record_lost_cell(job, one_line(err))
+        return FAILED, one_line(err), None
+    try:
         result = run(job.config, place, annotations=job.annotations,
                      callbacks=[_epoch_reporter(job.cell_id, report)], record_setup_failures=True)
     except Exception as err:
         # The runner skips the pairs it knows are impossible; this catches one it could not tell.
-        if not _has_record(job):  # failed before run() could record it (a plugin file): every cell ends with a record
-            record_lost_cell(job, one_line(err))
         return (NOT_APPLICABLE if is_not_applicable(err) else FAILED), one_line(err), None
     return SUCCESS, None, result.record.primary_score()
-
-
-def _has_record(job: CellJob) -> bool:
-    from .store import ResultStore
-
-    return ResultStore.at(job.place.out_dir).has_record(job.cell_id)
 
 
 _LOADED_PLUGIN_FILES: set[str] = set()

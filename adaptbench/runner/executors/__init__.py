@@ -13,7 +13,8 @@ Executors are registered like adapters: the built-ins (``local``, ``ray``, ``slu
 entry-point group ``adaptbench.executors`` or ``--plugin``. ``--executor NAME`` or a spec's
 ``executor:`` block (:class:`~adaptbench.config.ExecutorSettings`: workers, GPUs and CPUs per
 cell, partition, time limit, engine extras) chooses one; an executor's constructor takes those
-settings and nothing else.
+settings and nothing else, and raises AdaptbenchError (one line) when its engine is missing or a
+setting cannot work: ``check_matrix`` builds it before any cell runs, without starting work.
 
 What every executor must do (``tests/test_executor_faults.py`` checks each registered one):
 
@@ -65,11 +66,6 @@ class Executor(ABC):
     def close(self) -> None:  # an optional hook: not abstract
         """Release workers (called once the matrix is done or interrupted)."""
 
-    @classmethod
-    def check(cls, settings: ExecutorSettings) -> None:  # an optional hook: not abstract
-        """Raise AdaptbenchError (one line) when this executor cannot run here with ``settings``
-        (its engine is not installed, a setting it cannot honour); called before any cell runs."""
-
     def run(self, jobs: Sequence[CellJob], on_event: OnEvent) -> Iterator[CellOutcome]:
         """Submit ``jobs`` and yield their outcomes (a batch convenience over submit/as_completed)."""
         for job in jobs:
@@ -101,9 +97,3 @@ def build_executor(settings: ExecutorSettings) -> Executor:
     from ...registry import EXECUTORS
 
     return EXECUTORS.get(settings.name)(settings)
-
-
-def executor_class(name: str) -> type[Executor]:
-    from ...registry import EXECUTORS
-
-    return EXECUTORS.get(name)
