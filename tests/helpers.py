@@ -188,3 +188,27 @@ def divided_space_time_backbone(name: str = "vit_tiny_test", seed: int = 123):
 def clips(seed: int = 0, batch: int = 2, frames: int = 4, size: int = 32) -> torch.Tensor:
     """A seeded batch of clips folded into images, clip-major: (batch * frames, 3, size, size)."""
     return images(seed, batch * frames, size)
+
+
+def in_order_executor(finish):
+    """An executor (the submit / as-completed API) that finishes each job in submission order
+    with ``finish(job, on_event) -> CellOutcome``, in this process: the matrix's logic alone."""
+    from adaptbench.runner.executors import Executor
+
+    class InOrderExecutor(Executor):
+        def __init__(self):
+            super().__init__()
+            self.queue = []
+
+        @property
+        def pending(self) -> int:
+            return len(self.queue)
+
+        def submit(self, job) -> None:
+            self.queue.append(job)
+
+        def as_completed(self, on_event, timeout=None):
+            while self.queue:
+                yield finish(self.queue.pop(0), on_event)
+
+    return InOrderExecutor()

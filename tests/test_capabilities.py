@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from adaptbench.runner.executors import Executor
 from adaptbench.errors import AdaptbenchError
 from adaptbench.runner.capabilities import Capabilities
 from adaptbench.runner.spec import load_spec
 from adaptbench.runner.train import record_path_for, start_record
-from helpers import adaptbench
+from helpers import adaptbench, in_order_executor
 
 PLUGIN = '''
 """bhwc_test: vit_tiny_test declaring the BHWC token layout, so that VPT is n/a on it."""
@@ -188,34 +187,23 @@ def test_validate_checks_weights_without_ever_loading_a_backbone(bhwc, tmp_path,
 
 
 # -- the matrix runner (scripted: no training) --------------------------------------------------
-class SucceedingExecutor(Executor):
-    """Writes a successful record for every job it is given, and remembers the jobs."""
+def succeeding_executor():
+    """Writes a successful record for every job it is given; ``ran`` remembers the jobs."""
+    from adaptbench.runner.jobs import CellOutcome
 
-    def __init__(self):
-        super().__init__()
-        self.ran: list[tuple[str, str]] = []
-        self.queue = []
+    def finish(job, on_event):
+        config = job.config
+        executor.ran.append((config.backbone, config.adapter))
+        record = start_record(config, job.annotations)
+        split = "val200" if config.stage == "tune" else "test"
+        record.mark_success(stage=config.stage, metrics={split: {"top1": 0.5}},
+                            primary_metric="top1", higher_is_better=True, data={"eval_split": split})
+        record.write(record_path_for(job.place.out_dir, job.cell_id))
+        return CellOutcome(job.cell_id, "success", score=0.5)
 
-    @property
-    def pending(self):
-        return len(self.queue)
-
-    def submit(self, job):
-        self.queue.append(job)
-
-    def as_completed(self, on_event, timeout=None):
-        from adaptbench.runner.jobs import CellOutcome
-
-        while self.queue:
-            job = self.queue.pop(0)
-            config = job.config
-            self.ran.append((config.backbone, config.adapter))
-            record = start_record(config, job.annotations)
-            split = "val200" if config.stage == "tune" else "test"
-            record.mark_success(stage=config.stage, metrics={split: {"top1": 0.5}},
-                                primary_metric="top1", higher_is_better=True, data={"eval_split": split})
-            record.write(record_path_for(job.place.out_dir, job.cell_id))
-            yield CellOutcome(job.cell_id, "success", score=0.5)
+    executor = in_order_executor(finish)
+    executor.ran = []
+    return executor
 
 
 GRID_SPEC = SPEC.replace("adapters: [linear, vpt_shallow]",
@@ -227,7 +215,7 @@ def test_na_cells_are_recorded_unrun_their_search_is_na_and_a_rerun_rewrites_not
 
     spec = load_spec(write_spec(tmp_path, GRID_SPEC))
     out = tmp_path / "results"
-    executor = SucceedingExecutor()
+    executor = succeeding_executor()
     summary = MatrixRun(spec, MatrixOptions(out=out, leaderboard=False), executor, Console(quiet=True)).run()
     assert ("bhwc_test", "vpt_shallow") not in executor.ran and ("bhwc_test", "vpt_deep") not in executor.ran
     # 2 backbones x (linear + vpt_shallow + 2 vpt_deep tune + 1 vpt_deep final)
@@ -244,7 +232,7 @@ def test_na_cells_are_recorded_unrun_their_search_is_na_and_a_rerun_rewrites_not
 
     stamps = {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in out.glob("*.json")}
     for retry_failed in (False, True):  # n/a is a result: --retry-failed does not touch it either
-        again = SucceedingExecutor()
+        again = succeeding_executor()
         options = MatrixOptions(out=out, leaderboard=False, retry_failed=retry_failed)
         summary = MatrixRun(spec, options, again, Console(quiet=True)).run()
         assert again.ran == []
@@ -256,7 +244,7 @@ def test_dry_run_shows_na_cells_with_their_reason(bhwc, tmp_path):
     from adaptbench.runner.matrix import MatrixOptions, MatrixRun, dry_run_table
 
     spec = load_spec(write_spec(tmp_path, GRID_SPEC))
-    run = MatrixRun(spec, MatrixOptions(out=tmp_path / "results"), SucceedingExecutor(), Console(quiet=True))
+    run = MatrixRun(spec, MatrixOptions(out=tmp_path / "results"), succeeding_executor(), Console(quiet=True))
     table = dry_run_table(run)
     columns = {column.header: list(column._cells) for column in table.columns}
     rows = list(zip(columns["backbone"], columns["adapter"], columns["stage"], columns["cell id"], columns["status"]))

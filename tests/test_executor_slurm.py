@@ -60,17 +60,6 @@ def settings(cluster: str, options: dict | None = None, **extra) -> ExecutorSett
                                **extra})
 
 
-@pytest.fixture
-def faulty_plugin(monkeypatch):
-    """The ``fault`` adapter registered in this process for one test only."""
-    from adaptbench.registry import ADAPTERS, load_plugin_file
-
-    ADAPTERS.names()  # built-ins and entry points loaded first, so the copy below holds them
-    monkeypatch.setattr(ADAPTERS, "_entries", dict(ADAPTERS._entries))
-    monkeypatch.setitem(sys.modules, "adaptbench_plugin_faulty_plugin", None)
-    load_plugin_file(FAULTY_PLUGIN)
-    return str(FAULTY_PLUGIN)
-
 
 @pytest.fixture
 def fast_slurm_results(monkeypatch):

@@ -50,16 +50,6 @@ def _quiet():
     quiet_lightning()
 
 
-@pytest.fixture
-def faulty_plugin(monkeypatch):
-    """The ``fault`` adapter registered in this process for one test only."""
-    from adaptbench.registry import ADAPTERS, load_plugin_file
-
-    ADAPTERS.names()  # built-ins and entry points loaded first, so the copy below holds them
-    monkeypatch.setattr(ADAPTERS, "_entries", dict(ADAPTERS._entries))
-    monkeypatch.setitem(sys.modules, "adaptbench_plugin_faulty_plugin", None)
-    load_plugin_file(FAULTY_PLUGIN)
-
 
 def test_a_cell_killed_mid_training_resumes_from_its_epoch_and_ends_as_an_uninterrupted_run(tmp_path, faulty_plugin):
     config = RunConfig(task="micro/texture", backbone="vit_tiny_test", adapter="fault",

@@ -10,7 +10,7 @@ import pytest
 
 from adaptbench.errors import AdaptbenchError
 from adaptbench.runner.cells import cell_id, choose_grid_point, search_groups
-from adaptbench.runner.executors import Executor
+from helpers import in_order_executor
 from adaptbench.runner.spec import load_spec
 from adaptbench.tasks.groups import task_groups
 from adaptbench.runner.train import RunConfig, record_path_for, resolved_config, start_record
@@ -278,44 +278,33 @@ def test_shipped_specs_load(tmp_path):
     assert len(micro.adapters) >= 6 and len(micro.tasks) >= 6
 
 
-class ScriptedExecutor(Executor):
+def scripted_executor(scores):
     """An executor that writes made-up records instead of training: MatrixRun's logic alone.
 
     ``scores`` maps (adapter label, stage, lr) to the score its cells get; None fails the cell.
+    Its ``ran`` lists the cells run, in order.
     """
+    from adaptbench.runner.jobs import CellEvent, CellOutcome
 
-    def __init__(self, scores):
-        super().__init__()
-        self.scores = scores
-        self.ran: list[str] = []
-        self.queue = []
+    def finish(job, on_event):
+        on_event(CellEvent(job.cell_id, "start", 0))
+        executor.ran.append(job.cell_id)
+        config = job.config
+        score = scores[(job.annotations["adapter_label"], config.stage, config.lr)]
+        record = start_record(config, job.annotations)
+        split = "val200" if config.stage == "tune" else "test"
+        if score is None:
+            record.mark_failed("scripted failure")
+        else:
+            record.mark_success(stage=config.stage, metrics={split: {"top1": score}},
+                                primary_metric="top1", higher_is_better=True, data={"eval_split": split})
+        record.write(record_path_for(job.place.out_dir, job.cell_id))
+        return (CellOutcome(job.cell_id, "failed", "scripted failure") if score is None
+                else CellOutcome(job.cell_id, "success", score=score))
 
-    @property
-    def pending(self):
-        return len(self.queue)
-
-    def submit(self, job):
-        self.queue.append(job)
-
-    def as_completed(self, on_event, timeout=None):
-        from adaptbench.runner.jobs import CellEvent, CellOutcome
-
-        while self.queue:
-            job = self.queue.pop(0)
-            on_event(CellEvent(job.cell_id, "start", 0))
-            self.ran.append(job.cell_id)
-            config = job.config
-            score = self.scores[(job.annotations["adapter_label"], config.stage, config.lr)]
-            record = start_record(config, job.annotations)
-            split = "val200" if config.stage == "tune" else "test"
-            if score is None:
-                record.mark_failed("scripted failure")
-            else:
-                record.mark_success(stage=config.stage, metrics={split: {"top1": score}},
-                                    primary_metric="top1", higher_is_better=True, data={"eval_split": split})
-            record.write(record_path_for(job.place.out_dir, job.cell_id))
-            yield (CellOutcome(job.cell_id, "failed", "scripted failure") if score is None
-                   else CellOutcome(job.cell_id, "success", score=score))
+    executor = in_order_executor(finish)
+    executor.ran = []
+    return executor
 
     def close(self):
         pass
@@ -344,7 +333,7 @@ def test_matrix_run_searches_then_runs_finals_and_resumes_without_repeating(tmp_
     scores = {("linear", "final", 0.001): 0.5, ("lora", "tune", 0.001): 0.6, ("lora", "tune", 0.01): 0.8,
               ("lora", "final", 0.01): 0.9, ("broken", "tune", 0.001): None}
     options = MatrixOptions(out=tmp_path / "results", leaderboard=False)
-    executor = ScriptedExecutor(scores)
+    executor = scripted_executor(scores)
     summary = MatrixRun(spec, options, executor, Console(quiet=True)).run()
     # linear: 2 finals; lora: 2 tune + 2 finals at the chosen lr; broken: 1 tune (fails), 2 finals not run
     assert (summary.cells, summary.ran, summary.succeeded, summary.failed) == (9, 7, 6, 3)
@@ -355,12 +344,12 @@ def test_matrix_run_searches_then_runs_finals_and_resumes_without_repeating(tmp_
     assert [r["train_info"]["status"] for r in broken] == ["failed", "failed"]
     assert "hyper-parameter search failed" in broken[0]["train_info"]["error"]
 
-    again = ScriptedExecutor(scores)
+    again = scripted_executor(scores)
     summary = MatrixRun(spec, options, again, Console(quiet=True)).run()
     assert again.ran == []
     assert (summary.skipped, summary.succeeded, summary.failed) == (7, 6, 3)  # the failed search is recorded again
 
-    retry = ScriptedExecutor({**scores, ("broken", "tune", 0.001): 0.7, ("broken", "final", 0.001): 0.75})
+    retry = scripted_executor({**scores, ("broken", "tune", 0.001): 0.7, ("broken", "final", 0.001): 0.75})
     summary = MatrixRun(spec, MatrixOptions(out=tmp_path / "results", leaderboard=False, retry_failed=True),
                         retry, Console(quiet=True)).run()
     assert len(retry.ran) == 3 and summary.failed == 0 and summary.succeeded == 9
