@@ -35,14 +35,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import AdaptbenchError
 
 LEASES = ".leases"
 RESUME = ".resume"
-DEFAULT_HEARTBEAT_S = 30.0
-DEFAULT_LEASE_TIMEOUT_S = 120.0
 
 
 def is_url(location: str) -> bool:
@@ -65,8 +62,6 @@ class Lease:
             return True
         return self.host == socket.gethostname() and not _process_alive(self.pid)
 
-    def describe(self) -> str:
-        return f"{self.holder} {self.pid} on {self.host}, heartbeat {time.time() - self.heartbeat:.0f} s ago"
 
 
 @dataclass(frozen=True)
@@ -289,8 +284,3 @@ def _not_zombie(pid: int) -> bool:
     except (OSError, IndexError):
         return True
 
-
-def lease_settings(settings: Any) -> tuple[float, float]:
-    """(heartbeat_s, lease_timeout_s) of an executor's settings, defaults when absent."""
-    return (getattr(settings, "heartbeat_s", DEFAULT_HEARTBEAT_S),
-            getattr(settings, "lease_timeout_s", DEFAULT_LEASE_TIMEOUT_S))
