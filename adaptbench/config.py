@@ -257,8 +257,10 @@ class ExecutorSettings(_Model):
     time_limit_min: int | None = Field(None, ge=1, description="slurm: wall-clock limit of each job (default: "
                                                                "the partition's DefaultTime, else its MaxTime)")
     address: str | None = Field(None, description="ray: the cluster to join (default: start a local one)")
-    long_lived: bool = Field(True, description="keep workers between cells (ray actors), so backbones and "
-                                               "decoded data are reused; slurm runs one job per cell")
+    long_lived: bool = Field(True, description="keep workers between cells (ray actors), so imports and "
+                                               "backbones are reused; slurm runs one job per cell")
+    keep_backbones: int = Field(1, ge=0, description="built backbones a long-lived worker keeps for its later "
+                                                     "cells, each cell adapting a copy (0: build one per cell)")
     retries: int = Field(1, ge=0, description="times a cell whose worker died is tried again before it is "
                                               "recorded failed")
     heartbeat_s: float = Field(30.0, gt=0, description="a running cell renews its lease this often")

@@ -225,7 +225,7 @@ class TrainInfo(_Section):
     wall_time_s: float | None = None
     train_images_per_s: float | None = None
     eval_images_per_s: float | None = None  # evaluation split, input pipeline included
-    timings: dict[str, float] = Field(default_factory=dict)  # decode_s, features_s, fit_s, eval_s
+    timings: dict[str, float] = Field(default_factory=dict)  # backbone_s, decode_s, features_s, fit_s, eval_s, setup_s
     peak_memory_bytes: int | None = None
     peak_memory_kind: str | None = None
     data: dict[str, Any] | None = None

@@ -149,6 +149,7 @@ class MatrixRun:
         self._place = RunPlace(out_dir=self.store.location, data_root=data_root,
                                accelerator=self.options.accelerator, heartbeat_s=self.settings.heartbeat_s,
                                resume=True,  # a preempted or killed cell continues from its last epoch
+                               keep_backbones=self.settings.keep_backbones if self.executor.reuses_workers else 0,
                                plugin_files=tuple(str(Path(path).absolute()) for path in self.options.plugin_files))
         self._open_tune: dict[int, set[str]] = {}  # group -> its tune cells still to finish
         self._group_of: dict[str, int] = {}  # tune cell id -> its group

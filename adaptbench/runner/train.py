@@ -48,6 +48,7 @@ class RunPlace:
     plugin_files: tuple[str, ...] = ()  # --plugin files each worker loads before its first cell
     heartbeat_s: float = 30.0  # a running cell renews its lease this often (executor settings)
     resume: bool = False  # keep a resume checkpoint per epoch and start from it (matrix cells)
+    keep_backbones: int = 0  # built backbones a long-lived worker keeps for its later cells (backbones/kept.py)
     started_at: float | None = None  # time.time() when this worker took the cell: set-up is measured from it
 
 
@@ -243,7 +244,7 @@ def _prepare(config: RunConfig, place: RunPlace, resolved: dict[str, Any]) -> Pr
 
     from ..adapters import build_adapter
     from ..adapters.base import check_precision
-    from ..backbones import load_backbone
+    from ..backbones.kept import load_backbone_kept
     from ..registry import TASKS
     from ..tasks.data import split_batches
     from ..tasks.heads import build_head
@@ -256,7 +257,10 @@ def _prepare(config: RunConfig, place: RunPlace, resolved: dict[str, Any]) -> Pr
     samples = few_shot_samples(config, kind, spec, plan, check_splits(config, place.data_root))
     check_precision(config.adapter, config.precision)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    backbone = load_backbone(config.backbone, weights=config.weights, options=config.backbone_options)
+    started = time.perf_counter()
+    backbone, reused = load_backbone_kept(config.backbone, weights=config.weights, options=config.backbone_options,
+                                          keep=place.keep_backbones)
+    timings = {"backbone_s": time.perf_counter() - started, "backbone_reused": float(reused)}
     adapter = build_adapter(config.adapter, backbone, config.adapter_options)
     settings = {"lr": config.lr, "weight_decay": config.weight_decay, "warmup_epochs": resolved["warmup_epochs"],
                 "label_smoothing": config.label_smoothing, "pool": config.pool, "head": resolved["head"],
@@ -278,7 +282,7 @@ def _prepare(config: RunConfig, place: RunPlace, resolved: dict[str, Any]) -> Pr
                             shuffle=role == "train", seed=config.seed, workers=place.num_workers)
         for role, split in roles
     }
-    timings = {"decode_s": time.perf_counter() - started}
+    timings["decode_s"] = time.perf_counter() - started
     return Prepared(spec, kind, plan, backbone, adapter, module, batches, settings,
                     _device_name(place.accelerator), timings)
 

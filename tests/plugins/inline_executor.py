@@ -11,6 +11,8 @@ from adaptbench.runner.jobs import execute_cell
 class InlineExecutor(Executor):
     """Cells in the driver's process, one at a time (a test plugin)."""
 
+    reuses_workers = True  # the driver's process runs cell after cell
+
     def __init__(self, settings=None):
         super().__init__(settings)
         self.queue = []

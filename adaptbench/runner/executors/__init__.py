@@ -63,6 +63,12 @@ class Executor(ABC):
     def pending(self) -> int:
         """Jobs submitted whose outcome has not been yielded yet."""
 
+    @property
+    def reuses_workers(self) -> bool:
+        """Whether a worker runs many cells in one process: it then keeps the backbones it
+        built for the cells after (``settings.keep_backbones``, ``backbones/kept.py``)."""
+        return False
+
     def close(self) -> None:  # an optional hook: not abstract
         """Release workers (called once the matrix is done or interrupted)."""
 

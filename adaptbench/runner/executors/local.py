@@ -1,7 +1,8 @@
 """The local executor: cells in worker processes on this machine.
 
-* ``workers`` processes (spawned, so no torch state is forked), kept between cells: each
-  loads torch and Lightning once. On a machine with GPUs each worker is pinned to one device
+* ``workers`` processes, kept between cells: each forks from a server process that imported
+  torch and Lightning once (no CUDA state is forked), and keeps the backbones it built for its
+  later cells (``keep_backbones``). On a machine with GPUs each worker is pinned to one device
   (``CUDA_VISIBLE_DEVICES``), so one cell runs per device; on CPU the usable cores
   (``sched_getaffinity``: what Slurm's or a container's cgroup grants) are shared out.
 * survives a worker that dies (killed for memory, a crash in native code): only the cell it
@@ -52,6 +53,8 @@ class _Worker:
 
 class LocalExecutor(Executor):
     """Cells in worker processes on this machine (see the module docstring)."""
+
+    reuses_workers = True  # each worker process runs cell after cell
 
     def __init__(self, settings: ExecutorSettings | None = None, devices=None):
         super().__init__(settings)

@@ -6,7 +6,8 @@
   :meth:`RayExecutor.close` only shuts down (or disconnects) what it started.
 * ``long_lived`` (the default): ``slots`` actors, each running cells one after another in one
   process, so torch, Lightning and timm are imported (and CUDA initialised) once per actor, not
-  per cell, and the weights and the decoded-data cache are read from a warm page cache. On a
+  per cell, the backbones an actor built are kept for its later cells (``keep_backbones``,
+  ``backbones/kept.py``), and the decoded-data cache is read from a warm page cache. On a
   cluster with GPUs an actor holds ``gpus_per_cell`` (default 1) of them, so there is one actor
   per GPU; Ray sets its ``CUDA_VISIBLE_DEVICES``. ``long_lived: false``: each cell is a task in
   a fresh worker process (``max_calls=1``), which pays all of that again (the comparison).
@@ -67,6 +68,10 @@ class RayExecutor(Executor):
     @property
     def pending(self) -> int:
         return len(self._waiting) + len(self._running)
+
+    @property
+    def reuses_workers(self) -> bool:
+        return self.settings.long_lived
 
     def submit(self, job: CellJob) -> None:
         self._connect()
