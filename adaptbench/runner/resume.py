@@ -65,7 +65,7 @@ import random
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +216,8 @@ class ResumeCheckpoint(Checkpoint):
         """The local path of a checkpoint that fits ``module`` (None: train from the start), to
         pass to ``trainer.fit(ckpt_path=..., weights_only=True)`` inside the block; while in it
         the module loads non-strictly (the frozen keys are missing on purpose)."""
-        with tempfile.TemporaryDirectory(prefix="adaptbench-resume-") as folder:
-            path = self._local_checkpoint(Path(folder))
+        with ExitStack() as stack:
+            path = self._local_checkpoint(stack)
             if path is None or self.check(path, module, max_epochs) is None:
                 yield None
                 return
@@ -228,17 +228,18 @@ class ResumeCheckpoint(Checkpoint):
             finally:
                 module.strict_loading = strict
 
-    def _local_checkpoint(self, folder: Path) -> Path | None:
+    def _local_checkpoint(self, stack: ExitStack) -> Path | None:
+        """The checkpoint as a local file (a remote store's is copied into a temporary folder
+        that ``stack`` removes; a local one is used where it is, so a worker killed while
+        training leaves no folder behind)."""
         if self.store.is_local:
             path = Path(self.location)
-            if not path.is_file():
-                return None
-        else:
-            data = self.store.read_bytes(self.location)
-            if data is None:
-                return None
-            path = folder / FILE
-            path.write_bytes(data)
+            return path if path.is_file() else None
+        data = self.store.read_bytes(self.location)
+        if data is None:
+            return None
+        path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adaptbench-resume-"))) / FILE
+        path.write_bytes(data)
         return path
 
     def check(self, path: str | Path, module: torch.nn.Module, max_epochs: int) -> int | None:
