@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -136,13 +137,79 @@ def dd_by_hand(y: torch.Tensor, p: dict[str, torch.Tensor], prefix_count: int, d
     return F.gelu(mixed @ p["up.weight"].T + p["up.bias"])
 
 
-def adaptbench(*args: str, cwd: Path, check_rc: int | None = 0) -> subprocess.CompletedProcess:
-    """Run the CLI in a subprocess (as a user would); assert its exit code unless ``check_rc`` is None."""
-    result = subprocess.run([sys.executable, "-m", "adaptbench.cli", *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=600)
+def adaptbench(*args: str, cwd: Path | None = None, check_rc: int | None = 0, env: dict[str, str] | None = None,
+               in_process: bool = True) -> subprocess.CompletedProcess:
+    """Run the CLI in ``cwd`` with ``env`` added to the environment: its parser, handlers,
+    output and exit code; assert the exit code unless ``check_rc`` is None.
+
+    In this process by default: a fresh interpreter would spend ~10 s importing torch and
+    Lightning before the first line of the command runs, on every call. ``in_process=False``
+    runs ``python -m adaptbench.cli`` as a user does (the entry point itself, a lazy start).
+    """
+    cwd = cwd or Path.cwd()
+    if not in_process:
+        result = subprocess.run([sys.executable, "-m", "adaptbench.cli", *args], cwd=cwd, capture_output=True,
+                                text=True, timeout=600, env={**os.environ, **(env or {})})
+    else:
+        with _environment(env or {}):
+            result = _cli_in_process(args, cwd)
     if check_rc is not None:
         assert result.returncode == check_rc, result.stdout + result.stderr
     return result
+
+
+@contextmanager
+def _environment(changes: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _cli_in_process(args: tuple[str, ...], cwd: Path) -> subprocess.CompletedProcess:
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from adaptbench.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr), _plugins_forgotten_after():
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse's usage errors, --help
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["adaptbench", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+@contextmanager
+def _plugins_forgotten_after():
+    """What a command's ``--plugin`` files register lasts for the command only, as in its own process."""
+    from adaptbench import registry
+
+    registries = [value for value in vars(registry).values() if isinstance(value, registry.Registry)]
+    for each in registries:
+        each.names()  # built-ins and entry points first, so that the copies hold them
+    saved = [(each, dict(each._entries), dict(each._family_entries)) for each in registries]
+    modules = set(sys.modules)
+    try:
+        yield
+    finally:
+        for each, entries, family_entries in saved:
+            each._entries, each._family_entries = entries, family_entries
+        for name in set(sys.modules) - modules:
+            if name.startswith("adaptbench_plugin_"):
+                del sys.modules[name]
 
 
 # -- clips: a backbone with its own temporal branch -------------------------------------------

@@ -227,16 +227,23 @@ PREEMPT_MATRIX = """
 """
 
 
+@pytest.fixture(scope="module")
+def never_preempted(tmp_path_factory) -> tuple[str, dict]:
+    """The preemption matrix's one cell run start to end on the local executor: (id, record)."""
+    folder = tmp_path_factory.mktemp("never_preempted")
+    result = run_driver(write_spec(folder, _executor_block("local"), PREEMPT_MATRIX))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (cell_id, record), = read_records(folder / "results").items()
+    return cell_id, record
+
+
 @pytest.mark.parametrize("name", EXECUTORS)
-def test_a_cell_preempted_mid_training_resumes_from_its_checkpoint_with_the_same_metrics(tmp_path, name):
+def test_a_cell_preempted_mid_training_resumes_from_its_checkpoint_with_the_same_metrics(tmp_path, name,
+                                                                                      never_preempted):
     from adaptbench.runner.store import ResultStore
 
     executor = executor_for("preempted", name)
-    reference_folder = tmp_path / "reference"
-    reference_folder.mkdir()
-    reference = run_driver(write_spec(reference_folder, _executor_block("local"), PREEMPT_MATRIX))
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    (cell_id, expected), = read_records(reference_folder / "results").items()
+    cell_id, expected = never_preempted
 
     spec = write_spec(tmp_path, executor, PREEMPT_MATRIX)
     store = ResultStore.at(tmp_path / "results")

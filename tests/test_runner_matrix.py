@@ -1,11 +1,11 @@
-"""``adaptbench run`` end to end, in subprocesses as a user runs it: resume, retries,
+"""``adaptbench run`` end to end, as a user runs it (the CLI in this process, its workers in their
+own; ``--dry-run`` through the entry point in a subprocess): resume, retries,
 failures recorded while the matrix goes on, ``--dry-run`` and ``validate``. The faults every
 executor must survive (a worker killed mid-cell, NaN and out-of-memory cells, the runner
 killed with SIGKILL again and again, preemption) are in ``test_executor_faults.py``,
 parametrized over the executors.
 
-Cells are tiny (the 2-block test ViT, one epoch) so each test takes seconds, most of them
-spent importing torch in the runner and its worker.
+Cells are tiny (the 2-block test ViT, one epoch) so each test takes seconds.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def test_dry_run_lists_cells_and_runs_nothing(tmp_path):
         seeds: [0, 1]
         out: results
     """)
-    result = adaptbench("run", str(spec), "--dry-run", cwd=tmp_path)
+    result = adaptbench("run", str(spec), "--dry-run", cwd=tmp_path, in_process=False)  # the entry point itself
     text = result.stdout
     assert "6 cells" in text and text.count("tune") == 2 and "(after search)" in text
     assert not (tmp_path / "results").exists()
@@ -149,3 +149,25 @@ def test_bad_worker_counts_are_refused(tmp_path, workers):
     spec = write_spec(tmp_path, "backbones: [vit_tiny_test]\ntasks: [micro/digits]\nadapters: [linear]\n")
     result = adaptbench("run", str(spec), "--workers", workers, cwd=tmp_path, check_rc=2)
     assert "workers" in result.stderr
+
+
+def test_local_workers_take_the_environment_of_the_run_that_starts_them(tmp_path, monkeypatch):
+    """Workers fork from a server process that keeps the environment and folder of the moment
+    it started (an earlier matrix in this process): each run's workers take the runner's own."""
+    from adaptbench.api import plan_matrix
+
+    spec = write_spec(tmp_path, """
+        backbones: [vit_tiny_test]
+        tasks: [micro/texture]
+        adapters: [linear]
+        train: {epochs: 1, batch_size: 250}
+    """)
+    for run in ("first", "second"):
+        folder = tmp_path / run
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        monkeypatch.setenv("ADAPTBENCH_CACHE", str(folder / "cache"))
+        summary = plan_matrix(spec, out="results", executor="local", leaderboard=False).run()
+        assert summary.succeeded == 1
+        assert list((folder / "results").glob("*.json"))  # the store: relative to this run's folder
+        assert list((folder / "cache").glob("decoded/*")), f"the {run} run's worker decoded elsewhere"

@@ -150,8 +150,11 @@ class LocalExecutor(Executor):
         device = self.devices[slot % len(self.devices)] if self.devices else None
         threads = self.settings.cpus_per_cell or max(1, usable_cpus() // self.slots)
         inbox = self._context.Queue()
-        process = self._context.Process(target=_worker_main, args=(slot, inbox, self._results, device, threads),
-                                        name=f"adaptbench-worker-{slot}", daemon=True)
+        # A worker forks from the server, which kept the environment and folder of the moment it
+        # started (a first matrix, maybe in another folder): it takes the runner's current ones.
+        surroundings = (dict(os.environ), os.getcwd())
+        process = self._context.Process(target=_worker_main, name=f"adaptbench-worker-{slot}", daemon=True,
+                                        args=(slot, inbox, self._results, device, threads, surroundings))
         process.start()
         self._workers[slot] = _Worker(process, inbox)
         return self._workers[slot]
@@ -181,9 +184,14 @@ def _visible_gpus() -> tuple[int, ...]:
 
 
 # -- the worker side -------------------------------------------------------------------------
-def _worker_main(slot: int, inbox, results, device: int | None, threads: int) -> None:
+def _worker_main(slot: int, inbox, results, device: int | None, threads: int,
+                 surroundings: tuple[dict[str, str], str]) -> None:
     """A worker: run the cells it is handed, one after another, until told to stop (None)."""
     _die_with_parent()
+    environment, folder = surroundings
+    os.environ.clear()
+    os.environ.update(environment)
+    os.chdir(folder)
     if device is not None:
         # One cell per device: set before torch initialises CUDA in this process.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(device)
