@@ -2,15 +2,16 @@
 suite is over adapters: the driver killed with ``kill -9`` again and again and then resumed, a
 worker killed mid-cell, NaN and out-of-memory cells, and a cell preempted mid-training.
 
-Each test runs ``adaptbench run`` in a subprocess, as a user does, with the executor named in
-the spec's ``executor:`` block. Ray runs a real local cluster (``ray.init``), Slurm runs through
+Each test runs ``adaptbench run`` with the executor named in the spec's ``executor:`` block: a
+driver to be killed in a subprocess of its own, one that runs to the end in this process (its
+workers are processes of their own either way). Ray runs a real local cluster (``ray.init``), Slurm runs through
 submitit's local cluster (``options: {cluster: local}``: the same submitit code path, jobs as
 local processes), or the real Slurm that ``.ci/slurm_up.sh`` starts when
 ``ADAPTBENCH_SLURM_FAULTS=1``.
 
 ``ADAPTBENCH_FAULT_KILLS`` sets how many times the driver is killed (CI: 2, for time;
-``benchmarks/fault_suite.py`` runs 20 per executor and prints the figures). Every subprocess
-start costs seconds of imports, so CI runs every test on the local executor and, of the
+``benchmarks/fault_suite.py`` runs 20 per executor and prints the figures). Every driver or
+worker process start costs seconds of imports, so CI runs every test on the local executor and, of the
 remote ones, the tests that exercise what is theirs alone: Ray's actors resuming a preempted
 cell, and Slurm jobs outliving a killed driver. ``ADAPTBENCH_FAULT_EXECUTORS=all`` runs the
 whole matrix of tests x executors.
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers import adaptbench
 
 FAULTY_PLUGIN = Path(__file__).parent / "plugins" / "faulty_plugin.py"
 KILLS = int(os.environ.get("ADAPTBENCH_FAULT_KILLS", "2"))
@@ -74,13 +76,15 @@ def write_spec(folder: Path, executor: str, body: str) -> Path:
     return path
 
 
-def run_driver(spec: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "adaptbench.cli", "--plugin", str(FAULTY_PLUGIN), "run", str(spec),
-                           "--no-leaderboard", *extra], cwd=spec.parent, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def run_driver(spec: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``adaptbench run`` to the end, in this process (only its workers need processes of their
+    own here; a driver to be killed is started by :func:`start_driver`)."""
+    return adaptbench("--plugin", str(FAULTY_PLUGIN), "run", str(spec), "--no-leaderboard", *extra,
+                      cwd=spec.parent, check_rc=None)
 
 
 def start_driver(spec: Path) -> subprocess.Popen:
+    """``adaptbench run`` in a process of its own, to be killed."""
     return subprocess.Popen([sys.executable, "-m", "adaptbench.cli", "--plugin", str(FAULTY_PLUGIN), "run", str(spec),
                              "--no-leaderboard"], cwd=spec.parent, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=False)
