@@ -259,10 +259,15 @@ def test_scontrol_requeue_runs_the_cell_again_to_success(tmp_path):
 
 
 def test_close_with_pending_jobs_cancels_them(tmp_path):
-    """Ctrl-C in the driver: close() while a cell runs stops its job."""
+    """Ctrl-C in the driver: close() while a cell runs stops its job, even one that ignores
+    SIGINT (started from a background shell: ``nohup adaptbench run ... &``)."""
     executor = SlurmExecutor(settings("local"))
-    executor.submit(micro_job(tmp_path, epochs=1))
-    assert list(executor.as_completed(lambda event: None, timeout=0.5)) == []
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job inherits it
+    try:
+        executor.submit(micro_job(tmp_path, epochs=1))
+        assert list(executor.as_completed(lambda event: None, timeout=0.5)) == []
+    finally:
+        signal.signal(signal.SIGINT, previous)
     (handle,) = [submitted.handle for submitted in executor._submitted.values()]
     executor.close()
     assert executor.pending == 0

@@ -36,6 +36,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -357,6 +358,7 @@ class _LocalQueue(_Queue):
     name = "local"
     poll_s = 0.5
     NO_LIMIT_MIN = 365 * 24 * 60  # "no time limit": submitit's local jobs need a number
+    CANCEL_GRACE_S = 5.0  # a cancelled job's time to stop on SIGINT before it is killed
 
     def default_time_limit_min(self, partition: str | None) -> int:
         return self.NO_LIMIT_MIN
@@ -365,8 +367,22 @@ class _LocalQueue(_Queue):
         return {handle.job_id: handle.state for handle in handles}
 
     def cancel(self, handles: list) -> None:
+        """SIGINT, as submitit cancels a local job; then SIGKILL to a job still running after
+        ``CANCEL_GRACE_S``, as ``scancel`` does after Slurm's KillWait. A job started from a
+        shell's background (``nohup adaptbench run ... &``) inherits SIGINT ignored, so
+        submitit's cancel alone would leave it training."""
         for handle in handles:
             handle.cancel()
+        deadline = time.monotonic() + self.CANCEL_GRACE_S
+        running = list(handles)
+        while running and time.monotonic() < deadline:
+            time.sleep(0.1)
+            running = [handle for handle in running if handle.state == "RUNNING"]
+        for handle in running:
+            try:
+                os.kill(int(handle.job_id), signal.SIGKILL)  # a local job's id is its process id
+            except (ProcessLookupError, ValueError):
+                pass
 
 
 # -- the job's side ---------------------------------------------------------------------------
