@@ -259,23 +259,14 @@ def clips(seed: int = 0, batch: int = 2, frames: int = 4, size: int = 32) -> tor
 
 def in_order_executor(finish):
     """An executor (the submit / as-completed API) that finishes each job in submission order
-    with ``finish(job, on_event) -> CellOutcome``, in this process: the matrix's logic alone."""
-    from adaptbench.runner.executors import Executor
+    with ``finish(job, on_event) -> CellOutcome``, in this process: the matrix's logic alone.
+    It is the test plugin's inline executor (``plugins/inline_executor.py``) with ``finish``."""
+    from adaptbench.registry import EXECUTORS, load_plugin_file
 
-    class InOrderExecutor(Executor):
-        def __init__(self):
-            super().__init__()
-            self.queue = []
+    load_plugin_file(Path(__file__).parent / "plugins" / "inline_executor.py")
 
-        @property
-        def pending(self) -> int:
-            return len(self.queue)
-
-        def submit(self, job) -> None:
-            self.queue.append(job)
-
-        def as_completed(self, on_event, timeout=None):
-            while self.queue:
-                yield finish(self.queue.pop(0), on_event)
+    class InOrderExecutor(EXECUTORS.get("inline")):
+        def finish(self, job, on_event):
+            return finish(job, on_event)
 
     return InOrderExecutor()

@@ -26,7 +26,11 @@ class InlineExecutor(Executor):
 
     def as_completed(self, on_event, timeout=None):
         while self.queue:
-            yield execute_cell(self.queue.pop(0), on_event)
+            yield self.finish(self.queue.pop(0), on_event)
+
+    def finish(self, job, on_event):
+        """Run ``job`` to its outcome (tests replace this with a script)."""
+        return execute_cell(job, on_event)
 
 
 register_executor("inline", InlineExecutor)
